@@ -1,0 +1,128 @@
+//! The command line: the `Command` enum is the table of contents (its doc comments are
+//! `--help`), one file per command under `cli/`, and the exit-status contract:
+//! 0 success, 1 a job/restore/check of data failed, 2 usage or policy error.
+
+mod check;
+mod keygen;
+mod list;
+mod restore;
+mod run_now;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::policy::{self, DEFAULT_POLICY_PATH, Policy};
+use crate::target::{self, Target};
+
+/// backupd: scheduled, encrypted, verified backups of databases and directories into
+/// object storage.
+#[derive(Debug, Parser)]
+#[command(name = "backupd", version, about, long_about = None)]
+pub struct Cli {
+    /// Policy file (TOML).
+    #[arg(long, global = true, env = "BACKUPD_CONFIG", default_value = DEFAULT_POLICY_PATH, value_name = "PATH")]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Back up the named jobs now (all jobs if none are named); exit 1 if any fails.
+    RunNow(run_now::Args),
+    /// List committed snapshots, newest first.
+    List(list::Args),
+    /// Restore a snapshot into a directory, checking every checksum on the way.
+    Restore(restore::Args),
+    /// Validate the policy, keys, source paths and target reachability; exit 2 on a fatal finding.
+    Check,
+    /// Generate a new age identity (secret key, mode 0600) and print its public key.
+    Keygen(keygen::Args),
+}
+
+/// A mistake in how backupd was called: exit status 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+pub const EXIT_FAILED: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+
+/// Runs the parsed command.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::RunNow(args) => run_now::run(&cli.config, args).await,
+        Command::List(args) => list::run(&cli.config, args).await,
+        Command::Restore(args) => restore::run(&cli.config, args).await,
+        Command::Check => check::run(&cli.config).await,
+        Command::Keygen(args) => keygen::run(args),
+    }
+}
+
+/// Maps an error that reached the top to its exit status.
+pub fn exit_status(err: &anyhow::Error) -> u8 {
+    if err.downcast_ref::<policy::PolicyError>().is_some()
+        || err.downcast_ref::<UsageError>().is_some()
+    {
+        EXIT_USAGE
+    } else {
+        EXIT_FAILED
+    }
+}
+
+fn load_policy(path: &Path) -> anyhow::Result<Policy> {
+    Ok(policy::load(path)?)
+}
+
+/// Opens the named targets; an unknown name is a usage error.
+fn open_targets(policy: &Policy, names: &[String]) -> anyhow::Result<Vec<Target>> {
+    names
+        .iter()
+        .map(|name| {
+            let spec = policy.targets.get(name).ok_or_else(|| {
+                UsageError(format!(
+                    "no target named {name:?} in {} (targets: {})",
+                    policy.path.display(),
+                    policy
+                        .targets
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?;
+            Ok(target::open(name, &spec.url())?)
+        })
+        .collect()
+}
+
+/// `--target NAME` if given, else the job's targets (or all targets without a job).
+fn chosen_targets(
+    policy: &Policy,
+    job: Option<&str>,
+    flag: Option<&String>,
+) -> anyhow::Result<Vec<Target>> {
+    let names: Vec<String> = match (flag, job.and_then(|j| policy.jobs.get(j))) {
+        (Some(t), _) => vec![t.clone()],
+        (None, Some(job)) => job.targets.clone(),
+        (None, None) => policy.targets.keys().cloned().collect(),
+    };
+    open_targets(policy, &names)
+}
+
+fn human_bytes(n: u64) -> String {
+    bytesize::ByteSize::b(n).display().iec().to_string()
+}
+
+/// How to call backupd again with the same policy, for hints printed to the operator.
+fn self_command(config: &Path) -> String {
+    let exe = std::env::args().next().unwrap_or_else(|| "backupd".into());
+    let exe = if exe.contains("target/") {
+        "backupd".to_string()
+    } else {
+        exe
+    };
+    format!("{exe} --config {}", config.display())
+}

@@ -1,0 +1,129 @@
+//! `backupd check`: everything a backup needs, checked without backing anything up:
+//! the policy, keys, source paths and each target's reachability (probe write/read/delete).
+//! Prints every finding; exit 2 if any is fatal.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use super::{EXIT_USAGE, load_policy};
+use crate::crypto;
+use crate::policy::{EncryptionMode, SourceSpec};
+use crate::target;
+
+struct Findings {
+    fatal: usize,
+}
+
+impl Findings {
+    fn ok(&self, what: impl std::fmt::Display) {
+        println!("ok    {what}");
+    }
+
+    fn warn(&self, what: impl std::fmt::Display) {
+        println!("warn  {what}");
+    }
+
+    fn fail(&mut self, what: impl std::fmt::Display) {
+        self.fatal += 1;
+        println!("FAIL  {what}");
+    }
+}
+
+pub async fn run(config: &Path) -> anyhow::Result<ExitCode> {
+    let policy = load_policy(config)?;
+    let mut f = Findings { fatal: 0 };
+    f.ok(format!(
+        "policy {}: {} job(s), {} target(s)",
+        config.display(),
+        policy.jobs.len(),
+        policy.targets.len()
+    ));
+
+    let enc = &policy.encryption;
+    if enc.mode == EncryptionMode::None {
+        f.warn("encryption.mode = \"none\": snapshots will be stored in plaintext");
+    } else {
+        match &enc.identity_file {
+            Some(path) if !path.exists() && enc.generate_identity => f.warn(format!(
+                "identity file {} does not exist yet; it will be generated on the first backup",
+                path.display()
+            )),
+            Some(path) => match crypto::identity_recipients(path) {
+                Ok(own) => {
+                    f.ok(format!(
+                        "identity file {} is private and readable",
+                        path.display()
+                    ));
+                    let listed: Vec<String> = enc.recipients.clone();
+                    if !listed.is_empty() && !own.iter().any(|r| listed.contains(&r.to_string())) {
+                        f.warn(format!(
+                            "identity file {} matches none of encryption.recipients: it cannot restore new snapshots",
+                            path.display()
+                        ));
+                    }
+                }
+                Err(e) if enc.recipients.is_empty() => f.fail(e),
+                Err(e) => f.warn(format!(
+                    "{e} (needed for restore and verify, not for backup)"
+                )),
+            },
+            None => f.warn("no encryption.identity_file: restores will need --identity FILE"),
+        }
+        if !enc.recipients.is_empty() {
+            f.ok(format!("{} recipient(s) configured", enc.recipients.len()));
+        }
+    }
+
+    for (job_name, job) in &policy.jobs {
+        for (name, spec) in &job.source_specs {
+            let label = format!("jobs.{job_name}.sources.{name}");
+            let path = match spec {
+                SourceSpec::Directory(d) => &d.path,
+                SourceSpec::Sqlite(s) => &s.path,
+            };
+            let good = match spec {
+                SourceSpec::Directory(_) => path.is_dir(),
+                SourceSpec::Sqlite(_) => path.is_file(),
+            };
+            if good {
+                f.ok(format!(
+                    "{label}: {} {} exists",
+                    spec.kind(),
+                    path.display()
+                ));
+            } else {
+                f.fail(format!(
+                    "{label}: {} does not exist or is not a {}",
+                    path.display(),
+                    if path.is_dir() || matches!(spec, SourceSpec::Directory(_)) {
+                        "directory"
+                    } else {
+                        "file"
+                    }
+                ));
+            }
+        }
+    }
+
+    for (name, spec) in &policy.targets {
+        let opened = target::open(name, &spec.url());
+        match opened {
+            Err(e) => f.fail(e),
+            Ok(t) => match t.probe().await {
+                Ok(()) => f.ok(format!(
+                    "target {name} ({}): write, read and delete work",
+                    t.display_url
+                )),
+                Err(e) => f.fail(format!("target {name} ({}): {e}", t.display_url)),
+            },
+        }
+    }
+
+    if f.fatal == 0 {
+        println!("all checks passed");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("{} fatal finding(s)", f.fatal);
+        Ok(ExitCode::from(EXIT_USAGE))
+    }
+}

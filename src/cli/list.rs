@@ -1,0 +1,86 @@
+//! `backupd list [JOB] [--target NAME] [--json]`: committed snapshots, newest first,
+//! merged across targets (each snapshot says where it is stored).
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use serde::Serialize;
+
+use super::{UsageError, chosen_targets, human_bytes, load_policy};
+use crate::snapshot::{self, Manifest};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Only this job's snapshots.
+    pub job: Option<String>,
+    /// Only this target (default: the job's targets, or every target).
+    #[arg(long, value_name = "NAME")]
+    pub target: Option<String>,
+    /// Print one JSON array instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct Listed {
+    #[serde(flatten)]
+    manifest: Manifest,
+    targets: Vec<String>,
+}
+
+pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
+    let policy = load_policy(config)?;
+    if let Some(job) = &args.job
+        && !crate::policy::is_valid_name(job)
+    {
+        return Err(UsageError(format!("invalid job name {job:?}")).into());
+    }
+    let targets = chosen_targets(&policy, args.job.as_deref(), args.target.as_ref())?;
+    let mut listed: Vec<Listed> = Vec::new();
+    for target in &targets {
+        for m in snapshot::list(target, args.job.as_deref()).await? {
+            match listed
+                .iter_mut()
+                .find(|l| l.manifest.job == m.job && l.manifest.snapshot == m.snapshot)
+            {
+                Some(l) => l.targets.push(target.name.clone()),
+                None => listed.push(Listed {
+                    manifest: m,
+                    targets: vec![target.name.clone()],
+                }),
+            }
+        }
+    }
+    listed.sort_by(|a, b| b.manifest.snapshot.cmp(&a.manifest.snapshot));
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&listed)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if listed.is_empty() {
+        println!("no committed snapshots");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<34} {:<12} {:<20} {:>10} {:<16} SOURCES",
+        "SNAPSHOT", "JOB", "TIME (UTC)", "STORED", "TAGS"
+    );
+    for l in &listed {
+        let m = &l.manifest;
+        let sources: Vec<String> = m
+            .sources
+            .iter()
+            .map(|(name, s)| format!("{name} {}", human_bytes(s.stored.bytes)))
+            .collect();
+        println!(
+            "{:<34} {:<12} {:<20} {:>10} {:<16} {}  [{}]",
+            m.snapshot,
+            m.job,
+            m.started_at.format("%Y-%m-%d %H:%M:%S"),
+            human_bytes(m.stored_bytes()),
+            m.tags.join(","),
+            sources.join(", "),
+            l.targets.join(",")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

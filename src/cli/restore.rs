@@ -1,0 +1,233 @@
+//! `backupd restore JOB [SNAPSHOT] --to DIR …`: each source into `DIR/<source>/`, with the
+//! stored and plain sha256 checked against the manifest while restoring.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use tokio_util::io::{StreamReader, SyncIoBridge};
+
+use super::{EXIT_FAILED, UsageError, chosen_targets, human_bytes, load_policy};
+use crate::crypto;
+use crate::pipeline;
+use crate::snapshot::{self, Encryption, Manifest, SourceEntry};
+use crate::source;
+use crate::target::Target;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The job whose snapshot to restore.
+    pub job: String,
+    /// Snapshot id, a unique prefix of one, or `latest`.
+    #[arg(default_value = "latest")]
+    pub snapshot: String,
+    /// Directory to restore into; each source lands in DIR/<source-name>/.
+    #[arg(long, value_name = "DIR")]
+    pub to: PathBuf,
+    /// Read from this target (default: the first of the job's targets that has the snapshot).
+    #[arg(long, value_name = "NAME")]
+    pub target: Option<String>,
+    /// Restore only these sources (repeatable).
+    #[arg(long, value_name = "SOURCE")]
+    pub only: Vec<String>,
+    /// Leave these sources out (repeatable).
+    #[arg(long, value_name = "SOURCE")]
+    pub skip: Vec<String>,
+    /// age identity file (default: encryption.identity_file from the policy).
+    #[arg(long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// Print what would be restored; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Restore into a non-empty directory, overwriting files of the same name.
+    #[arg(long)]
+    pub force: bool,
+}
+
+pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
+    let policy = load_policy(config)?;
+    if !crate::policy::is_valid_name(&args.job) {
+        return Err(UsageError(format!("invalid job name {:?}", args.job)).into());
+    }
+    let targets = chosen_targets(&policy, Some(&args.job), args.target.as_ref())?;
+    let (target, manifest) = find_snapshot(&targets, &args.job, &args.snapshot).await?;
+    let chosen = select_sources(&manifest, &args.only, &args.skip)?;
+
+    println!(
+        "snapshot {} of job {} (taken {} on {}, tags {}) from target {}",
+        manifest.snapshot,
+        manifest.job,
+        manifest.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
+        manifest.host,
+        manifest.tags.join(","),
+        target.name
+    );
+    if args.dry_run {
+        for (name, e) in &chosen {
+            println!(
+                "would restore {name} ({}, {} stored, {} plain) into {}",
+                e.kind,
+                human_bytes(e.stored.bytes),
+                human_bytes(e.plain.bytes),
+                args.to.join(name).display()
+            );
+        }
+        println!("dry run: nothing written");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if non_empty(&args.to)? && !args.force {
+        return Err(UsageError(format!(
+            "{} is not empty: restore into an empty directory, or pass --force to overwrite files in it",
+            args.to.display()
+        ))
+        .into());
+    }
+    let needs_key = chosen
+        .iter()
+        .any(|(_, e)| matches!(e.encryption, Encryption::Age { .. }));
+    let identities = if needs_key {
+        Some(std::sync::Arc::new(crypto::restore_identities(
+            args.identity.as_deref(),
+            &policy.encryption,
+        )?))
+    } else {
+        None
+    };
+
+    let mut failed = 0;
+    for (name, entry) in chosen {
+        let dest = args.to.join(&name);
+        let key = snapshot::object_key(&manifest.job, &manifest.snapshot, &entry.object);
+        let result = async {
+            let stream = target.read_stream(&key).await?;
+            let input = SyncIoBridge::new(StreamReader::new(stream));
+            let ids = identities.clone();
+            let force = args.force;
+            let dest = dest.clone();
+            let entry = entry.clone();
+            tokio::task::spawn_blocking(move || -> anyhow::Result<source::Restored> {
+                let mut decoded = pipeline::decode(input, &entry, ids.as_deref())?;
+                let restored = source::restore(&entry, &mut decoded.reader, &dest, force)?;
+                decoded.finish()?;
+                Ok(restored)
+            })
+            .await?
+        }
+        .await;
+        match result {
+            Ok(r) => {
+                println!(
+                    "restored {name} into {}: {} files, {} dirs, {} symlinks, {}; checksums match",
+                    dest.display(),
+                    r.files,
+                    r.dirs,
+                    r.symlinks,
+                    human_bytes(r.bytes)
+                );
+                for w in r.warnings {
+                    println!("  warning: {w}");
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                println!(
+                    "FAILED to restore {name}: {e:#}\n  what was written to {} must not be trusted",
+                    dest.display()
+                );
+            }
+        }
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    })
+}
+
+/// The snapshot named by `wanted` (id, unique prefix or `latest`), from the first target
+/// that has it.
+async fn find_snapshot(
+    targets: &[Target],
+    job: &str,
+    wanted: &str,
+) -> anyhow::Result<(Target, Manifest)> {
+    let mut best: Option<(Target, Manifest)> = None;
+    for target in targets {
+        let snapshots = match snapshot::list(target, Some(job)).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(target = %target.name, "cannot list snapshots: {e}");
+                continue;
+            }
+        };
+        let found = if wanted == "latest" {
+            snapshots.into_iter().next()
+        } else {
+            let matches: Vec<Manifest> = snapshots
+                .into_iter()
+                .filter(|m| m.snapshot.starts_with(wanted))
+                .collect();
+            if matches.len() > 1 {
+                return Err(UsageError(format!(
+                    "{wanted:?} matches {} snapshots of job {job}; give more of the id",
+                    matches.len()
+                ))
+                .into());
+            }
+            matches.into_iter().next()
+        };
+        if let Some(m) = found
+            && best.as_ref().is_none_or(|(_, b)| m.snapshot > b.snapshot)
+        {
+            best = Some((target.clone(), m));
+        }
+        if best.is_some() && wanted != "latest" {
+            break;
+        }
+    }
+    best.ok_or_else(|| {
+        anyhow::anyhow!(
+            "no committed snapshot {wanted:?} of job {job} on target(s) {}; see `backupd list {job}`",
+            targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
+        )
+    })
+}
+
+fn select_sources(
+    m: &Manifest,
+    only: &[String],
+    skip: &[String],
+) -> anyhow::Result<Vec<(String, SourceEntry)>> {
+    for name in only.iter().chain(skip) {
+        if !m.sources.contains_key(name) {
+            return Err(UsageError(format!(
+                "snapshot {} has no source {name:?} (sources: {})",
+                m.snapshot,
+                m.sources.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+            .into());
+        }
+    }
+    let chosen: Vec<_> = m
+        .sources
+        .iter()
+        .filter(|(n, _)| only.is_empty() || only.contains(n))
+        .filter(|(n, _)| !skip.contains(n))
+        .map(|(n, e)| (n.clone(), e.clone()))
+        .collect();
+    if chosen.is_empty() {
+        return Err(UsageError("--only/--skip leave no source to restore".into()).into());
+    }
+    Ok(chosen)
+}
+
+fn non_empty(dir: &Path) -> anyhow::Result<bool> {
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => Ok(entries.next().is_some()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(UsageError(format!(
+            "cannot use {} as restore directory: {e}",
+            dir.display()
+        ))
+        .into()),
+    }
+}

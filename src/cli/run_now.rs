@@ -1,0 +1,126 @@
+//! `backupd run-now [JOB…] [--tag TAG]…`: back up now, report every source, exit 1 on any failure.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use super::{EXIT_FAILED, UsageError, human_bytes, load_policy, open_targets, self_command};
+use crate::job::{self, JobReport};
+use crate::snapshot::SourceStats;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Jobs to back up (default: all jobs in the policy).
+    pub jobs: Vec<String>,
+    /// Extra tag for the snapshot, e.g. pre-migration (repeatable; `manual` is always added).
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+}
+
+pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
+    let policy = load_policy(config)?;
+    let jobs = policy.select_jobs(&args.jobs).map_err(UsageError)?;
+    let mut tags = vec!["manual".to_string()];
+    for tag in args.tags {
+        if !crate::policy::is_valid_name(&tag) {
+            return Err(UsageError(format!(
+                "invalid tag {tag:?}: use lowercase letters, digits, '_' and '-'"
+            ))
+            .into());
+        }
+        if !tags.contains(&tag) {
+            tags.push(tag);
+        }
+    }
+    let recipients = crate::crypto::backup_recipients(&policy.encryption)?;
+    if recipients.is_none() {
+        tracing::warn!(
+            "encryption.mode = \"none\": snapshots are stored in PLAINTEXT; anyone who can read the target can read your data"
+        );
+    }
+    let mut failed = 0;
+    for name in &jobs {
+        let targets = open_targets(&policy, &policy.jobs[name].targets)?;
+        let report = job::run(&policy, name, &targets, recipients.as_deref(), &tags).await;
+        print_report(&report);
+        if !report.ok() {
+            failed += 1;
+        }
+    }
+    let cmd = self_command(config);
+    if failed == 0 {
+        println!("\nList snapshots:   {cmd} list");
+        println!(
+            "Restore latest:   {cmd} restore {} --to /tmp/restore",
+            jobs[0]
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!(
+            "\n{failed} of {} job(s) failed; see the messages above.",
+            jobs.len()
+        );
+        Ok(ExitCode::from(EXIT_FAILED))
+    }
+}
+
+fn print_report(r: &JobReport) {
+    let plain: u64 = r.manifest.as_ref().map_or(0, |m| m.plain_bytes());
+    let stored: u64 = r.manifest.as_ref().map_or(0, |m| m.stored_bytes());
+    if r.ok() {
+        println!(
+            "job {}: snapshot {} committed to {} ({} → {} stored, {:.1} s)",
+            r.job,
+            r.snapshot,
+            r.committed.join(", "),
+            human_bytes(plain),
+            human_bytes(stored),
+            r.seconds
+        );
+    } else if r.committed.is_empty() {
+        println!(
+            "job {}: FAILED, no snapshot committed ({:.1} s)",
+            r.job, r.seconds
+        );
+    } else {
+        println!(
+            "job {}: PARTIAL, snapshot {} committed to {} only",
+            r.job,
+            r.snapshot,
+            r.committed.join(", ")
+        );
+    }
+    for s in &r.sources {
+        match &s.result {
+            Ok(e) => {
+                let what = match &e.stats {
+                    SourceStats::Tree {
+                        files,
+                        dirs,
+                        symlinks,
+                        ..
+                    } => format!("{files} files, {dirs} dirs, {symlinks} symlinks"),
+                    SourceStats::Sqlite { tables, .. } => format!(
+                        "{} tables, {} rows",
+                        tables.len(),
+                        tables.values().sum::<u64>()
+                    ),
+                };
+                println!(
+                    "  {:<16} {:<9} ok      {}  {} → {}",
+                    s.name,
+                    s.kind,
+                    what,
+                    human_bytes(e.plain.bytes),
+                    human_bytes(e.stored.bytes)
+                );
+                for w in &e.warnings {
+                    println!("  {:<16} warning: {w}", s.name);
+                }
+            }
+            Err(e) => println!("  {:<16} {:<9} FAILED  {e}", s.name, s.kind),
+        }
+    }
+    for (target, e) in &r.failed_targets {
+        println!("  target {target} FAILED: {e}");
+    }
+}

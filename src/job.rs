@@ -1,0 +1,203 @@
+//! One run of one job: every source through the pipeline to every target, then the
+//! commit. A snapshot is all-or-nothing per target: the manifest goes only to targets that
+//! received every source, and when any source fails no manifest is written anywhere and
+//! the objects already uploaded are deleted.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use chrono::Utc;
+use object_store::ObjectStoreExt;
+
+use crate::pipeline::{self, Encoding};
+use crate::policy::{JobPolicy, Policy};
+use crate::snapshot::{self, Encryption, Manifest, SourceEntry};
+use crate::source::{self, DumpContext};
+use crate::target::Target;
+
+/// What happened to one source.
+#[derive(Debug)]
+pub struct SourceReport {
+    pub name: String,
+    pub kind: &'static str,
+    pub result: Result<SourceEntry, String>,
+}
+
+/// What happened to one job run; `ok()` decides the exit status.
+#[derive(Debug)]
+pub struct JobReport {
+    pub job: String,
+    pub snapshot: String,
+    pub sources: Vec<SourceReport>,
+    pub committed: Vec<String>,
+    pub failed_targets: BTreeMap<String, String>,
+    pub seconds: f64,
+    pub manifest: Option<Manifest>,
+}
+
+impl JobReport {
+    pub fn ok(&self) -> bool {
+        self.failed_targets.is_empty()
+            && !self.committed.is_empty()
+            && self.sources.iter().all(|s| s.result.is_ok())
+    }
+}
+
+/// Backs up `job_name` to `targets` (already opened, in the job's order).
+pub async fn run(
+    policy: &Policy,
+    job_name: &str,
+    targets: &[Target],
+    recipients: Option<&[age::x25519::Recipient]>,
+    tags: &[String],
+) -> JobReport {
+    let job: &JobPolicy = &policy.jobs[job_name];
+    let started = Instant::now();
+    let started_at = Utc::now();
+    let id = snapshot::new_id(started_at);
+    let ctx = DumpContext {
+        staging_dir: policy.daemon.state_dir.join("tmp"),
+    };
+    let encoding = Encoding {
+        compression: job.compression,
+        level: job
+            .compression_level
+            .unwrap_or_else(|| job.compression.default_level()),
+        recipients: recipients.map(<[_]>::to_vec),
+    };
+    tracing::info!(job = job_name, snapshot = %id, "backup started");
+
+    let mut failed_targets = BTreeMap::new();
+    let mut reports = Vec::new();
+    let mut uploaded: Vec<object_store::path::Path> = Vec::new();
+    for (name, spec) in &job.source_specs {
+        let object = source::object_name(
+            name,
+            spec,
+            job.compression.extension(),
+            recipients.is_some(),
+        );
+        let key = snapshot::object_key(job_name, &id, &object);
+        let live: Vec<Target> = targets
+            .iter()
+            .filter(|t| !failed_targets.contains_key(&t.name))
+            .cloned()
+            .collect();
+        let source_started = Instant::now();
+        let spec_owned = spec.clone();
+        let ctx = ctx.clone();
+        let result = if live.is_empty() {
+            Err("not attempted: every target has failed".to_string())
+        } else {
+            pipeline::store(&live, &key, &encoding, move |w| {
+                Ok(source::dump(&spec_owned, &ctx, w)?)
+            })
+            .await
+            .map_err(|e| format!("{e:#}"))
+        };
+        let result = result.map(|stored| {
+            uploaded.push(key.clone());
+            for (target, upload) in live.iter().zip(&stored.uploads) {
+                if let Err(e) = upload {
+                    failed_targets.insert(target.name.clone(), e.clone());
+                }
+            }
+            let secs = source_started.elapsed().as_secs_f64();
+            tracing::info!(
+                job = job_name,
+                source = %name,
+                plain_bytes = stored.plain.bytes,
+                stored_bytes = stored.stored.bytes,
+                seconds = format!("{secs:.1}"),
+                mib_per_sec = format!("{:.1}", stored.plain.bytes as f64 / 1048576.0 / secs.max(1e-9)),
+                "source stored"
+            );
+            SourceEntry {
+                kind: spec.kind().into(),
+                object,
+                compression: job.compression,
+                compression_level: encoding.level,
+                encryption: match recipients {
+                    Some(rs) => Encryption::Age {
+                        recipients: rs.iter().map(ToString::to_string).collect(),
+                    },
+                    None => Encryption::None,
+                },
+                stored: stored.stored,
+                plain: stored.plain,
+                stats: stored.produced.stats,
+                warnings: stored.produced.warnings,
+            }
+        });
+        if let Err(e) = &result {
+            tracing::error!(job = job_name, source = %name, "source failed: {e}");
+        }
+        reports.push(SourceReport {
+            name: name.clone(),
+            kind: spec.kind(),
+            result,
+        });
+    }
+
+    let mut report = JobReport {
+        job: job_name.into(),
+        snapshot: id.clone(),
+        sources: reports,
+        committed: Vec::new(),
+        failed_targets,
+        seconds: 0.0,
+        manifest: None,
+    };
+    let all_sources_ok = report.sources.iter().all(|s| s.result.is_ok());
+    if all_sources_ok {
+        let manifest = Manifest {
+            format: snapshot::FORMAT_VERSION,
+            job: job_name.into(),
+            snapshot: id.clone(),
+            host: gethostname::gethostname().to_string_lossy().into_owned(),
+            backupd_version: env!("CARGO_PKG_VERSION").into(),
+            started_at,
+            finished_at: Utc::now(),
+            tags: tags.to_vec(),
+            sources: report
+                .sources
+                .iter()
+                .filter_map(|s| s.result.as_ref().ok().map(|e| (s.name.clone(), e.clone())))
+                .collect(),
+        };
+        for target in targets {
+            if report.failed_targets.contains_key(&target.name) {
+                continue;
+            }
+            match snapshot::commit(target, &manifest).await {
+                Ok(()) => report.committed.push(target.name.clone()),
+                Err(e) => {
+                    report
+                        .failed_targets
+                        .insert(target.name.clone(), e.to_string());
+                }
+            }
+        }
+        report.manifest = Some(manifest);
+    }
+    // Objects on targets without a manifest are garbage: remove them now rather than
+    // leave them for a sweep. A crash before this point leaves them uncommitted, which
+    // list and restore ignore.
+    for target in targets {
+        if report.committed.contains(&target.name) {
+            continue;
+        }
+        for key in &uploaded {
+            if let Err(e) = target.store.delete(key).await {
+                tracing::warn!(target = %target.name, %key, "could not delete an uncommitted object: {e}");
+            }
+        }
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    if report.ok() {
+        tracing::info!(job = job_name, snapshot = %id, "snapshot committed");
+    } else {
+        tracing::error!(job = job_name, snapshot = %id, "backup failed");
+    }
+    report
+}

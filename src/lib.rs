@@ -1,0 +1,21 @@
+//! backupd: scheduled, encrypted, verified backups of databases and directories into
+//! object storage. See `BACKUP_POLICY.md` for the policy and the snapshot format.
+//!
+//! # Layout
+//! - [`cli`]: the command line, one file per command, and the exit-status contract.
+//! - [`policy`]: the typed TOML policy, its loading and pure validation.
+//! - [`crypto`]: age recipients and identities, key generation, permission checks.
+//! - [`source`]: what gets backed up, one kind per file, dump and restore together.
+//! - [`pipeline`]: the bounded streaming encode (hash, compress, encrypt, tee) and decode.
+//! - [`target`]: object stores from URLs, redaction, the reachability probe.
+//! - [`snapshot`]: snapshot ids, object keys, the versioned manifest, commit and listing.
+//! - [`job`]: one run of one job, from sources to committed manifest.
+
+pub mod cli;
+pub mod crypto;
+pub mod job;
+pub mod pipeline;
+pub mod policy;
+pub mod snapshot;
+pub mod source;
+pub mod target;

@@ -1,0 +1,470 @@
+//! The streaming pipeline, both ways.
+//!
+//! Store: producer → sha256(plain) → gzip/zstd → age → sha256(stored) → tee to one
+//! multipart upload per target. The sync half (tar, codecs, age) runs on a blocking
+//! thread and hands 1 MiB chunks to async upload tasks over bounded channels, so memory
+//! is bounded by the channel depth plus the parts in flight, whatever the data size. A
+//! target whose upload fails is dropped from the tee; the others go on.
+//!
+//! Read: object stream → sha256(stored) → age → gunzip/unzstd → sha256(plain) → consumer,
+//! with both digests checked against the manifest once the stream is drained.
+
+use std::io::{self, Read, Write};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStoreExt, WriteMultipart};
+use sha2::{Digest as _, Sha256};
+use tokio::sync::mpsc;
+
+use crate::crypto::Identities;
+use crate::policy::Compression;
+use crate::snapshot::{Digest, SourceEntry};
+use crate::target::Target;
+
+/// Bytes handed from the encoder thread to the uploads at a time.
+const CHUNK_BYTES: usize = 1 << 20;
+/// Chunks buffered per target before the encoder waits: the back-pressure bound.
+const CHANNEL_CHUNKS: usize = 8;
+/// Multipart part size (S3 needs ≥ 5 MiB for all but the last part).
+const PART_BYTES: usize = 8 << 20;
+/// Parts uploading at once per target.
+const PARTS_IN_FLIGHT: usize = 2;
+
+/// How one stream is encoded.
+#[derive(Clone)]
+pub struct Encoding {
+    pub compression: Compression,
+    pub level: i32,
+    /// `None` is the plaintext opt-out.
+    pub recipients: Option<Vec<age::x25519::Recipient>>,
+}
+
+/// sha256 and length of everything passed through.
+#[derive(Default)]
+struct Tally {
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl Tally {
+    fn update(&mut self, data: &[u8]) {
+        self.hasher.update(data);
+        self.bytes += data.len() as u64;
+    }
+
+    fn digest(&self) -> Digest {
+        Digest {
+            bytes: self.bytes,
+            sha256: hex::encode(self.hasher.clone().finalize()),
+        }
+    }
+}
+
+struct TallyWriter<W> {
+    inner: W,
+    tally: Tally,
+}
+
+impl<W: Write> Write for TallyWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.tally.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+enum Compressor<W: Write> {
+    Gzip(flate2::write::GzEncoder<W>),
+    Zstd(zstd::Encoder<'static, W>),
+    Plain(W),
+}
+
+impl<W: Write> Compressor<W> {
+    fn new(inner: W, compression: Compression, level: i32) -> io::Result<Self> {
+        Ok(match compression {
+            Compression::Gzip => Compressor::Gzip(flate2::write::GzEncoder::new(
+                inner,
+                flate2::Compression::new(level.clamp(0, 9) as u32),
+            )),
+            Compression::Zstd => Compressor::Zstd(zstd::Encoder::new(inner, level)?),
+            Compression::None => Compressor::Plain(inner),
+        })
+    }
+
+    fn finish(self) -> io::Result<W> {
+        match self {
+            Compressor::Gzip(w) => w.finish(),
+            Compressor::Zstd(w) => w.finish(),
+            Compressor::Plain(w) => Ok(w),
+        }
+    }
+}
+
+impl<W: Write> Write for Compressor<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Compressor::Gzip(w) => w.write(buf),
+            Compressor::Zstd(w) => w.write(buf),
+            Compressor::Plain(w) => w.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Compressor::Gzip(w) => w.flush(),
+            Compressor::Zstd(w) => w.flush(),
+            Compressor::Plain(w) => w.flush(),
+        }
+    }
+}
+
+enum Encryptor<W: Write> {
+    Age(age::stream::StreamWriter<W>),
+    Plain(W),
+}
+
+impl<W: Write> Encryptor<W> {
+    fn new(inner: W, recipients: Option<&[age::x25519::Recipient]>) -> io::Result<Self> {
+        match recipients {
+            None => Ok(Encryptor::Plain(inner)),
+            Some(rs) => {
+                let enc = age::Encryptor::with_recipients(rs.iter().map(|r| r as _))
+                    .map_err(io::Error::other)?;
+                Ok(Encryptor::Age(enc.wrap_output(inner)?))
+            }
+        }
+    }
+
+    fn finish(self) -> io::Result<W> {
+        match self {
+            Encryptor::Age(w) => w.finish(),
+            Encryptor::Plain(w) => Ok(w),
+        }
+    }
+}
+
+impl<W: Write> Write for Encryptor<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Encryptor::Age(w) => w.write(buf),
+            Encryptor::Plain(w) => w.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Encryptor::Age(w) => w.flush(),
+            Encryptor::Plain(w) => w.flush(),
+        }
+    }
+}
+
+/// The end of the sync half: cuts the stream into chunks and sends each to every target
+/// still alive. Blocking sends are the back-pressure.
+struct Tee {
+    buf: Vec<u8>,
+    outs: Vec<Option<mpsc::Sender<Bytes>>>,
+}
+
+impl Tee {
+    fn send_chunk(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(
+            &mut self.buf,
+            Vec::with_capacity(CHUNK_BYTES),
+        ));
+        for out in &mut self.outs {
+            // A closed channel means that target's upload failed; its task reports why.
+            if out
+                .as_ref()
+                .is_some_and(|tx| tx.blocking_send(chunk.clone()).is_err())
+            {
+                *out = None;
+            }
+        }
+        if self.outs.iter().all(Option::is_none) {
+            return Err(io::Error::other("every target's upload failed"));
+        }
+        Ok(())
+    }
+}
+
+impl Write for Tee {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let room = CHUNK_BYTES - self.buf.len();
+        let n = room.min(buf.len());
+        self.buf.extend_from_slice(&buf[..n]);
+        if self.buf.len() == CHUNK_BYTES {
+            self.send_chunk()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+type Chain = TallyWriter<Compressor<Encryptor<TallyWriter<Tee>>>>;
+
+fn chain(enc: &Encoding, outs: Vec<Option<mpsc::Sender<Bytes>>>) -> io::Result<Chain> {
+    let tee = Tee {
+        buf: Vec::with_capacity(CHUNK_BYTES),
+        outs,
+    };
+    let stored = TallyWriter {
+        inner: tee,
+        tally: Tally::default(),
+    };
+    let encrypted = Encryptor::new(stored, enc.recipients.as_deref())?;
+    let compressed = Compressor::new(encrypted, enc.compression, enc.level)?;
+    Ok(TallyWriter {
+        inner: compressed,
+        tally: Tally::default(),
+    })
+}
+
+fn finish_chain(w: Chain) -> io::Result<(Digest, Digest)> {
+    let plain = w.tally.digest();
+    let mut stored = w.inner.finish()?.finish()?;
+    stored.inner.send_chunk()?;
+    Ok((plain, stored.tally.digest()))
+}
+
+/// What `store` returns when the producer succeeded.
+pub struct Stored<T> {
+    pub produced: T,
+    pub plain: Digest,
+    pub stored: Digest,
+    /// Per target, in the order given: `Ok` when the object is complete there.
+    pub uploads: Vec<Result<(), String>>,
+}
+
+/// Streams what `produce` writes through the encoding into `key` on every target.
+/// On a producer error every upload is aborted and the error returned; on success the
+/// uploads are completed, and each target's outcome reported.
+pub async fn store<T, F>(
+    targets: &[Target],
+    key: &ObjectPath,
+    encoding: &Encoding,
+    produce: F,
+) -> anyhow::Result<Stored<T>>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut dyn Write) -> anyhow::Result<T> + Send + 'static,
+{
+    let mut feeds = Vec::new();
+    let mut outs = Vec::new();
+    for target in targets {
+        let (tx, rx) = mpsc::channel::<Bytes>(CHANNEL_CHUNKS);
+        outs.push(Some(tx));
+        feeds.push(tokio::spawn(feed(target.clone(), key.clone(), rx)));
+    }
+    let encoding = encoding.clone();
+    let produced = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let mut w = chain(&encoding, outs)?;
+        let produced = produce(&mut w)?;
+        let (plain, stored) = finish_chain(w)?;
+        Ok((produced, plain, stored))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("the encoder thread failed: {e}"))
+    .and_then(|r| r);
+
+    let mut writers = Vec::new();
+    for f in feeds {
+        writers.push(match f.await {
+            Ok(r) => r,
+            Err(e) => Err(format!("upload task failed: {e}")),
+        });
+    }
+    let (produced, plain, stored) = match produced {
+        Ok(v) => v,
+        Err(e) => {
+            for w in writers.into_iter().flatten() {
+                let _ = w.abort().await;
+            }
+            return Err(e);
+        }
+    };
+    let mut uploads = Vec::new();
+    for (w, target) in writers.into_iter().zip(targets) {
+        uploads.push(match w {
+            Ok(w) => w
+                .finish()
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("completing upload of {key}: {e}")),
+            Err(e) => Err(e),
+        });
+        if let Some(Err(e)) = uploads.last() {
+            tracing::error!(target = %target.name, "upload failed: {e}");
+        }
+    }
+    Ok(Stored {
+        produced,
+        plain,
+        stored,
+        uploads,
+    })
+}
+
+/// One target's side of the tee: chunks in, multipart parts out. Returns the unfinished
+/// upload so the caller decides between complete and abort.
+async fn feed(
+    target: Target,
+    key: ObjectPath,
+    mut rx: mpsc::Receiver<Bytes>,
+) -> Result<WriteMultipart, String> {
+    let upload = target
+        .store
+        .put_multipart(&key)
+        .await
+        .map_err(|e| format!("starting upload of {key}: {e}"))?;
+    let mut w = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
+    while let Some(chunk) = rx.recv().await {
+        if let Err(e) = w.wait_for_capacity(PARTS_IN_FLIGHT).await {
+            let _ = w.abort().await;
+            return Err(format!("uploading {key}: {e}"));
+        }
+        w.put(chunk);
+    }
+    Ok(w)
+}
+
+/// A reader that tallies what passes, readable after the chain is consumed.
+struct TallyReader<R> {
+    inner: R,
+    tally: Arc<Mutex<Tally>>,
+}
+
+impl<R: Read> Read for TallyReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.tally.lock().expect("tally lock").update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IntegrityError {
+    #[error(
+        "cannot decrypt {object}: {reason} (is this the identity the snapshot was encrypted to? recipients: {recipients})"
+    )]
+    Decrypt {
+        object: String,
+        reason: String,
+        recipients: String,
+    },
+    #[error(
+        "{object}: {which} sha256 mismatch ({bytes} bytes, sha256 {actual}; manifest says {expected_bytes} bytes, {expected}): the object is corrupt or was tampered with"
+    )]
+    Mismatch {
+        object: String,
+        which: &'static str,
+        bytes: u64,
+        actual: String,
+        expected_bytes: u64,
+        expected: String,
+    },
+    #[error("{object}: reading failed: {source}")]
+    Io { object: String, source: io::Error },
+}
+
+/// The decoded plain stream of one stored object, with its integrity check.
+pub struct Decoded {
+    pub reader: Box<dyn Read + Send>,
+    stored: Arc<Mutex<Tally>>,
+    plain: Arc<Mutex<Tally>>,
+    entry: SourceEntry,
+}
+
+/// Builds the read chain over `input` (the stored object's bytes).
+pub fn decode(
+    input: impl Read + Send + 'static,
+    entry: &SourceEntry,
+    identities: Option<&Identities>,
+) -> Result<Decoded, IntegrityError> {
+    let stored = Arc::new(Mutex::new(Tally::default()));
+    let counted = io::BufReader::with_capacity(
+        256 << 10,
+        TallyReader {
+            inner: input,
+            tally: stored.clone(),
+        },
+    );
+    let decrypted: Box<dyn Read + Send> = match (&entry.encryption, identities) {
+        (crate::snapshot::Encryption::None, _) => Box::new(counted),
+        (crate::snapshot::Encryption::Age { recipients }, ids) => {
+            let fail = |reason: String| IntegrityError::Decrypt {
+                object: entry.object.clone(),
+                reason,
+                recipients: recipients.join(", "),
+            };
+            let ids = ids.ok_or_else(|| fail("no identity given".into()))?;
+            let d = age::Decryptor::new_buffered(counted).map_err(|e| fail(e.to_string()))?;
+            Box::new(
+                d.decrypt(ids.iter().map(|i| i.as_ref() as &dyn age::Identity))
+                    .map_err(|e| fail(e.to_string()))?,
+            )
+        }
+    };
+    let io_err = |source| IntegrityError::Io {
+        object: entry.object.clone(),
+        source,
+    };
+    let decompressed: Box<dyn Read + Send> = match entry.compression {
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(decrypted)),
+        Compression::Zstd => Box::new(zstd::Decoder::new(decrypted).map_err(io_err)?),
+        Compression::None => decrypted,
+    };
+    let plain = Arc::new(Mutex::new(Tally::default()));
+    Ok(Decoded {
+        reader: Box::new(TallyReader {
+            inner: decompressed,
+            tally: plain.clone(),
+        }),
+        stored,
+        plain,
+        entry: entry.clone(),
+    })
+}
+
+impl Decoded {
+    /// Drains what the consumer left (tar padding, trailing blocks) and checks both digests.
+    pub fn finish(mut self) -> Result<(), IntegrityError> {
+        io::copy(&mut self.reader, &mut io::sink()).map_err(|source| IntegrityError::Io {
+            object: self.entry.object.clone(),
+            source,
+        })?;
+        let checks = [
+            ("plain", &self.plain, &self.entry.plain),
+            ("stored", &self.stored, &self.entry.stored),
+        ];
+        for (which, tally, expected) in checks {
+            let got = tally.lock().expect("tally lock").digest();
+            if &got != expected {
+                return Err(IntegrityError::Mismatch {
+                    object: self.entry.object.clone(),
+                    which,
+                    bytes: got.bytes,
+                    actual: got.sha256,
+                    expected_bytes: expected.bytes,
+                    expected: expected.sha256.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

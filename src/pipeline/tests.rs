@@ -1,0 +1,196 @@
+use std::io::Read;
+use std::sync::Arc;
+
+use object_store::memory::InMemory;
+use object_store::{ObjectStore, ObjectStoreExt};
+
+use super::*;
+use crate::snapshot::{Encryption, SourceStats};
+
+fn memory_target(name: &str) -> (Target, Arc<InMemory>) {
+    let mem = Arc::new(InMemory::new());
+    let store: Arc<dyn ObjectStore> = mem.clone();
+    (
+        Target {
+            name: name.into(),
+            display_url: "memory:///".into(),
+            store,
+        },
+        mem,
+    )
+}
+
+fn sample(len: usize) -> Vec<u8> {
+    // Compressible but not trivial: a counter pattern with noise.
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[(i % 3) + 1] % 17)
+        .collect()
+}
+
+fn entry_for(stored: &Stored<()>, enc: &Encoding) -> SourceEntry {
+    SourceEntry {
+        kind: "test".into(),
+        object: "obj".into(),
+        compression: enc.compression,
+        compression_level: enc.level,
+        encryption: match &enc.recipients {
+            Some(rs) => Encryption::Age {
+                recipients: rs.iter().map(|r| r.to_string()).collect(),
+            },
+            None => Encryption::None,
+        },
+        stored: stored.stored.clone(),
+        plain: stored.plain.clone(),
+        stats: SourceStats::Tree {
+            files: 0,
+            dirs: 0,
+            symlinks: 0,
+            file_bytes: 0,
+            skipped: 0,
+        },
+        warnings: vec![],
+    }
+}
+
+async fn round_trip(compression: Compression) {
+    let id = age::x25519::Identity::generate();
+    let enc = Encoding {
+        compression,
+        level: compression.default_level(),
+        recipients: Some(vec![id.to_public()]),
+    };
+    let (a, mem_a) = memory_target("a");
+    let (b, mem_b) = memory_target("b");
+    let data = sample(5 * CHUNK_BYTES + 12345);
+    let key = ObjectPath::from("job/snap/obj");
+    let input = data.clone();
+    let stored = store(&[a, b], &key, &enc, move |w| Ok(w.write_all(&input)?))
+        .await
+        .unwrap();
+    assert!(stored.uploads.iter().all(Result::is_ok));
+    assert_eq!(stored.plain.bytes, data.len() as u64);
+    assert_eq!(stored.plain.sha256, hex::encode(Sha256::digest(&data)));
+    let bytes_a = mem_a.get(&key).await.unwrap().bytes().await.unwrap();
+    let bytes_b = mem_b.get(&key).await.unwrap().bytes().await.unwrap();
+    assert_eq!(bytes_a, bytes_b, "every target gets the same stream");
+    assert_eq!(stored.stored.bytes, bytes_a.len() as u64);
+    assert_eq!(stored.stored.sha256, hex::encode(Sha256::digest(&bytes_a)));
+
+    let ids: Identities = vec![Box::new(id)];
+    let entry = entry_for(&stored, &enc);
+    let mut decoded = decode(io::Cursor::new(bytes_a.to_vec()), &entry, Some(&ids)).unwrap();
+    let mut out = Vec::new();
+    decoded.reader.read_to_end(&mut out).unwrap();
+    assert!(out == data, "decoded stream differs");
+    decoded.finish().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gzip_round_trip_to_two_targets() {
+    round_trip(Compression::Gzip).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn zstd_round_trip() {
+    round_trip(Compression::Zstd).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn uncompressed_round_trip() {
+    round_trip(Compression::None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failing_producer_leaves_no_object() {
+    let (a, mem) = memory_target("a");
+    let enc = Encoding {
+        compression: Compression::Gzip,
+        level: 1,
+        recipients: None,
+    };
+    let key = ObjectPath::from("job/snap/obj");
+    let err = store(&[a], &key, &enc, |w| -> anyhow::Result<()> {
+        w.write_all(&sample(3 * CHUNK_BYTES))?;
+        anyhow::bail!("pg_dump exited with status 1")
+    })
+    .await
+    .err()
+    .expect("producer error must surface");
+    assert!(err.to_string().contains("status 1"), "{err}");
+    assert!(matches!(
+        mem.head(&key).await,
+        Err(object_store::Error::NotFound { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_target_does_not_stop_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken_dir = dir.path().join("broken");
+    let broken =
+        crate::target::open("broken", &format!("file://{}", broken_dir.display())).unwrap();
+    // Replace the target's directory by a file: every write to it now fails, even as root.
+    std::fs::remove_dir(&broken_dir).unwrap();
+    std::fs::write(&broken_dir, b"not a directory").unwrap();
+    let (good, mem) = memory_target("good");
+    let enc = Encoding {
+        compression: Compression::None,
+        level: 0,
+        recipients: None,
+    };
+    let key = ObjectPath::from("job/snap/obj");
+    let data = sample(3 * CHUNK_BYTES);
+    let input = data.clone();
+    let stored = store(&[broken, good], &key, &enc, move |w| {
+        Ok(w.write_all(&input)?)
+    })
+    .await
+    .unwrap();
+    assert!(stored.uploads[0].is_err());
+    assert!(stored.uploads[1].is_ok());
+    let got = mem.get(&key).await.unwrap().bytes().await.unwrap();
+    assert!(got.as_ref() == data.as_slice());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn corruption_and_wrong_keys_are_detected() {
+    let id = age::x25519::Identity::generate();
+    let enc = Encoding {
+        compression: Compression::Gzip,
+        level: 6,
+        recipients: Some(vec![id.to_public()]),
+    };
+    let (a, mem) = memory_target("a");
+    let key = ObjectPath::from("job/snap/obj");
+    let data = sample(300_000);
+    let input = data.clone();
+    let stored = store(&[a], &key, &enc, move |w| Ok(w.write_all(&input)?))
+        .await
+        .unwrap();
+    let entry = entry_for(&stored, &enc);
+    let bytes = mem.get(&key).await.unwrap().bytes().await.unwrap().to_vec();
+
+    let wrong: Identities = vec![Box::new(age::x25519::Identity::generate())];
+    let err = decode(io::Cursor::new(bytes.clone()), &entry, Some(&wrong))
+        .err()
+        .expect("wrong identity must fail");
+    assert!(matches!(err, IntegrityError::Decrypt { .. }), "{err}");
+
+    let ids: Identities = vec![Box::new(id)];
+    let mut corrupt = bytes.clone();
+    let mid = corrupt.len() / 2;
+    corrupt[mid] ^= 0x01;
+    let result = decode(io::Cursor::new(corrupt), &entry, Some(&ids)).and_then(|d| d.finish());
+    assert!(result.is_err(), "a flipped bit must not pass");
+
+    let mut bad_entry = entry.clone();
+    bad_entry.plain.sha256 = "00".repeat(32);
+    let err = decode(io::Cursor::new(bytes), &bad_entry, Some(&ids))
+        .unwrap()
+        .finish()
+        .unwrap_err();
+    assert!(
+        matches!(err, IntegrityError::Mismatch { which: "plain", .. }),
+        "{err}"
+    );
+}

@@ -1,0 +1,378 @@
+//! The typed backup policy: loading it (TOML file + `BACKUPD_*` env overrides, via
+//! figment), resolving relative paths against the policy file, and pure validation that
+//! reports every problem at once with its key path and a hint.
+//!
+//! Loading is two-phase on purpose: serde stops at the first error, so targets, jobs and
+//! sources are first read as untyped values and then typed one by one, each failure
+//! collected with its key path. That is how a policy with three mistakes gets three
+//! messages instead of one.
+
+mod validate;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use figment::value::Value;
+use serde::Deserialize;
+
+pub use validate::{Problem, is_valid_name};
+
+/// Where the policy is read from when neither `--config` nor `BACKUPD_CONFIG` says.
+pub const DEFAULT_POLICY_PATH: &str = "/etc/backupd/policy.toml";
+
+/// Every way loading a policy can fail; each variant says how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error(
+        "policy file {path} not found: pass --config PATH or set BACKUPD_CONFIG (see config/quickstart.toml for an example)"
+    )]
+    NotFound { path: PathBuf },
+    #[error("cannot read policy file {path}: {source}")]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("policy {path} is invalid ({} problem{}):\n{}", problems.len(), if problems.len() == 1 { "" } else { "s" }, render(problems))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+fn render(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  - {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A loaded, validated policy. Paths in it are absolute.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub path: PathBuf,
+    pub daemon: DaemonPolicy,
+    pub encryption: EncryptionPolicy,
+    pub targets: BTreeMap<String, TargetPolicy>,
+    pub jobs: BTreeMap<String, JobPolicy>,
+}
+
+/// Settings of the backupd process itself.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonPolicy {
+    /// Local scratch space (staged SQLite copies, generated keys); never the source of truth.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+}
+
+impl Default for DaemonPolicy {
+    fn default() -> Self {
+        Self {
+            state_dir: default_state_dir(),
+        }
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/backupd")
+}
+
+/// Whether and to whom snapshots are encrypted.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionPolicy {
+    #[serde(default)]
+    pub mode: EncryptionMode,
+    /// age X25519 public keys (`age1…`); backing up needs no secret.
+    #[serde(default)]
+    pub recipients: Vec<String>,
+    /// age identity (secret key) file; needed by restore and verify only, and by backup
+    /// when `recipients` is empty (its public key is then the recipient).
+    #[serde(default)]
+    pub identity_file: Option<PathBuf>,
+    /// Create `identity_file` (mode 0600) on first use if it does not exist.
+    #[serde(default)]
+    pub generate_identity: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EncryptionMode {
+    #[default]
+    Age,
+    /// Plaintext snapshots: an explicit opt-out, warned about on every run.
+    None,
+}
+
+/// Where snapshots are stored: a URL (`file:///abs/path`, later `s3://…`), or `path`, a
+/// local directory relative to the policy file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetPolicy {
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+}
+
+impl TargetPolicy {
+    /// The target as one URL; `path` targets become `file://` URLs.
+    pub fn url(&self) -> String {
+        match (&self.url, &self.path) {
+            (Some(url), _) => url.clone(),
+            (None, Some(path)) => format!("file://{}", path.display()),
+            (None, None) => String::new(),
+        }
+    }
+}
+
+/// One backup job: what to back up, where to, and how to encode it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobPolicy {
+    /// Cron expression for the daemon (used by `backupd run`).
+    #[serde(default)]
+    pub schedule: Option<String>,
+    pub targets: Vec<String>,
+    #[serde(default)]
+    pub compression: Compression,
+    #[serde(default)]
+    pub compression_level: Option<i32>,
+    /// Untyped on load; typed into `source_specs` one by one so every bad source is reported.
+    #[serde(default)]
+    sources: BTreeMap<String, Value>,
+    #[serde(skip)]
+    pub source_specs: BTreeMap<String, SourceSpec>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    #[default]
+    Gzip,
+    Zstd,
+    None,
+}
+
+impl Compression {
+    /// Object-name suffix, so a stored object says how to decode it.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Compression::Gzip => ".gz",
+            Compression::Zstd => ".zst",
+            Compression::None => "",
+        }
+    }
+
+    pub fn default_level(self) -> i32 {
+        match self {
+            Compression::Gzip => 6,
+            Compression::Zstd => 3,
+            Compression::None => 0,
+        }
+    }
+}
+
+/// A source's kind and its settings; `kind = "…"` in the policy picks the variant.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceSpec {
+    Directory(DirectorySpec),
+    Sqlite(SqliteSpec),
+}
+
+impl SourceSpec {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceSpec::Directory(_) => "directory",
+            SourceSpec::Sqlite(_) => "sqlite",
+        }
+    }
+}
+
+/// The kinds this build can back up, in the order the error hint lists them.
+pub const SOURCE_KINDS: &[&str] = &["directory", "sqlite"];
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectorySpec {
+    pub path: PathBuf,
+    /// Glob patterns: `*.tmp` matches a name at any depth, `cache/` directories only,
+    /// `logs/*.gz` (with a slash) is anchored at the source root.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// An empty tree is usually an unmounted volume, so it fails unless this is set.
+    #[serde(default)]
+    pub allow_empty: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqliteSpec {
+    pub path: PathBuf,
+}
+
+/// The policy file to use: `--config`, else `BACKUPD_CONFIG` (clap folds both), else the default.
+pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(PolicyError::NotFound { path: path.into() });
+        }
+        Err(source) => {
+            return Err(PolicyError::Unreadable {
+                path: path.into(),
+                source,
+            });
+        }
+    };
+    let figment = Figment::from(Toml::string(&text)).merge(env_overrides());
+    let base = path
+        .parent()
+        .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()))
+        .unwrap_or_default();
+    let base = normalize(&base);
+    let mut policy = from_figment(figment, &base).map_err(|problems| PolicyError::Invalid {
+        path: path.into(),
+        problems,
+    })?;
+    policy.path = path.into();
+    Ok(policy)
+}
+
+/// `BACKUPD_JOBS__APP__COMPRESSION=zstd` overrides `jobs.app.compression`. Only the
+/// policy's own sections are taken, so `BACKUPD_CONFIG`/`BACKUPD_LOG` never read as keys.
+fn env_overrides() -> Env {
+    Env::prefixed("BACKUPD_").split("__").filter(|key| {
+        let first = key.as_str().split('.').next().unwrap_or("");
+        matches!(first, "daemon" | "encryption" | "targets" | "jobs")
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default)]
+    daemon: DaemonPolicy,
+    #[serde(default)]
+    encryption: EncryptionPolicy,
+    #[serde(default)]
+    targets: BTreeMap<String, Value>,
+    #[serde(default)]
+    jobs: BTreeMap<String, Value>,
+}
+
+/// Types and validates a policy; `base` is the directory relative paths are taken from.
+pub fn from_figment(figment: Figment, base: &Path) -> Result<Policy, Vec<Problem>> {
+    let raw: RawPolicy = figment
+        .extract()
+        .map_err(|e| validate::serde_problems("", e))?;
+    let mut problems = Vec::new();
+    let mut targets = BTreeMap::new();
+    for (name, value) in raw.targets {
+        let key = format!("targets.{name}");
+        match value.deserialize::<TargetPolicy>() {
+            Ok(mut t) => {
+                t.path = t.path.map(|p| join(base, p));
+                targets.insert(name, t);
+            }
+            Err(e) => problems.extend(validate::serde_problems(&key, e)),
+        }
+    }
+    let mut jobs = BTreeMap::new();
+    for (name, value) in raw.jobs {
+        let key = format!("jobs.{name}");
+        let mut job = match value.deserialize::<JobPolicy>() {
+            Ok(job) => job,
+            Err(e) => {
+                problems.extend(validate::serde_problems(&key, e));
+                continue;
+            }
+        };
+        if job.sources.is_empty() {
+            problems.push(validate::no_sources(&key));
+        }
+        for (source, value) in std::mem::take(&mut job.sources) {
+            let key = format!("{key}.sources.{source}");
+            match validate::source_spec(&key, value) {
+                Ok(spec) => {
+                    job.source_specs.insert(source, resolve_source(spec, base));
+                }
+                Err(p) => problems.extend(p),
+            }
+        }
+        jobs.insert(name, job);
+    }
+    let mut encryption = raw.encryption;
+    encryption.identity_file = encryption.identity_file.map(|p| join(base, p));
+    let mut daemon = raw.daemon;
+    daemon.state_dir = join(base, daemon.state_dir);
+    let policy = Policy {
+        path: PathBuf::new(),
+        daemon,
+        encryption,
+        targets,
+        jobs,
+    };
+    problems.extend(validate::policy(&policy));
+    if problems.is_empty() {
+        Ok(policy)
+    } else {
+        Err(problems)
+    }
+}
+
+/// Drops `.` and folds `..` by name, so logged paths read as the operator wrote them.
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+fn join(base: &Path, path: PathBuf) -> PathBuf {
+    normalize(&base.join(path))
+}
+
+fn resolve_source(spec: SourceSpec, base: &Path) -> SourceSpec {
+    match spec {
+        SourceSpec::Directory(mut d) => {
+            d.path = join(base, d.path);
+            SourceSpec::Directory(d)
+        }
+        SourceSpec::Sqlite(mut s) => {
+            s.path = join(base, s.path);
+            SourceSpec::Sqlite(s)
+        }
+    }
+}
+
+impl Policy {
+    /// The named jobs, or all of them; an unknown name is a usage error naming the known ones.
+    pub fn select_jobs(&self, names: &[String]) -> Result<Vec<String>, String> {
+        if names.is_empty() {
+            return Ok(self.jobs.keys().cloned().collect());
+        }
+        for name in names {
+            if !self.jobs.contains_key(name) {
+                return Err(format!(
+                    "no job named {name:?} in {} (jobs: {})",
+                    self.path.display(),
+                    self.jobs.keys().cloned().collect::<Vec<_>>().join(", ")
+                ));
+            }
+        }
+        Ok(names.to_vec())
+    }
+}

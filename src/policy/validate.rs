@@ -1,0 +1,280 @@
+//! Pure checks of a typed policy (no filesystem, network or clock), and the translation of
+//! serde/figment errors into problems that name the key and say how to fix it.
+
+use figment::error::Kind;
+use figment::value::Value;
+
+use super::{
+    Compression, DirectorySpec, EncryptionMode, Policy, SOURCE_KINDS, SourceSpec, SqliteSpec,
+};
+
+/// One thing wrong with a policy, at a dotted key path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.key, self.message)
+        }
+    }
+}
+
+fn problem(key: impl Into<String>, message: impl Into<String>) -> Problem {
+    Problem {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// Job, source and target names become parts of object keys, so they are kept to
+/// `[a-z0-9][a-z0-9_-]*`, at most 64 characters.
+pub fn is_valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+        && name.len() <= 64
+}
+
+fn check_name(key: &str, what: &str, name: &str, out: &mut Vec<Problem>) {
+    if !is_valid_name(name) {
+        out.push(problem(
+            key,
+            format!(
+                "invalid {what} name {name:?}: use lowercase letters, digits, '_' and '-', starting with a letter or digit (at most 64)"
+            ),
+        ));
+    }
+}
+
+/// Each error figment collected, as a problem under `prefix`.
+pub fn serde_problems(prefix: &str, err: figment::Error) -> Vec<Problem> {
+    err.into_iter()
+        .map(|e| {
+            let mut key = prefix.to_string();
+            for part in &e.path {
+                if !key.is_empty() {
+                    key.push('.');
+                }
+                key.push_str(part);
+            }
+            let message = match &e.kind {
+                Kind::UnknownField(field, expected) => {
+                    if !key.is_empty() {
+                        key.push('.');
+                    }
+                    key.push_str(field);
+                    format!("unknown key (expected one of: {})", expected.join(", "))
+                }
+                Kind::MissingField(field) => {
+                    if !key.is_empty() {
+                        key.push('.');
+                    }
+                    key.push_str(field);
+                    "required key is missing".to_string()
+                }
+                Kind::UnknownVariant(found, expected) => format!(
+                    "unknown value {found:?} (expected one of: {})",
+                    expected.join(", ")
+                ),
+                other => other.to_string(),
+            };
+            problem(key, message)
+        })
+        .collect()
+}
+
+pub fn no_sources(job_key: &str) -> Problem {
+    problem(
+        format!("{job_key}.sources"),
+        "no sources: add a [jobs.NAME.sources.SOURCE] table with a `kind`",
+    )
+}
+
+/// Types one `[jobs.X.sources.Y]` table by its `kind`.
+pub fn source_spec(key: &str, value: Value) -> Result<SourceSpec, Vec<Problem>> {
+    let Some(dict) = value.as_dict() else {
+        return Err(vec![problem(key, "must be a table with a `kind` key")]);
+    };
+    let mut fields = dict.clone();
+    let kind = match fields.remove("kind") {
+        Some(Value::String(_, kind)) => kind,
+        Some(_) => return Err(vec![problem(format!("{key}.kind"), "must be a string")]),
+        None => {
+            return Err(vec![problem(
+                format!("{key}.kind"),
+                format!(
+                    "required key is missing (one of: {})",
+                    SOURCE_KINDS.join(", ")
+                ),
+            )]);
+        }
+    };
+    let rest = Value::from(fields);
+    let typed = match kind.as_str() {
+        "directory" => rest
+            .deserialize::<DirectorySpec>()
+            .map(SourceSpec::Directory),
+        "sqlite" => rest.deserialize::<SqliteSpec>().map(SourceSpec::Sqlite),
+        other => {
+            let later = matches!(other, "postgres" | "mysql" | "redis");
+            let message = if later {
+                format!(
+                    "kind {other:?} is not supported by this build yet (supported: {})",
+                    SOURCE_KINDS.join(", ")
+                )
+            } else {
+                format!(
+                    "unknown kind {other:?} (expected one of: {}, postgres, mysql, redis)",
+                    SOURCE_KINDS.join(", ")
+                )
+            };
+            return Err(vec![problem(key, message)]);
+        }
+    };
+    typed.map_err(|e| serde_problems(key, e))
+}
+
+/// Cross-field checks of an already typed policy.
+pub fn policy(policy: &Policy) -> Vec<Problem> {
+    let mut out = Vec::new();
+    encryption(policy, &mut out);
+    for (name, target) in &policy.targets {
+        let key = format!("targets.{name}");
+        check_name(&key, "target", name, &mut out);
+        match (&target.url, &target.path) {
+            (Some(_), Some(_)) => out.push(problem(&key, "set either `url` or `path`, not both")),
+            (None, None) => out.push(problem(
+                &key,
+                "needs `url` (e.g. \"file:///var/backups/backupd\") or `path` (a local directory)",
+            )),
+            (Some(url), None) => {
+                if let Err(e) = crate::target::check_url(url) {
+                    out.push(problem(format!("{key}.url"), e));
+                }
+            }
+            (None, Some(_)) => {}
+        }
+    }
+    if policy.jobs.is_empty() {
+        out.push(problem(
+            "jobs",
+            "no jobs defined: add a [jobs.NAME] table with targets and sources",
+        ));
+    }
+    for (name, job) in &policy.jobs {
+        let key = format!("jobs.{name}");
+        check_name(&key, "job", name, &mut out);
+        if job.targets.is_empty() {
+            out.push(problem(
+                format!("{key}.targets"),
+                "list at least one target",
+            ));
+        }
+        for target in &job.targets {
+            if !policy.targets.contains_key(target) {
+                out.push(problem(
+                    format!("{key}.targets"),
+                    format!(
+                        "unknown target {target:?} (defined: {})",
+                        names(policy.targets.keys())
+                    ),
+                ));
+            }
+        }
+        if let Some(level) = job.compression_level {
+            let range = match job.compression {
+                Compression::Gzip => 0..=9,
+                Compression::Zstd => 1..=22,
+                Compression::None => 0..=0,
+            };
+            if !range.contains(&level) {
+                out.push(problem(
+                    format!("{key}.compression_level"),
+                    format!(
+                        "level {level} is out of range for {:?} ({}..={})",
+                        job.compression,
+                        range.start(),
+                        range.end()
+                    ),
+                ));
+            }
+        }
+        for (source, spec) in &job.source_specs {
+            let skey = format!("{key}.sources.{source}");
+            check_name(&skey, "source", source, &mut out);
+            if let SourceSpec::Directory(dir) = spec
+                && let Err(e) = crate::source::directory::Excludes::new(&dir.exclude)
+            {
+                out.push(problem(format!("{skey}.exclude"), e.to_string()));
+            }
+        }
+    }
+    out
+}
+
+fn encryption(policy: &Policy, out: &mut Vec<Problem>) {
+    let enc = &policy.encryption;
+    if enc.mode == EncryptionMode::None {
+        return;
+    }
+    for (i, r) in enc.recipients.iter().enumerate() {
+        if let Err(e) = crate::crypto::parse_recipient(r) {
+            out.push(problem(
+                format!("encryption.recipients[{i}]"),
+                e.to_string(),
+            ));
+        }
+    }
+    if enc.recipients.is_empty() && enc.identity_file.is_none() {
+        out.push(problem(
+            "encryption",
+            "snapshots are encrypted by default: set `recipients` (age public keys, see `backupd keygen`) or `identity_file`, or opt out with mode = \"none\"",
+        ));
+    }
+    if enc.generate_identity && enc.identity_file.is_none() {
+        out.push(problem(
+            "encryption.generate_identity",
+            "needs `identity_file` to say where to write the new key",
+        ));
+    }
+}
+
+fn names<'a>(it: impl Iterator<Item = &'a String>) -> String {
+    let v: Vec<&str> = it.map(String::as_str).collect();
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_safe_for_object_keys() {
+        for ok in ["app", "a", "0db", "my-job_2"] {
+            assert!(is_valid_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "App",
+            "-x",
+            "_x",
+            "a/b",
+            "a.b",
+            "a b",
+            "é",
+            &"a".repeat(65),
+        ] {
+            assert!(!is_valid_name(bad), "{bad}");
+        }
+    }
+}

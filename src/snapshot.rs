@@ -1,0 +1,276 @@
+//! Snapshot format v1: snapshot ids, object keys, the versioned manifest, the commit
+//! (manifest written last, create-if-absent) and listing committed snapshots.
+//!
+//! A snapshot exists on a target exactly when its `manifest.json` does; objects without a
+//! manifest are leftovers of a failed or killed run and are never listed or restored.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use crate::policy::Compression;
+use crate::target::Target;
+
+/// The manifest format this build writes and the newest it can read.
+pub const FORMAT_VERSION: u32 = 1;
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+/// `YYYY-MM-DDTHH-MM-SS.mmmZ-xxxxxx`: sorts by time, is safe in every store, and the
+/// random suffix keeps two hosts starting in the same millisecond apart.
+pub fn new_id(now: DateTime<Utc>) -> String {
+    format!(
+        "{}-{:06x}",
+        now.format("%Y-%m-%dT%H-%M-%S%.3fZ"),
+        rand::random::<u32>() & 0xff_ffff
+    )
+}
+
+pub fn object_key(job: &str, id: &str, file: &str) -> ObjectPath {
+    ObjectPath::from(format!("{job}/{id}/{file}"))
+}
+
+pub fn manifest_key(job: &str, id: &str) -> ObjectPath {
+    object_key(job, id, MANIFEST_FILE)
+}
+
+/// The commit record of one snapshot; its presence on a target means "complete".
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub format: u32,
+    pub job: String,
+    pub snapshot: String,
+    pub host: String,
+    pub backupd_version: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub tags: Vec<String>,
+    pub sources: BTreeMap<String, SourceEntry>,
+}
+
+/// One source's object in a snapshot and everything needed to check it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SourceEntry {
+    pub kind: String,
+    /// Object name within the snapshot, e.g. `docs.tar.gz.age`.
+    pub object: String,
+    pub compression: Compression,
+    pub compression_level: i32,
+    pub encryption: Encryption,
+    /// The bytes as stored (after compression and encryption).
+    pub stored: Digest,
+    /// The bytes the source produced (a tar stream, a SQLite file).
+    pub plain: Digest,
+    /// What a test-restore compares against, by kind.
+    pub stats: SourceStats,
+    /// Things the operator should know, e.g. a file that changed while being read.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Encryption {
+    Age { recipients: Vec<String> },
+    None,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Digest {
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SourceStats {
+    Tree {
+        files: u64,
+        dirs: u64,
+        symlinks: u64,
+        file_bytes: u64,
+        skipped: u64,
+    },
+    Sqlite {
+        file_name: String,
+        sqlite_version: String,
+        page_count: u64,
+        tables: BTreeMap<String, u64>,
+    },
+}
+
+impl Manifest {
+    pub fn stored_bytes(&self) -> u64 {
+        self.sources.values().map(|s| s.stored.bytes).sum()
+    }
+
+    pub fn plain_bytes(&self) -> u64 {
+        self.sources.values().map(|s| s.plain.bytes).sum()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot {job}/{id} already has a manifest on target {target}; refusing to overwrite")]
+    AlreadyCommitted {
+        job: String,
+        id: String,
+        target: String,
+    },
+    #[error("target {target}: {source}")]
+    Store {
+        target: String,
+        source: object_store::Error,
+    },
+    #[error("manifest {key} on target {target} is unreadable: {reason}")]
+    BadManifest {
+        target: String,
+        key: String,
+        reason: String,
+    },
+}
+
+/// Writes the manifest with create-if-absent: the single step that makes a snapshot real.
+pub async fn commit(target: &Target, manifest: &Manifest) -> Result<(), SnapshotError> {
+    let key = manifest_key(&manifest.job, &manifest.snapshot);
+    let body = serde_json::to_vec_pretty(manifest).expect("manifest serializes");
+    let opts = PutOptions {
+        mode: PutMode::Create,
+        ..Default::default()
+    };
+    match target
+        .store
+        .put_opts(&key, PutPayload::from(body), opts)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(object_store::Error::AlreadyExists { .. }) => Err(SnapshotError::AlreadyCommitted {
+            job: manifest.job.clone(),
+            id: manifest.snapshot.clone(),
+            target: target.name.clone(),
+        }),
+        Err(source) => Err(SnapshotError::Store {
+            target: target.name.clone(),
+            source,
+        }),
+    }
+}
+
+/// Reads one manifest; `Ok(None)` when the snapshot was never committed.
+pub async fn read_manifest(
+    target: &Target,
+    job: &str,
+    id: &str,
+) -> Result<Option<Manifest>, SnapshotError> {
+    let key = manifest_key(job, id);
+    let bytes = match target.store.get(&key).await {
+        Ok(got) => got.bytes().await,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => Err(e),
+    }
+    .map_err(|source| SnapshotError::Store {
+        target: target.name.clone(),
+        source,
+    })?;
+    parse_manifest(&bytes)
+        .map(Some)
+        .map_err(|reason| SnapshotError::BadManifest {
+            target: target.name.clone(),
+            key: key.to_string(),
+            reason,
+        })
+}
+
+pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, String> {
+    #[derive(Deserialize)]
+    struct Version {
+        format: u32,
+    }
+    let v: Version = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    if v.format > FORMAT_VERSION {
+        return Err(format!(
+            "format {} is newer than this backupd understands ({FORMAT_VERSION}); upgrade backupd",
+            v.format
+        ));
+    }
+    serde_json::from_slice(bytes).map_err(|e| e.to_string())
+}
+
+/// Committed snapshots of `job` (or of every job) on one target, newest first.
+/// Unreadable manifests are logged and left out rather than hiding the good ones.
+pub async fn list(target: &Target, job: Option<&str>) -> Result<Vec<Manifest>, SnapshotError> {
+    let store_err = |source| SnapshotError::Store {
+        target: target.name.clone(),
+        source,
+    };
+    let jobs: Vec<String> = match job {
+        Some(j) => vec![j.to_string()],
+        None => {
+            let top = target
+                .store
+                .list_with_delimiter(None)
+                .await
+                .map_err(store_err)?;
+            top.common_prefixes
+                .iter()
+                .filter_map(|p| p.filename().map(str::to_string))
+                .collect()
+        }
+    };
+    let mut ids = Vec::new();
+    for j in &jobs {
+        let prefix = ObjectPath::from(j.as_str());
+        let listed = target
+            .store
+            .list_with_delimiter(Some(&prefix))
+            .await
+            .map_err(store_err)?;
+        for p in listed.common_prefixes {
+            if let Some(id) = p.filename() {
+                ids.push((j.clone(), id.to_string()));
+            }
+        }
+    }
+    let reads = futures::stream::iter(ids)
+        .map(|(j, id)| async move { read_manifest(target, &j, &id).await })
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await;
+    let mut out = Vec::new();
+    for r in reads {
+        match r {
+            Ok(Some(m)) => out.push(m),
+            Ok(None) => {}
+            Err(e @ SnapshotError::BadManifest { .. }) => tracing::warn!("{e}"),
+            Err(e) => return Err(e),
+        }
+    }
+    out.sort_by(|a, b| b.snapshot.cmp(&a.snapshot));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_sort_by_time_and_are_key_safe() {
+        let a = new_id("2026-01-02T03:04:05.006Z".parse().unwrap());
+        let b = new_id("2026-01-02T03:04:05.007Z".parse().unwrap());
+        assert!(a.starts_with("2026-01-02T03-04-05.006Z-"), "{a}");
+        assert!(a < b);
+        assert!(
+            a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-.".contains(c))
+        );
+    }
+
+    #[test]
+    fn newer_format_is_refused_with_a_hint() {
+        let err = parse_manifest(br#"{"format": 2}"#).unwrap_err();
+        assert!(err.contains("upgrade backupd"), "{err}");
+    }
+}

@@ -1,0 +1,325 @@
+//! Directory trees: dumped as a tar stream (regular files, directories, symlinks as
+//! symlinks, permissions and mtimes kept; sockets, FIFOs and devices skipped with a
+//! warning), restored by `unpack` without ever writing outside the restore directory.
+//!
+//! A file that changes while it is read must not corrupt the archive: the tar header has
+//! already promised a size, so a file that shrinks is padded with zeros and one that grows
+//! is cut at that size; either way the entry stays well-formed and a warning names it.
+
+mod unpack;
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use globset::{Glob, GlobBuilder, GlobMatcher};
+use tar::{EntryType, Header, HeaderMode};
+
+use super::{Dumped, SourceError, io_err};
+use crate::policy::DirectorySpec;
+use crate::snapshot::SourceStats;
+
+pub use unpack::restore;
+
+/// The `exclude` patterns of a directory source, compiled.
+#[derive(Debug)]
+pub struct Excludes {
+    rules: Vec<Rule>,
+}
+
+#[derive(Debug)]
+struct Rule {
+    matcher: GlobMatcher,
+    /// With a slash, a pattern is matched against the path from the source root;
+    /// without, against the entry's name at any depth (like .gitignore).
+    anchored: bool,
+    dirs_only: bool,
+}
+
+impl Excludes {
+    pub fn new(patterns: &[String]) -> Result<Self, globset::Error> {
+        let mut rules = Vec::new();
+        for pattern in patterns {
+            let dirs_only = pattern.ends_with('/');
+            let trimmed = pattern.trim_end_matches('/');
+            let anchored = trimmed.contains('/');
+            let glob = if anchored {
+                GlobBuilder::new(trimmed.trim_start_matches('/'))
+                    .literal_separator(true)
+                    .build()?
+            } else {
+                Glob::new(trimmed)?
+            };
+            rules.push(Rule {
+                matcher: glob.compile_matcher(),
+                anchored,
+                dirs_only,
+            });
+        }
+        Ok(Self { rules })
+    }
+
+    pub fn is_excluded(&self, relative: &Path, is_dir: bool) -> bool {
+        self.rules.iter().any(|r| {
+            if r.dirs_only && !is_dir {
+                return false;
+            }
+            if r.anchored {
+                r.matcher.is_match(relative)
+            } else {
+                relative
+                    .file_name()
+                    .is_some_and(|name| r.matcher.is_match(name))
+            }
+        })
+    }
+}
+
+#[derive(Default)]
+struct Counts {
+    files: u64,
+    dirs: u64,
+    symlinks: u64,
+    file_bytes: u64,
+    skipped: u64,
+    warnings: Vec<String>,
+}
+
+impl Counts {
+    fn warn(&mut self, message: String) {
+        tracing::warn!("{message}");
+        self.warnings.push(message);
+    }
+}
+
+/// Writes the tree at `spec.path` as a tar stream into `out`.
+pub fn dump(spec: &DirectorySpec, out: &mut dyn Write) -> Result<Dumped, SourceError> {
+    let root = spec.path.as_path();
+    let meta = std::fs::metadata(root).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => SourceError::Missing { path: root.into() },
+        _ => io_err(root)(e),
+    })?;
+    if !meta.is_dir() {
+        return Err(SourceError::Invalid {
+            path: root.into(),
+            what: "is not a directory (use kind = \"sqlite\" for a database file)".into(),
+        });
+    }
+    let excludes = Excludes::new(&spec.exclude).map_err(|e| SourceError::Invalid {
+        path: root.into(),
+        what: format!("bad exclude pattern: {e}"),
+    })?;
+    let mut tar = tar::Builder::new(out);
+    tar.follow_symlinks(false);
+    let mut counts = Counts::default();
+    let walker = walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .min_depth(1)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|e| {
+            let rel = e.path().strip_prefix(root).unwrap_or(e.path());
+            !excludes.is_excluded(rel, e.file_type().is_dir())
+        });
+    for entry in walker {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) => {
+                // An unreadable subdirectory is reported, not fatal: the rest still counts.
+                counts.skipped += 1;
+                counts.warn(format!("skipped: {e}"));
+                continue;
+            }
+        };
+        let path = entry.path();
+        let rel = path
+            .strip_prefix(root)
+            .expect("walkdir stays under its root");
+        let ft = entry.file_type();
+        let meta = entry.metadata().map_err(|e| SourceError::Io {
+            path: path.into(),
+            source: e.into(),
+        })?;
+        let mut header = Header::new_gnu();
+        header.set_metadata_in_mode(&meta, HeaderMode::Complete);
+        if ft.is_dir() {
+            header.set_size(0);
+            tar.append_data(&mut header, rel, io::empty())
+                .map_err(io_err(path))?;
+            counts.dirs += 1;
+        } else if ft.is_symlink() {
+            let link = std::fs::read_link(path).map_err(io_err(path))?;
+            header.set_entry_type(EntryType::Symlink);
+            header.set_size(0);
+            tar.append_link(&mut header, rel, &link)
+                .map_err(io_err(path))?;
+            counts.symlinks += 1;
+        } else if ft.is_file() {
+            append_file(&mut tar, &mut header, path, rel, &mut counts)?;
+        } else {
+            counts.skipped += 1;
+            counts.warn(format!(
+                "skipped {}: not a regular file, directory or symlink (socket, FIFO or device)",
+                path.display()
+            ));
+        }
+    }
+    if counts.files + counts.dirs + counts.symlinks == 0 && !spec.allow_empty {
+        return Err(SourceError::Empty { path: root.into() });
+    }
+    tar.into_inner().map_err(io_err(root))?;
+    Ok(Dumped {
+        stats: SourceStats::Tree {
+            files: counts.files,
+            dirs: counts.dirs,
+            symlinks: counts.symlinks,
+            file_bytes: counts.file_bytes,
+            skipped: counts.skipped,
+        },
+        warnings: counts.warnings,
+    })
+}
+
+fn append_file(
+    tar: &mut tar::Builder<&mut dyn Write>,
+    header: &mut Header,
+    path: &Path,
+    rel: &Path,
+    counts: &mut Counts,
+) -> Result<(), SourceError> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            counts.skipped += 1;
+            counts.warn(format!(
+                "skipped {}: deleted while backing up",
+                path.display()
+            ));
+            return Ok(());
+        }
+        Err(e) => {
+            counts.skipped += 1;
+            counts.warn(format!("skipped {}: cannot open: {e}", path.display()));
+            return Ok(());
+        }
+    };
+    // Size and mtime from the open file, so the header matches what we are about to read.
+    let before = file.metadata().map_err(io_err(path))?;
+    header.set_metadata_in_mode(&before, HeaderMode::Complete);
+    let size = before.len();
+    let mut reader = FixedSize {
+        inner: file,
+        remaining: size,
+        padded: 0,
+        path: path.to_path_buf(),
+    };
+    tar.append_data(header, rel, &mut reader)
+        .map_err(io_err(path))?;
+    let after = reader.inner.metadata().map_err(io_err(path))?;
+    if reader.padded > 0 {
+        counts.warn(format!(
+            "{} shrank while being read; its last {} bytes are stored as zeros",
+            path.display(),
+            reader.padded
+        ));
+    } else if after.len() != size || modified(&after) != modified(&before) {
+        counts.warn(format!(
+            "{} changed while being read; the stored copy may be inconsistent",
+            path.display()
+        ));
+    }
+    counts.files += 1;
+    counts.file_bytes += size;
+    Ok(())
+}
+
+fn modified(meta: &std::fs::Metadata) -> Option<SystemTime> {
+    meta.modified().ok()
+}
+
+/// Yields exactly `remaining` bytes: the file's bytes, then zeros if it ended early.
+struct FixedSize {
+    inner: File,
+    remaining: u64,
+    padded: u64,
+    path: PathBuf,
+}
+
+impl Read for FixedSize {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.remaining == 0 {
+            return Ok(0);
+        }
+        let want = buf.len().min(self.remaining as usize);
+        let n = if self.padded > 0 {
+            0
+        } else {
+            self.inner.read(&mut buf[..want]).map_err(|e| {
+                io::Error::new(e.kind(), format!("reading {}: {e}", self.path.display()))
+            })?
+        };
+        if n == 0 {
+            buf[..want].fill(0);
+            self.padded += want as u64;
+            self.remaining -= want as u64;
+            return Ok(want);
+        }
+        self.remaining -= n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn excluded(patterns: &[&str], rel: &str, is_dir: bool) -> bool {
+        let patterns: Vec<String> = patterns.iter().map(|s| s.to_string()).collect();
+        Excludes::new(&patterns)
+            .unwrap()
+            .is_excluded(Path::new(rel), is_dir)
+    }
+
+    #[test]
+    fn exclude_patterns_follow_gitignore_habits() {
+        assert!(excluded(&["*.tmp"], "a.tmp", false));
+        assert!(excluded(&["*.tmp"], "deep/er/a.tmp", false));
+        assert!(!excluded(&["*.tmp"], "a.tmpx", false));
+        assert!(excluded(&["cache/"], "x/cache", true));
+        assert!(!excluded(&["cache/"], "x/cache", false), "dir-only pattern");
+        assert!(excluded(&["logs/*.gz"], "logs/a.gz", false));
+        assert!(
+            !excluded(&["logs/*.gz"], "sub/logs/a.gz", false),
+            "anchored"
+        );
+        assert!(
+            !excluded(&["logs/*.gz"], "logs/deep/a.gz", false),
+            "* stops at /"
+        );
+        assert!(excluded(&["/top"], "top", true));
+        assert!(!excluded(&[], "anything", false));
+    }
+
+    #[test]
+    fn a_file_that_shrinks_keeps_the_archive_well_formed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, vec![7u8; 10_000]).unwrap();
+        let file = File::open(&path).unwrap();
+        // The header promised 10 000 bytes; the file now holds 4 000.
+        std::fs::write(&path, vec![7u8; 4_000]).unwrap();
+        let mut r = FixedSize {
+            inner: file,
+            remaining: 10_000,
+            padded: 0,
+            path: path.clone(),
+        };
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).unwrap();
+        assert_eq!(out.len(), 10_000);
+        assert_eq!(r.padded, 6_000);
+        assert!(out[..4_000].iter().all(|&b| b == 7));
+        assert!(out[4_000..].iter().all(|&b| b == 0));
+    }
+}
