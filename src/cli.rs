@@ -116,13 +116,17 @@ fn human_bytes(n: u64) -> String {
     bytesize::ByteSize::b(n).display().iec().to_string()
 }
 
-/// How to call backupd again with the same policy, for hints printed to the operator.
+/// How to call backupd again with the same policy, for hints printed to the operator:
+/// the binary as it was run (relative to the working directory when under it).
 fn self_command(config: &Path) -> String {
-    let exe = std::env::args().next().unwrap_or_else(|| "backupd".into());
-    let exe = if exe.contains("target/") {
-        "backupd".to_string()
-    } else {
-        exe
+    let exe = std::env::current_exe().ok();
+    let cwd = std::env::current_dir().ok();
+    let shown = match (&exe, &cwd) {
+        (Some(exe), Some(cwd)) => exe
+            .strip_prefix(cwd)
+            .map(|rel| format!("./{}", rel.display()))
+            .unwrap_or_else(|_| exe.display().to_string()),
+        _ => "backupd".into(),
     };
-    format!("{exe} --config {}", config.display())
+    format!("{shown} --config {}", config.display())
 }

@@ -123,7 +123,10 @@ impl TargetPolicy {
     pub fn url(&self) -> String {
         match (&self.url, &self.path) {
             (Some(url), _) => url.clone(),
-            (None, Some(path)) => format!("file://{}", path.display()),
+            // from_file_path escapes spaces, '#' and '%' that a plain format! would not.
+            (None, Some(path)) => url::Url::from_file_path(path)
+                .map(String::from)
+                .unwrap_or_else(|_| format!("file://{}", path.display())),
             (None, None) => String::new(),
         }
     }
@@ -229,10 +232,11 @@ pub fn load(path: &Path) -> Result<Policy, PolicyError> {
         }
     };
     let figment = Figment::from(Toml::string(&text)).merge(env_overrides());
-    let base = path
+    let dir = path
         .parent()
-        .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()))
-        .unwrap_or_default();
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let base = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
     let base = normalize(&base);
     let mut policy = from_figment(figment, &base).map_err(|problems| PolicyError::Invalid {
         path: path.into(),
@@ -247,7 +251,9 @@ pub fn load(path: &Path) -> Result<Policy, PolicyError> {
 fn env_overrides() -> Env {
     Env::prefixed("BACKUPD_").split("__").filter(|key| {
         let first = key.as_str().split('.').next().unwrap_or("");
-        matches!(first, "daemon" | "encryption" | "targets" | "jobs")
+        ["daemon", "encryption", "targets", "jobs"]
+            .iter()
+            .any(|section| first.eq_ignore_ascii_case(section))
     })
 }
 
@@ -280,6 +286,9 @@ pub fn from_figment(figment: Figment, base: &Path) -> Result<Policy, Vec<Problem
             }
             Err(e) => problems.extend(validate::serde_problems(&key, e)),
         }
+    }
+    if raw.jobs.is_empty() {
+        problems.push(validate::no_jobs());
     }
     let mut jobs = BTreeMap::new();
     for (name, value) in raw.jobs {

@@ -65,17 +65,22 @@ pub fn serde_problems(prefix: &str, err: figment::Error) -> Vec<Problem> {
             }
             let message = match &e.kind {
                 Kind::UnknownField(field, expected) => {
-                    if !key.is_empty() {
-                        key.push('.');
+                    // figment puts the offending key in the path itself, serde does not.
+                    if e.path.last() != Some(field) {
+                        if !key.is_empty() {
+                            key.push('.');
+                        }
+                        key.push_str(field);
                     }
-                    key.push_str(field);
                     format!("unknown key (expected one of: {})", expected.join(", "))
                 }
                 Kind::MissingField(field) => {
-                    if !key.is_empty() {
-                        key.push('.');
+                    if e.path.last().map(String::as_str) != Some(field.as_ref()) {
+                        if !key.is_empty() {
+                            key.push('.');
+                        }
+                        key.push_str(field);
                     }
-                    key.push_str(field);
                     "required key is missing".to_string()
                 }
                 Kind::UnknownVariant(found, expected) => format!(
@@ -87,6 +92,13 @@ pub fn serde_problems(prefix: &str, err: figment::Error) -> Vec<Problem> {
             problem(key, message)
         })
         .collect()
+}
+
+pub fn no_jobs() -> Problem {
+    problem(
+        "jobs",
+        "no jobs defined: add a [jobs.NAME] table with targets and sources",
+    )
 }
 
 pub fn no_sources(job_key: &str) -> Problem {
@@ -160,12 +172,6 @@ pub fn policy(policy: &Policy) -> Vec<Problem> {
             }
             (None, Some(_)) => {}
         }
-    }
-    if policy.jobs.is_empty() {
-        out.push(problem(
-            "jobs",
-            "no jobs defined: add a [jobs.NAME] table with targets and sources",
-        ));
     }
     for (name, job) in &policy.jobs {
         let key = format!("jobs.{name}");

@@ -1,0 +1,8 @@
+//! Integration tests: the real `backupd` binary against real trees, SQLite databases and
+//! local targets, plus the standard `age`, `gzip`, `zstd`, `tar` and `sqlite3` tools.
+//! One test binary, so the crate links once.
+
+mod failures;
+mod policy_errors;
+mod round_trip;
+mod support;
