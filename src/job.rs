@@ -36,6 +36,20 @@ pub struct JobReport {
 }
 
 impl JobReport {
+    /// A job that could not start at all.
+    pub fn not_run(job: &str, why: &str) -> Self {
+        tracing::error!(job, "backup not started: {why}");
+        JobReport {
+            job: job.into(),
+            snapshot: String::new(),
+            sources: Vec::new(),
+            committed: Vec::new(),
+            failed_targets: BTreeMap::new(),
+            seconds: 0.0,
+            manifest: None,
+        }
+    }
+
     pub fn ok(&self) -> bool {
         self.failed_targets.is_empty()
             && !self.committed.is_empty()

@@ -289,10 +289,21 @@ where
     let (produced, plain, stored) = match produced {
         Ok(v) => v,
         Err(e) => {
-            for w in writers.into_iter().flatten() {
-                let _ = w.abort().await;
+            let mut target_errors = Vec::new();
+            for (w, target) in writers.into_iter().zip(targets) {
+                match w {
+                    Ok(w) => {
+                        let _ = w.abort().await;
+                    }
+                    Err(msg) => target_errors.push(format!("target {}: {msg}", target.name)),
+                }
             }
-            return Err(e);
+            // When the uploads failed first, their errors are the cause worth reading.
+            return Err(if target_errors.is_empty() {
+                e
+            } else {
+                e.context(target_errors.join("; "))
+            });
         }
     };
     let mut uploads = Vec::new();

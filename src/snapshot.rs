@@ -196,7 +196,24 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, String> {
             v.format
         ));
     }
-    serde_json::from_slice(bytes).map_err(|e| e.to_string())
+    let m: Manifest = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    // A manifest comes from storage, which is not trusted: its names become paths on
+    // restore, so they must be what backupd itself would have written.
+    if !crate::policy::is_valid_name(&m.job) {
+        return Err(format!("invalid job name {:?}", m.job));
+    }
+    for (name, entry) in &m.sources {
+        let object_ok = !entry.object.is_empty()
+            && !entry.object.starts_with('.')
+            && !entry.object.contains(['/', '\\']);
+        if !crate::policy::is_valid_name(name) || !object_ok {
+            return Err(format!(
+                "invalid source {name:?} / object {:?}: refusing a manifest that names paths",
+                entry.object
+            ));
+        }
+    }
+    Ok(m)
 }
 
 /// Committed snapshots of `job` (or of every job) on one target, newest first.
@@ -266,6 +283,49 @@ mod tests {
             a.chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-.".contains(c))
         );
+    }
+
+    #[test]
+    fn manifests_naming_paths_are_refused() {
+        let good = Manifest {
+            format: 1,
+            job: "app".into(),
+            snapshot: "s".into(),
+            host: "h".into(),
+            backupd_version: "0".into(),
+            started_at: Utc::now(),
+            finished_at: Utc::now(),
+            tags: vec![],
+            sources: BTreeMap::from([(
+                "db".to_string(),
+                SourceEntry {
+                    kind: "sqlite".into(),
+                    object: "db.sqlite.gz.age".into(),
+                    compression: Compression::Gzip,
+                    compression_level: 6,
+                    encryption: Encryption::None,
+                    stored: Digest::default(),
+                    plain: Digest::default(),
+                    stats: SourceStats::Tree {
+                        files: 0,
+                        dirs: 0,
+                        symlinks: 0,
+                        file_bytes: 0,
+                        skipped: 0,
+                    },
+                    warnings: vec![],
+                },
+            )]),
+        };
+        let json = serde_json::to_vec(&good).unwrap();
+        assert_eq!(parse_manifest(&json).unwrap(), good);
+        let mut evil = good.clone();
+        let entry = evil.sources.remove("db").unwrap();
+        evil.sources.insert("../../etc".into(), entry.clone());
+        assert!(parse_manifest(&serde_json::to_vec(&evil).unwrap()).is_err());
+        let mut evil = good.clone();
+        evil.sources.get_mut("db").unwrap().object = "../other/x".into();
+        assert!(parse_manifest(&serde_json::to_vec(&evil).unwrap()).is_err());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `backupd run-now [JOB…] [--tag TAG]…`: back up now, report every source, exit 1 on any failure.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -39,8 +40,24 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
     }
     let mut failed = 0;
     for name in &jobs {
-        let targets = open_targets(&policy, &policy.jobs[name].targets)?;
-        let report = job::run(&policy, name, &targets, recipients.as_deref(), &tags).await;
+        // An unreachable target fails the job but does not keep the others from the data.
+        let mut targets = Vec::new();
+        let mut unreachable = BTreeMap::new();
+        for t in &policy.jobs[name].targets {
+            match open_targets(&policy, std::slice::from_ref(t)) {
+                Ok(mut opened) => targets.append(&mut opened),
+                Err(e) => {
+                    tracing::error!(job = %name, "{e:#}");
+                    unreachable.insert(t.clone(), format!("{e:#}"));
+                }
+            }
+        }
+        let mut report = if targets.is_empty() {
+            JobReport::not_run(name, "no target could be opened")
+        } else {
+            job::run(&policy, name, &targets, recipients.as_deref(), &tags).await
+        };
+        report.failed_targets.extend(unreachable);
         print_report(&report);
         if !report.ok() {
             failed += 1;

@@ -238,3 +238,28 @@ fn run_now_with_an_unknown_job_is_a_usage_error() {
     );
     assert!(!world.target_dir().exists(), "nothing was touched");
 }
+
+#[test]
+fn an_unreachable_target_does_not_stop_the_others() {
+    let world = World::new();
+    std::fs::create_dir_all(world.path("src")).unwrap();
+    std::fs::write(world.path("src/f.txt"), "x").unwrap();
+    // A file where the second target's directory should be: unreachable, even for root.
+    std::fs::write(world.path("broken"), "in the way").unwrap();
+    world.policy(
+        "[targets.broken]\npath = \"broken\"\n\n[jobs.app]\ntargets = [\"local\", \"broken\"]\n\n[jobs.app.sources.tree]\nkind = \"directory\"\npath = \"src\"\n",
+    );
+    let out = world.backupd(&["run-now"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a missed target fails the run: {}",
+        text(&out)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("committed to local only"), "{stdout}");
+    assert!(stdout.contains("target broken FAILED"), "{stdout}");
+    let listed = list_json(&world, &["app", "--target", "local"]);
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["targets"], serde_json::json!(["local"]));
+}
