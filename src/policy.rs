@@ -184,6 +184,9 @@ impl Compression {
 pub enum SourceSpec {
     Directory(DirectorySpec),
     Sqlite(SqliteSpec),
+    Postgres(PostgresSpec),
+    Mysql(MysqlSpec),
+    Redis(RedisSpec),
 }
 
 impl SourceSpec {
@@ -191,12 +194,19 @@ impl SourceSpec {
         match self {
             SourceSpec::Directory(_) => "directory",
             SourceSpec::Sqlite(_) => "sqlite",
+            SourceSpec::Postgres(_) => "postgres",
+            SourceSpec::Mysql(_) => "mysql",
+            SourceSpec::Redis(_) => "redis",
         }
     }
 }
 
 /// The kinds this build can back up, in the order the error hint lists them.
-pub const SOURCE_KINDS: &[&str] = &["directory", "sqlite"];
+pub const SOURCE_KINDS: &[&str] = &["directory", "sqlite", "postgres", "mysql", "redis"];
+
+pub use crate::source::mysql::MysqlSpec;
+pub use crate::source::postgres::PostgresSpec;
+pub use crate::source::redis::RedisSpec;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -363,6 +373,18 @@ fn resolve_source(spec: SourceSpec, base: &Path) -> SourceSpec {
         SourceSpec::Sqlite(mut s) => {
             s.path = join(base, s.path);
             SourceSpec::Sqlite(s)
+        }
+        SourceSpec::Postgres(mut s) => {
+            s.password_file = s.password_file.map(|p| join(base, p));
+            SourceSpec::Postgres(s)
+        }
+        SourceSpec::Mysql(mut s) => {
+            s.password_file = s.password_file.map(|p| join(base, p));
+            SourceSpec::Mysql(s)
+        }
+        SourceSpec::Redis(mut s) => {
+            s.password_file = s.password_file.map(|p| join(base, p));
+            SourceSpec::Redis(s)
         }
     }
 }

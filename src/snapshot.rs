@@ -100,6 +100,23 @@ pub enum SourceStats {
         page_count: u64,
         tables: BTreeMap<String, u64>,
     },
+    /// A PostgreSQL or MySQL/MariaDB dump.
+    Database {
+        /// `postgres` or `mysql`.
+        engine: String,
+        database: String,
+        server_version: String,
+        tool_version: String,
+        /// `exact` or `estimate`: how `tables` was counted.
+        row_counts: String,
+        /// Rows per table, counted in the same snapshot the dump was taken from.
+        tables: BTreeMap<String, u64>,
+    },
+    Redis {
+        server_version: String,
+        /// Keys per logical database (`db0`, …) from INFO keyspace at dump time.
+        keys: BTreeMap<String, u64>,
+    },
 }
 
 impl Manifest {

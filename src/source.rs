@@ -5,7 +5,11 @@
 //! returns the statistics a test-restore will compare against. Any error, including
 //! zero bytes where data was expected, fails the source and so the whole snapshot.
 
+pub(crate) mod child;
 pub mod directory;
+pub mod mysql;
+pub mod postgres;
+pub mod redis;
 pub mod sqlite;
 
 use std::io::{Read, Write};
@@ -33,6 +37,12 @@ pub enum SourceError {
         "unsafe entry {entry:?} in the archive: {why}; nothing is written outside the restore directory"
     )]
     Unsafe { entry: String, why: &'static str },
+    #[error("{tool} is not installed or not on PATH: install the {package} package")]
+    ToolMissing { tool: String, package: String },
+    #[error("{tool} {message}")]
+    Tool { tool: String, message: String },
+    #[error("{server}: {message}")]
+    Database { server: String, message: String },
     #[error("{path}: SQLite: {source}")]
     Sqlite {
         path: PathBuf,
@@ -70,6 +80,9 @@ pub fn object_name(
     let format = match spec {
         SourceSpec::Directory(_) => "tar",
         SourceSpec::Sqlite(_) => "sqlite",
+        SourceSpec::Postgres(_) => "pgdump",
+        SourceSpec::Mysql(_) => "sql",
+        SourceSpec::Redis(_) => "rdb",
     };
     let age = if encrypted { ".age" } else { "" };
     format!("{name}.{format}{compression_ext}{age}")
@@ -84,6 +97,31 @@ pub fn dump(
     match spec {
         SourceSpec::Directory(d) => directory::dump(d, out),
         SourceSpec::Sqlite(s) => sqlite::dump(s, ctx, out),
+        SourceSpec::Postgres(s) => postgres::dump(s, out),
+        SourceSpec::Mysql(s) => mysql::dump(s, out),
+        SourceSpec::Redis(s) => redis::dump(s, out),
+    }
+}
+
+/// Checks that a source can be backed up, without backing it up: the path exists, the
+/// tools are installed, the server answers and accepts the credentials. Says what it found.
+pub fn probe(spec: &SourceSpec) -> Result<String, SourceError> {
+    match spec {
+        SourceSpec::Directory(d) if d.path.is_dir() => {
+            Ok(format!("directory {} exists", d.path.display()))
+        }
+        SourceSpec::Sqlite(s) if s.path.is_file() => {
+            Ok(format!("sqlite database {} exists", s.path.display()))
+        }
+        SourceSpec::Directory(d) => Err(SourceError::Missing {
+            path: d.path.clone(),
+        }),
+        SourceSpec::Sqlite(s) => Err(SourceError::Missing {
+            path: s.path.clone(),
+        }),
+        SourceSpec::Postgres(p) => postgres::probe(p),
+        SourceSpec::Mysql(m) => mysql::probe(m),
+        SourceSpec::Redis(r) => redis::probe(r),
     }
 }
 
@@ -108,5 +146,70 @@ pub fn restore(
     match &entry.stats {
         SourceStats::Tree { .. } => directory::restore(input, dest, overwrite),
         SourceStats::Sqlite { file_name, .. } => sqlite::restore(input, dest, file_name, overwrite),
+        SourceStats::Database {
+            engine, database, ..
+        } if engine == "postgres" => postgres::restore_to_file(input, dest, database, overwrite),
+        SourceStats::Database { database, .. } => {
+            mysql::restore_to_file(input, dest, database, overwrite)
+        }
+        SourceStats::Redis { .. } => redis::restore_to_file(input, dest, overwrite),
     }
+}
+
+/// Restores a database dump straight into a server (`restore --into-url`).
+pub fn restore_into(
+    entry: &SourceEntry,
+    input: &mut dyn Read,
+    into: &postgres::IntoServer,
+) -> Result<Restored, SourceError> {
+    match &entry.stats {
+        SourceStats::Database { engine, .. } if engine == "postgres" => {
+            postgres::restore_into(input, into)
+        }
+        SourceStats::Database { .. } => mysql::restore_into(input, into),
+        _ => Err(SourceError::Invalid {
+            path: PathBuf::from(&entry.object),
+            what: format!(
+                "a {} source cannot be restored into a server; use --to DIR",
+                entry.kind
+            ),
+        }),
+    }
+}
+
+/// Writes a plain stream to `dest/<file_name>`, via a temporary name so a failed restore
+/// never leaves a half-written file under the real one.
+pub fn restore_file(
+    input: &mut dyn Read,
+    dest: &Path,
+    file_name: &str,
+    overwrite: bool,
+) -> Result<Restored, SourceError> {
+    if file_name.is_empty() || file_name.contains('/') || file_name == "." || file_name == ".." {
+        return Err(SourceError::Unsafe {
+            entry: file_name.into(),
+            why: "a database file name must be a plain name",
+        });
+    }
+    std::fs::create_dir_all(dest).map_err(io_err(dest))?;
+    let final_path = dest.join(file_name);
+    if final_path.exists() && !overwrite {
+        return Err(SourceError::Invalid {
+            path: final_path,
+            what: "already exists (use --force to overwrite)".into(),
+        });
+    }
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".restoring-")
+        .tempfile_in(dest)
+        .map_err(io_err(dest))?;
+    let bytes = std::io::copy(input, tmp.as_file_mut()).map_err(io_err(&final_path))?;
+    tmp.as_file().sync_all().map_err(io_err(&final_path))?;
+    tmp.persist(&final_path)
+        .map_err(|e| io_err(&final_path)(e.error))?;
+    Ok(Restored {
+        files: 1,
+        bytes,
+        ..Restored::default()
+    })
 }

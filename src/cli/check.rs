@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use super::{EXIT_USAGE, load_policy};
 use crate::crypto;
-use crate::policy::{EncryptionMode, SourceSpec};
+use crate::policy::EncryptionMode;
 use crate::target;
 
 struct Findings {
@@ -77,30 +77,12 @@ pub async fn run(config: &Path) -> anyhow::Result<ExitCode> {
     for (job_name, job) in &policy.jobs {
         for (name, spec) in &job.source_specs {
             let label = format!("jobs.{job_name}.sources.{name}");
-            let path = match spec {
-                SourceSpec::Directory(d) => &d.path,
-                SourceSpec::Sqlite(s) => &s.path,
-            };
-            let good = match spec {
-                SourceSpec::Directory(_) => path.is_dir(),
-                SourceSpec::Sqlite(_) => path.is_file(),
-            };
-            if good {
-                f.ok(format!(
-                    "{label}: {} {} exists",
-                    spec.kind(),
-                    path.display()
-                ));
-            } else {
-                f.fail(format!(
-                    "{label}: {} does not exist or is not a {}",
-                    path.display(),
-                    if path.is_dir() || matches!(spec, SourceSpec::Directory(_)) {
-                        "directory"
-                    } else {
-                        "file"
-                    }
-                ));
+            let spec = spec.clone();
+            let probed = tokio::task::spawn_blocking(move || crate::source::probe(&spec)).await;
+            match probed {
+                Ok(Ok(what)) => f.ok(format!("{label}: {what}")),
+                Ok(Err(e)) => f.fail(format!("{label}: {e}")),
+                Err(e) => f.fail(format!("{label}: probe failed: {e}")),
             }
         }
     }

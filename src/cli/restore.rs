@@ -21,8 +21,21 @@ pub struct Args {
     #[arg(default_value = "latest")]
     pub snapshot: String,
     /// Directory to restore into; each source lands in DIR/<source-name>/.
-    #[arg(long, value_name = "DIR")]
-    pub to: PathBuf,
+    #[arg(long, value_name = "DIR", required_unless_present = "into_url")]
+    pub to: Option<PathBuf>,
+    /// Restore one database source straight into this server and database
+    /// (postgres://user@host/db or mysql://user@host/db) instead of writing files.
+    #[arg(long, value_name = "URL", conflicts_with = "to")]
+    pub into_url: Option<String>,
+    /// With --into-url: create the database first.
+    #[arg(long, requires = "into_url")]
+    pub create: bool,
+    /// With --into-url: drop existing objects before restoring them.
+    #[arg(long, requires = "into_url")]
+    pub clean: bool,
+    /// With --into-url: file holding the server password (else PGPASSWORD / MYSQL_PWD).
+    #[arg(long, value_name = "FILE", requires = "into_url")]
+    pub password_file: Option<PathBuf>,
     /// Read from this target (default: the first of the job's targets that has the snapshot).
     #[arg(long, value_name = "NAME")]
     pub target: Option<String>,
@@ -61,6 +74,12 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
         manifest.tags.join(","),
         target.name
     );
+    let into = into_server(&args, &chosen)?;
+    let place = |name: &str| match (&args.to, &args.into_url) {
+        (Some(dir), _) => dir.join(name).display().to_string(),
+        (None, Some(url)) => crate::target::redact(url),
+        (None, None) => unreachable!("clap requires --to or --into-url"),
+    };
     if args.dry_run {
         for (name, e) in &chosen {
             println!(
@@ -68,16 +87,19 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
                 e.kind,
                 human_bytes(e.stored.bytes),
                 human_bytes(e.plain.bytes),
-                args.to.join(name).display()
+                place(name)
             );
         }
         println!("dry run: nothing written");
         return Ok(ExitCode::SUCCESS);
     }
-    if non_empty(&args.to)? && !args.force {
+    if let Some(to) = &args.to
+        && non_empty(to)?
+        && !args.force
+    {
         return Err(UsageError(format!(
             "{} is not empty: restore into an empty directory, or pass --force to overwrite files in it",
-            args.to.display()
+            to.display()
         ))
         .into());
     }
@@ -95,7 +117,13 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
 
     let mut failed = 0;
     for (name, entry) in chosen {
-        let dest = args.to.join(&name);
+        let dest = args
+            .to
+            .as_ref()
+            .map(|to| to.join(&name))
+            .unwrap_or_default();
+        let shown = place(&name);
+        let into = into.clone();
         let key = snapshot::object_key(&manifest.job, &manifest.snapshot, &entry.object);
         let result = async {
             let stream = target.read_stream(&key).await?;
@@ -106,7 +134,10 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
             let entry = entry.clone();
             tokio::task::spawn_blocking(move || -> anyhow::Result<source::Restored> {
                 let mut decoded = pipeline::decode(input, &entry, ids.as_deref())?;
-                let restored = source::restore(&entry, &mut decoded.reader, &dest, force)?;
+                let restored = match &into {
+                    Some(into) => source::restore_into(&entry, &mut decoded.reader, into)?,
+                    None => source::restore(&entry, &mut decoded.reader, &dest, force)?,
+                };
                 decoded.finish()?;
                 Ok(restored)
             })
@@ -114,10 +145,13 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
         }
         .await;
         match result {
+            Ok(r) if into.is_some() => println!(
+                "restored {name} into {shown}: {} of dump applied; checksums match",
+                human_bytes(r.bytes)
+            ),
             Ok(r) => {
                 println!(
-                    "restored {name} into {}: {} files, {} dirs, {} symlinks, {}; checksums match",
-                    dest.display(),
+                    "restored {name} into {shown}: {} files, {} dirs, {} symlinks, {}; checksums match",
                     r.files,
                     r.dirs,
                     r.symlinks,
@@ -130,8 +164,7 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
             Err(e) => {
                 failed += 1;
                 println!(
-                    "FAILED to restore {name}: {e:#}\n  what was written to {} must not be trusted",
-                    dest.display()
+                    "FAILED to restore {name}: {e:#}\n  what was written to {shown} must not be trusted"
                 );
             }
         }
@@ -218,6 +251,62 @@ fn select_sources(
         return Err(UsageError("--only/--skip leave no source to restore".into()).into());
     }
     Ok(chosen)
+}
+
+/// The server restore target from `--into-url`, checked against what was chosen.
+fn into_server(
+    args: &Args,
+    chosen: &[(String, SourceEntry)],
+) -> anyhow::Result<Option<source::postgres::IntoServer>> {
+    let Some(url) = &args.into_url else {
+        return Ok(None);
+    };
+    let [(name, entry)] = chosen else {
+        return Err(UsageError(format!(
+            "--into-url restores one database source; pick it with --only (sources: {})",
+            chosen
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .into());
+    };
+    let engine = match &entry.stats {
+        crate::snapshot::SourceStats::Database { engine, .. } => engine.as_str(),
+        _ => {
+            return Err(UsageError(format!(
+                "source {name} is a {} source: restore it with --to DIR",
+                entry.kind
+            ))
+            .into());
+        }
+    };
+    let scheme_ok = match engine {
+        "postgres" => url.starts_with("postgres://") || url.starts_with("postgresql://"),
+        _ => url.starts_with("mysql://") || url.starts_with("mariadb://"),
+    };
+    if !scheme_ok {
+        return Err(UsageError(format!(
+            "source {name} is a {engine} dump; --into-url must be a {engine}:// URL"
+        ))
+        .into());
+    }
+    let env_var = if engine == "postgres" {
+        "PGPASSWORD"
+    } else {
+        "MYSQL_PWD"
+    };
+    let password = match &args.password_file {
+        Some(file) => Some(source::child::read_password_file(file)?),
+        None => std::env::var(env_var).ok(),
+    };
+    Ok(Some(source::postgres::IntoServer {
+        url: url.clone(),
+        password,
+        create: args.create,
+        clean: args.clean,
+    }))
 }
 
 fn non_empty(dir: &Path) -> anyhow::Result<bool> {

@@ -116,11 +116,16 @@ fn print_report(r: &JobReport) {
                         symlinks,
                         ..
                     } => format!("{files} files, {dirs} dirs, {symlinks} symlinks"),
-                    SourceStats::Sqlite { tables, .. } => format!(
-                        "{} tables, {} rows",
-                        tables.len(),
-                        tables.values().sum::<u64>()
-                    ),
+                    SourceStats::Sqlite { tables, .. } | SourceStats::Database { tables, .. } => {
+                        format!(
+                            "{} tables, {} rows",
+                            tables.len(),
+                            tables.values().sum::<u64>()
+                        )
+                    }
+                    SourceStats::Redis { keys, .. } => {
+                        format!("{} keys", keys.values().sum::<u64>())
+                    }
                 };
                 println!(
                     "  {:<16} {:<9} ok      {}  {} → {}",

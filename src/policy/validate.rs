@@ -5,7 +5,8 @@ use figment::error::Kind;
 use figment::value::Value;
 
 use super::{
-    Compression, DirectorySpec, EncryptionMode, Policy, SOURCE_KINDS, SourceSpec, SqliteSpec,
+    Compression, DirectorySpec, EncryptionMode, MysqlSpec, Policy, PostgresSpec, RedisSpec,
+    SOURCE_KINDS, SourceSpec, SqliteSpec,
 };
 
 /// One thing wrong with a policy, at a dotted key path.
@@ -133,20 +134,17 @@ pub fn source_spec(key: &str, value: Value) -> Result<SourceSpec, Vec<Problem>> 
             .deserialize::<DirectorySpec>()
             .map(SourceSpec::Directory),
         "sqlite" => rest.deserialize::<SqliteSpec>().map(SourceSpec::Sqlite),
+        "postgres" => rest.deserialize::<PostgresSpec>().map(SourceSpec::Postgres),
+        "mysql" => rest.deserialize::<MysqlSpec>().map(SourceSpec::Mysql),
+        "redis" => rest.deserialize::<RedisSpec>().map(SourceSpec::Redis),
         other => {
-            let later = matches!(other, "postgres" | "mysql" | "redis");
-            let message = if later {
+            return Err(vec![problem(
+                key,
                 format!(
-                    "kind {other:?} is not supported by this build yet (supported: {})",
+                    "unknown kind {other:?} (expected one of: {})",
                     SOURCE_KINDS.join(", ")
-                )
-            } else {
-                format!(
-                    "unknown kind {other:?} (expected one of: {}, postgres, mysql, redis)",
-                    SOURCE_KINDS.join(", ")
-                )
-            };
-            return Err(vec![problem(key, message)]);
+                ),
+            )]);
         }
     };
     typed.map_err(|e| serde_problems(key, e))
@@ -214,10 +212,20 @@ pub fn policy(policy: &Policy) -> Vec<Problem> {
         for (source, spec) in &job.source_specs {
             let skey = format!("{key}.sources.{source}");
             check_name(&skey, "source", source, &mut out);
-            if let SourceSpec::Directory(dir) = spec
-                && let Err(e) = crate::source::directory::Excludes::new(&dir.exclude)
-            {
-                out.push(problem(format!("{skey}.exclude"), e.to_string()));
+            let url_check = match spec {
+                SourceSpec::Directory(dir) => {
+                    if let Err(e) = crate::source::directory::Excludes::new(&dir.exclude) {
+                        out.push(problem(format!("{skey}.exclude"), e.to_string()));
+                    }
+                    Ok(())
+                }
+                SourceSpec::Sqlite(_) => Ok(()),
+                SourceSpec::Postgres(pg) => crate::source::postgres::check_url(&pg.url),
+                SourceSpec::Mysql(my) => crate::source::mysql::check_url(&my.url),
+                SourceSpec::Redis(r) => crate::source::redis::check_url(&r.url),
+            };
+            if let Err(e) = url_check {
+                out.push(problem(format!("{skey}.url"), e));
             }
         }
     }

@@ -125,41 +125,14 @@ fn table_stats(db: &Connection) -> rusqlite::Result<TableStats> {
     Ok((pages.max(0) as u64, tables))
 }
 
-/// Writes the database to `dest/<file_name>`, via a temporary name so a failed restore
-/// never leaves a half-written file under the real one.
+/// Writes the database back as `dest/<file_name>`.
 pub fn restore(
     input: &mut dyn Read,
     dest: &Path,
     file_name: &str,
     overwrite: bool,
 ) -> Result<Restored, SourceError> {
-    if file_name.is_empty() || file_name.contains('/') || file_name == "." || file_name == ".." {
-        return Err(SourceError::Unsafe {
-            entry: file_name.into(),
-            why: "a database file name must be a plain name",
-        });
-    }
-    std::fs::create_dir_all(dest).map_err(io_err(dest))?;
-    let final_path = dest.join(file_name);
-    if final_path.exists() && !overwrite {
-        return Err(SourceError::Invalid {
-            path: final_path,
-            what: "already exists (use --force to overwrite)".into(),
-        });
-    }
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".restoring-")
-        .tempfile_in(dest)
-        .map_err(io_err(dest))?;
-    let bytes = io::copy(input, tmp.as_file_mut()).map_err(io_err(&final_path))?;
-    tmp.as_file().sync_all().map_err(io_err(&final_path))?;
-    tmp.persist(&final_path)
-        .map_err(|e| io_err(&final_path)(e.error))?;
-    Ok(Restored {
-        files: 1,
-        bytes,
-        ..Restored::default()
-    })
+    super::restore_file(input, dest, file_name, overwrite)
 }
 
 #[cfg(test)]

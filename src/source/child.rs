@@ -1,0 +1,221 @@
+//! Dump and restore tools run as child processes: finding them on PATH, passing secrets
+//! through the environment (never argv), streaming stdout into the pipeline, keeping the
+//! tail of stderr for the error message, and judging the exit status only after the
+//! stream was fully consumed (the shape of rustic's `ChildStdoutSource::finish`).
+
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread::JoinHandle;
+
+use super::SourceError;
+
+/// How much of a tool's stderr is kept for its error message.
+const STDERR_TAIL_BYTES: usize = 16 << 10;
+
+/// The first of `names` found on PATH, or an error saying which package provides it.
+pub fn find_tool(names: &[&str], package: &str) -> Result<PathBuf, SourceError> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for name in names {
+        for dir in std::env::split_paths(&path) {
+            let candidate = dir.join(name);
+            if is_executable(&candidate) {
+                return Ok(candidate);
+            }
+        }
+    }
+    Err(SourceError::ToolMissing {
+        tool: names.join(" or "),
+        package: package.into(),
+    })
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// A running tool whose stderr is collected on a thread.
+pub struct Running {
+    tool: String,
+    child: Child,
+    stderr: Option<JoinHandle<Vec<u8>>>,
+    secret: Option<String>,
+}
+
+/// Starts `cmd` with the given stdin, stdout piped, stderr collected.
+pub fn spawn(mut cmd: Command, stdin: Stdio, secret: Option<&str>) -> Result<Running, SourceError> {
+    let tool = Path::new(cmd.get_program())
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut child = cmd
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| SourceError::Tool {
+            tool: tool.clone(),
+            message: format!("cannot start: {e}"),
+        })?;
+    let mut err = child.stderr.take().expect("stderr piped");
+    let stderr = std::thread::spawn(move || {
+        let mut tail = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = err.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            tail.extend_from_slice(&buf[..n]);
+            if tail.len() > 2 * STDERR_TAIL_BYTES {
+                tail.drain(..tail.len() - STDERR_TAIL_BYTES);
+            }
+        }
+        tail
+    });
+    Ok(Running {
+        tool,
+        child,
+        stderr: Some(stderr),
+        secret: secret.map(str::to_string),
+    })
+}
+
+impl Running {
+    pub fn stdin(&mut self) -> Option<std::process::ChildStdin> {
+        self.child.stdin.take()
+    }
+
+    /// Copies the tool's stdout into `out`; on a write error the tool is killed.
+    pub fn copy_stdout(&mut self, out: &mut dyn Write) -> Result<u64, SourceError> {
+        let mut stdout = self.child.stdout.take().expect("stdout piped");
+        let copied = io::copy(&mut stdout, out);
+        match copied {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                let _ = self.child.kill();
+                let _ = self.wait_raw();
+                Err(SourceError::Tool {
+                    tool: self.tool.clone(),
+                    message: format!("streaming its output failed: {e}"),
+                })
+            }
+        }
+    }
+
+    fn wait_raw(&mut self) -> (io::Result<std::process::ExitStatus>, String) {
+        let status = self.child.wait();
+        let tail = self
+            .stderr
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        let mut text = String::from_utf8_lossy(&tail).trim().to_string();
+        if let Some(secret) = self.secret.as_deref().filter(|s| !s.is_empty()) {
+            text = text.replace(secret, "***");
+        }
+        (status, text)
+    }
+
+    /// Waits for the tool; anything but exit status 0 is an error carrying its stderr.
+    /// Returns the stderr text for tools that report on it.
+    pub fn finish(mut self) -> Result<String, SourceError> {
+        let (status, stderr) = self.wait_raw();
+        let status = status.map_err(|e| SourceError::Tool {
+            tool: self.tool.clone(),
+            message: format!("cannot wait for it: {e}"),
+        })?;
+        if status.success() {
+            return Ok(stderr);
+        }
+        let how = match status.code() {
+            Some(code) => format!("exited with status {code}"),
+            None => "was killed by a signal".to_string(),
+        };
+        Err(SourceError::Tool {
+            tool: self.tool.clone(),
+            message: if stderr.is_empty() {
+                how
+            } else {
+                format!("{how}: {stderr}")
+            },
+        })
+    }
+}
+
+/// Runs a tool to completion and returns its stdout (for small queries and version checks).
+pub fn output(cmd: Command, secret: Option<&str>) -> Result<String, SourceError> {
+    let mut running = spawn(cmd, Stdio::null(), secret)?;
+    let mut out = Vec::new();
+    running.copy_stdout(&mut out)?;
+    running.finish()?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// The major version in a `--version` line such as `pg_dump (PostgreSQL) 15.18 (Debian …)`.
+pub fn major_version(version_line: &str) -> Option<u32> {
+    version_line.split_whitespace().find_map(|w| {
+        w.split('.')
+            .next()?
+            .parse::<u32>()
+            .ok()
+            .filter(|_| w.contains('.'))
+    })
+}
+
+/// Reads a password file (first line), refusing one that group or others can read.
+pub fn read_password_file(path: &Path) -> Result<String, SourceError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).map_err(super::io_err(path))?;
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(SourceError::Invalid {
+            path: path.into(),
+            what: format!(
+                "password file is readable by group or others (mode {mode:04o}); run `chmod 600 {}`",
+                path.display()
+            ),
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(super::io_err(path))?;
+    Ok(text.lines().next().unwrap_or("").to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn major_versions_are_read_from_tool_banners() {
+        assert_eq!(
+            major_version("pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"),
+            Some(15)
+        );
+        assert_eq!(major_version("pg_dump (PostgreSQL) 9.6.24"), Some(9));
+        assert_eq!(major_version("no version here"), None);
+    }
+
+    #[test]
+    fn a_failing_tool_reports_status_and_stderr_without_the_secret() {
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            "echo partial; echo \"auth failed for s3cret\" >&2; exit 3",
+        ]);
+        let mut r = spawn(cmd, Stdio::null(), Some("s3cret")).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(r.copy_stdout(&mut out).unwrap(), 8);
+        let err = r.finish().unwrap_err().to_string();
+        assert!(
+            err.contains("status 3") && err.contains("auth failed"),
+            "{err}"
+        );
+        assert!(!err.contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn missing_tools_name_their_package() {
+        let err = find_tool(&["surely-not-installed-xyz"], "some-package").unwrap_err();
+        assert!(err.to_string().contains("some-package"), "{err}");
+    }
+}

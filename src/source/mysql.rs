@@ -1,0 +1,293 @@
+//! MySQL / MariaDB: `mariadb-dump` (or `mysqldump`) with `--single-transaction` streamed
+//! from the child's stdout as SQL, restored by feeding it to `mariadb` (or `mysql`).
+//!
+//! The password reaches the tools through `MYSQL_PWD` in their environment, never argv.
+//! Row counts are taken just before the dump in their own consistent-snapshot
+//! transaction; on a database being written to they can differ from the dump by the
+//! writes in between (the manifest says `row_counts = "exact"` only for what was counted).
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde::Deserialize;
+
+use super::postgres::{IntoServer, feed, safe_file_stem};
+use super::{Dumped, Restored, SourceError, child};
+use crate::snapshot::SourceStats;
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MysqlSpec {
+    /// `mysql://user@host:port/database` — no password here: use `password_file`.
+    pub url: String,
+    /// File whose first line is the password (mode 0600).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// More dump-tool arguments, e.g. `["--skip-lock-tables"]`.
+    #[serde(default)]
+    pub extra_args: Vec<String>,
+}
+
+/// Pure check for policy validation.
+pub fn check_url(url: &str) -> Result<(), String> {
+    let parsed = url::Url::parse(url)
+        .map_err(|e| format!("not a URL ({e}); e.g. \"mysql://backup@db.internal:3306/app\""))?;
+    if !matches!(parsed.scheme(), "mysql" | "mariadb") {
+        return Err("must start with mysql://".into());
+    }
+    if parsed.password().is_some() {
+        return Err("contains a password: remove it and set `password_file` (URLs end up in logs and process lists)".into());
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err("names no host".into());
+    }
+    if parsed.path().trim_start_matches('/').is_empty() {
+        return Err("names no database: add it as the path, e.g. mysql://backup@host/app".into());
+    }
+    Ok(())
+}
+
+/// Host, port, user and database from a checked URL.
+struct Conn {
+    host: String,
+    port: u16,
+    user: String,
+    database: String,
+}
+
+fn parse(url: &str) -> Result<Conn, SourceError> {
+    check_url(url).map_err(|what| SourceError::Invalid {
+        path: PathBuf::from(crate::target::redact(url)),
+        what,
+    })?;
+    let u = url::Url::parse(url).expect("checked");
+    Ok(Conn {
+        host: u.host_str().unwrap_or("127.0.0.1").to_string(),
+        port: u.port().unwrap_or(3306),
+        user: if u.username().is_empty() {
+            "root".into()
+        } else {
+            u.username().to_string()
+        },
+        database: u.path().trim_start_matches('/').to_string(),
+    })
+}
+
+/// A client-tool command with connection options; the password goes to the environment.
+fn command(tool: &Path, conn: &Conn, password: Option<&str>) -> Command {
+    let mut cmd = Command::new(tool);
+    // --no-defaults first: a stray ~/.my.cnf must not change what gets dumped or where.
+    cmd.arg("--no-defaults")
+        .arg(format!("--host={}", conn.host))
+        .arg(format!("--port={}", conn.port))
+        .arg(format!("--user={}", conn.user))
+        .arg("--protocol=tcp");
+    cmd.env_remove("MYSQL_PWD");
+    if let Some(p) = password {
+        cmd.env("MYSQL_PWD", p);
+    }
+    cmd
+}
+
+fn query(
+    client: &Path,
+    conn: &Conn,
+    password: Option<&str>,
+    sql: &str,
+) -> Result<String, SourceError> {
+    let mut cmd = command(client, conn, password);
+    cmd.args(["--batch", "--skip-column-names", "--raw", "-e", sql]);
+    child::output(cmd, password)
+}
+
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("`{}`", s.replace('`', "``"))
+}
+
+/// Tools present, server reachable with these credentials.
+pub fn probe(spec: &MysqlSpec) -> Result<String, SourceError> {
+    child::find_tool(&["mariadb-dump", "mysqldump"], "mariadb-client")?;
+    let client = child::find_tool(&["mariadb", "mysql"], "mariadb-client")?;
+    let conn = parse(&spec.url)?;
+    let password = spec
+        .password_file
+        .as_deref()
+        .map(child::read_password_file)
+        .transpose()?;
+    let version = query(&client, &conn, password.as_deref(), "select version()")?;
+    Ok(format!(
+        "mysql {} answers (server {})",
+        crate::target::redact(&spec.url),
+        version.trim()
+    ))
+}
+
+pub fn dump(spec: &MysqlSpec, out: &mut dyn Write) -> Result<Dumped, SourceError> {
+    let dump_tool = child::find_tool(&["mariadb-dump", "mysqldump"], "mariadb-client")?;
+    let client = child::find_tool(&["mariadb", "mysql"], "mariadb-client")?;
+    let conn = parse(&spec.url)?;
+    let password = spec
+        .password_file
+        .as_deref()
+        .map(child::read_password_file)
+        .transpose()?;
+    let pw = password.as_deref();
+    let tool_version = child::output(
+        {
+            let mut c = Command::new(&dump_tool);
+            c.arg("--version");
+            c
+        },
+        None,
+    )?
+    .trim()
+    .to_string();
+    let server_version = query(&client, &conn, pw, "select version()")?
+        .trim()
+        .to_string();
+
+    let names = query(
+        &client,
+        &conn,
+        pw,
+        &format!(
+            "select table_name from information_schema.tables where table_schema = {} and table_type = 'BASE TABLE' order by table_name",
+            quote_literal(&conn.database)
+        ),
+    )?;
+    let names: Vec<&str> = names.lines().filter(|l| !l.is_empty()).collect();
+    let mut tables = BTreeMap::new();
+    if !names.is_empty() {
+        let counts = names
+            .iter()
+            .map(|t| {
+                format!(
+                    "select {}, count(*) from {}.{}",
+                    quote_literal(t),
+                    quote_ident(&conn.database),
+                    quote_ident(t)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" union all ");
+        let sql = format!(
+            "set session transaction isolation level repeatable read; start transaction with consistent snapshot; {counts}; commit;"
+        );
+        for line in query(&client, &conn, pw, &sql)?.lines() {
+            if let Some((name, n)) = line.rsplit_once('\t') {
+                tables.insert(name.to_string(), n.trim().parse().unwrap_or(0));
+            }
+        }
+    }
+
+    let mut cmd = command(&dump_tool, &conn, pw);
+    cmd.args([
+        "--single-transaction",
+        "--quick",
+        "--routines",
+        "--events",
+        "--triggers",
+        "--hex-blob",
+        "--default-character-set=utf8mb4",
+    ]);
+    cmd.args(&spec.extra_args);
+    // The database as a plain argument (not --databases), so the dump restores into any name.
+    cmd.arg(&conn.database);
+    let mut running = child::spawn(cmd, Stdio::null(), pw)?;
+    let bytes = running.copy_stdout(out)?;
+    running.finish()?;
+    if bytes == 0 {
+        return Err(SourceError::Tool {
+            tool: "mariadb-dump".into(),
+            message: "produced no output".into(),
+        });
+    }
+    Ok(Dumped {
+        stats: SourceStats::Database {
+            engine: "mysql".into(),
+            database: conn.database,
+            server_version,
+            tool_version,
+            row_counts: "exact".into(),
+            tables,
+        },
+        warnings: Vec::new(),
+    })
+}
+
+/// Feeds the SQL dump to the client against `into.url` (created first with `create`).
+pub fn restore_into(input: &mut dyn Read, into: &IntoServer) -> Result<Restored, SourceError> {
+    let client = child::find_tool(&["mariadb", "mysql"], "mariadb-client")?;
+    let conn = parse(&into.url)?;
+    let pw = into.password.as_deref();
+    if into.clean {
+        query(
+            &client,
+            &conn,
+            pw,
+            &format!("drop database if exists {}", quote_ident(&conn.database)),
+        )?;
+    }
+    if into.create || into.clean {
+        query(
+            &client,
+            &conn,
+            pw,
+            &format!(
+                "create database if not exists {}",
+                quote_ident(&conn.database)
+            ),
+        )?;
+    }
+    let mut cmd = command(&client, &conn, pw);
+    cmd.arg("--default-character-set=utf8mb4")
+        .arg(&conn.database);
+    feed(cmd, input, pw)
+}
+
+/// Writes the dump as `DIR/<database>.sql` for a manual restore.
+pub fn restore_to_file(
+    input: &mut dyn Read,
+    dest: &Path,
+    database: &str,
+    overwrite: bool,
+) -> Result<Restored, SourceError> {
+    super::restore_file(
+        input,
+        dest,
+        &format!("{}.sql", safe_file_stem(database)),
+        overwrite,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_checked() {
+        assert!(check_url("mysql://backup@db:3306/app").is_ok());
+        assert!(
+            check_url("mysql://backup:pw@db/app")
+                .unwrap_err()
+                .contains("password_file")
+        );
+        assert!(
+            check_url("mysql://backup@db/")
+                .unwrap_err()
+                .contains("no database")
+        );
+    }
+
+    #[test]
+    fn identifiers_and_literals_are_quoted() {
+        assert_eq!(quote_ident("we`ird"), "`we``ird`");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+}
