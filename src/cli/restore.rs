@@ -123,6 +123,7 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
             .map(|to| to.join(&name))
             .unwrap_or_default();
         let shown = place(&name);
+        let into_server = into.is_some();
         let into = into.clone();
         let key = snapshot::object_key(&manifest.job, &manifest.snapshot, &entry.object);
         let result = async {
@@ -145,7 +146,7 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
         }
         .await;
         match result {
-            Ok(r) if into.is_some() => println!(
+            Ok(r) if into_server => println!(
                 "restored {name} into {shown}: {} of dump applied; checksums match",
                 human_bytes(r.bytes)
             ),
