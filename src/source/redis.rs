@@ -81,6 +81,9 @@ fn info(
             server: crate::target::redact(&spec.url),
             message: match reply.trim() {
                 "" => "no reply (is the server up?)".to_string(),
+                r if r.starts_with("NOAUTH") || r.starts_with("WRONGPASS") => {
+                    format!("authentication failed ({r}): check password_file")
+                }
                 other => other.to_string(),
             },
         });

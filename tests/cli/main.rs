@@ -2,6 +2,7 @@
 //! local targets, plus the standard `age`, `gzip`, `zstd`, `tar` and `sqlite3` tools.
 //! One test binary, so the crate links once.
 
+mod databases;
 mod failures;
 mod policy_errors;
 mod round_trip;
