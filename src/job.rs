@@ -84,7 +84,27 @@ pub async fn run(
     let mut failed_targets = BTreeMap::new();
     let mut reports = Vec::new();
     let mut uploaded: Vec<object_store::path::Path> = Vec::new();
-    for (name, spec) in &job.source_specs {
+    // A database source may stand for several dumps (`databases = [...]`/"all").
+    let mut work: Vec<(String, String, source::Expanded)> = Vec::new();
+    for (group, spec) in &job.source_specs {
+        let (g, sp) = (group.clone(), spec.clone());
+        let expanded = tokio::task::spawn_blocking(move || source::expand(&g, &sp))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        match expanded {
+            Ok(list) => work.extend(list.into_iter().map(|(n, e)| (group.clone(), n, e))),
+            Err(e) => {
+                tracing::error!(job = job_name, source = %group, "cannot list what to back up: {e}");
+                reports.push(SourceReport {
+                    name: group.clone(),
+                    kind: spec.kind(),
+                    result: Err(e),
+                });
+            }
+        }
+    }
+    for (group, name, spec) in &work {
         let object = source::object_name(
             name,
             spec,
@@ -128,6 +148,7 @@ pub async fn run(
             );
             SourceEntry {
                 kind: spec.kind().into(),
+                group: (group != name).then(|| group.clone()),
                 object,
                 compression: job.compression,
                 compression_level: encoding.level,

@@ -55,6 +55,10 @@ pub struct Manifest {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SourceEntry {
     pub kind: String,
+    /// The policy source this object belongs to, when one source made several objects
+    /// (a server's databases): `restore --only GROUP` selects them all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     /// Object name within the snapshot, e.g. `docs.tar.gz.age`.
     pub object: String,
     pub compression: Compression,
@@ -317,6 +321,7 @@ mod tests {
                 "db".to_string(),
                 SourceEntry {
                     kind: "sqlite".into(),
+                    group: None,
                     object: "db.sqlite.gz.age".into(),
                     compression: Compression::Gzip,
                     compression_level: 6,

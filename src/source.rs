@@ -57,6 +57,83 @@ pub(crate) fn io_err(path: &Path) -> impl Fn(std::io::Error) -> SourceError + '_
     }
 }
 
+/// `databases = [...]` or `databases = "all"` of a database source.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(untagged)]
+pub enum Databases {
+    /// Only `"all"` is meaningful; anything else is a policy error.
+    Keyword(String),
+    List(Vec<String>),
+}
+
+impl Databases {
+    pub fn check(&self) -> Result<(), String> {
+        match self {
+            Databases::Keyword(k) if k == "all" => Ok(()),
+            Databases::Keyword(k) => {
+                Err(format!("databases = {k:?}: use a list of names or \"all\""))
+            }
+            Databases::List(l) if l.is_empty() => {
+                Err("databases = []: list at least one, or use \"all\"".into())
+            }
+            Databases::List(_) => Ok(()),
+        }
+    }
+}
+
+/// One thing to dump, after a policy source has been expanded (a server's databases
+/// become one dump each).
+#[derive(Debug, Clone)]
+pub enum Expanded {
+    Spec(SourceSpec),
+    Postgres(postgres::PostgresSpec),
+    PostgresGlobals(postgres::PostgresSpec),
+    Mysql(mysql::MysqlSpec),
+}
+
+impl Expanded {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Expanded::Spec(s) => s.kind(),
+            Expanded::Postgres(_) | Expanded::PostgresGlobals(_) => "postgres",
+            Expanded::Mysql(_) => "mysql",
+        }
+    }
+}
+
+/// The dumps a policy source stands for, each with the name it gets in the manifest.
+pub fn expand(name: &str, spec: &SourceSpec) -> Result<Vec<(String, Expanded)>, SourceError> {
+    match spec {
+        SourceSpec::Postgres(p) => postgres::expand(name, p),
+        SourceSpec::Mysql(m) => mysql::expand(name, m),
+        other => Ok(vec![(name.to_string(), Expanded::Spec(other.clone()))]),
+    }
+}
+
+/// `<source>-<database>` made safe as a manifest name and unique among `taken`.
+pub(crate) fn member_name<T>(source: &str, database: &str, taken: &[(String, T)]) -> String {
+    let mut safe: String = database
+        .to_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    safe.truncate(40);
+    let base = format!("{source}-{safe}");
+    let mut name = base.clone();
+    let mut n = 2;
+    while taken.iter().any(|(t, _)| t == &name) {
+        name = format!("{base}-{n}");
+        n += 1;
+    }
+    name
+}
+
 /// What a dump reports besides the stream itself.
 #[derive(Debug, Clone)]
 pub struct Dumped {
@@ -71,18 +148,14 @@ pub struct DumpContext {
 }
 
 /// The object name of a source: `<name>.<format><compression>[.age]`.
-pub fn object_name(
-    name: &str,
-    spec: &SourceSpec,
-    compression_ext: &str,
-    encrypted: bool,
-) -> String {
+pub fn object_name(name: &str, spec: &Expanded, compression_ext: &str, encrypted: bool) -> String {
     let format = match spec {
-        SourceSpec::Directory(_) => "tar",
-        SourceSpec::Sqlite(_) => "sqlite",
-        SourceSpec::Postgres(_) => "pgdump",
-        SourceSpec::Mysql(_) => "sql",
-        SourceSpec::Redis(_) => "rdb",
+        Expanded::Spec(SourceSpec::Directory(_)) => "tar",
+        Expanded::Spec(SourceSpec::Sqlite(_)) => "sqlite",
+        Expanded::Spec(SourceSpec::Postgres(_)) | Expanded::Postgres(_) => "pgdump",
+        Expanded::Spec(SourceSpec::Mysql(_)) | Expanded::Mysql(_) => "sql",
+        Expanded::PostgresGlobals(_) => "sql",
+        Expanded::Spec(SourceSpec::Redis(_)) => "rdb",
     };
     let age = if encrypted { ".age" } else { "" };
     format!("{name}.{format}{compression_ext}{age}")
@@ -90,16 +163,17 @@ pub fn object_name(
 
 /// Writes the source's plain stream into `out`.
 pub fn dump(
-    spec: &SourceSpec,
+    spec: &Expanded,
     ctx: &DumpContext,
     out: &mut dyn Write,
 ) -> Result<Dumped, SourceError> {
     match spec {
-        SourceSpec::Directory(d) => directory::dump(d, out),
-        SourceSpec::Sqlite(s) => sqlite::dump(s, ctx, out),
-        SourceSpec::Postgres(s) => postgres::dump(s, out),
-        SourceSpec::Mysql(s) => mysql::dump(s, out),
-        SourceSpec::Redis(s) => redis::dump(s, out),
+        Expanded::Spec(SourceSpec::Directory(d)) => directory::dump(d, out),
+        Expanded::Spec(SourceSpec::Sqlite(s)) => sqlite::dump(s, ctx, out),
+        Expanded::Spec(SourceSpec::Postgres(s)) | Expanded::Postgres(s) => postgres::dump(s, out),
+        Expanded::Spec(SourceSpec::Mysql(s)) | Expanded::Mysql(s) => mysql::dump(s, out),
+        Expanded::Spec(SourceSpec::Redis(s)) => redis::dump(s, out),
+        Expanded::PostgresGlobals(s) => postgres::dump_globals(s, out),
     }
 }
 
@@ -149,6 +223,9 @@ pub fn restore(
         SourceStats::Database {
             engine, database, ..
         } if engine == "postgres" => postgres::restore_to_file(input, dest, database, overwrite),
+        SourceStats::Database { engine, .. } if engine == postgres::GLOBALS_ENGINE => {
+            restore_file(input, dest, "globals.sql", overwrite)
+        }
         SourceStats::Database { database, .. } => {
             mysql::restore_to_file(input, dest, database, overwrite)
         }
@@ -165,6 +242,12 @@ pub fn restore_into(
     match &entry.stats {
         SourceStats::Database { engine, .. } if engine == "postgres" => {
             postgres::restore_into(input, into)
+        }
+        SourceStats::Database { engine, .. } if engine == postgres::GLOBALS_ENGINE => {
+            Err(SourceError::Invalid {
+                path: PathBuf::from(&entry.object),
+                what: "roles and tablespaces are restored by hand: restore with --to DIR, read globals.sql, then `psql -f globals.sql`".into(),
+            })
         }
         SourceStats::Database { .. } => mysql::restore_into(input, into),
         _ => Err(SourceError::Invalid {

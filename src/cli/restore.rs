@@ -231,8 +231,13 @@ fn select_sources(
     only: &[String],
     skip: &[String],
 ) -> anyhow::Result<Vec<(String, SourceEntry)>> {
-    for name in only.iter().chain(skip) {
-        if !m.sources.contains_key(name) {
+    // A name matches a source, or every object a multi-database source made.
+    let matches = |wanted: &String, name: &String, e: &SourceEntry| {
+        wanted == name || e.group.as_ref() == Some(wanted)
+    };
+    for wanted in only.iter().chain(skip) {
+        if !m.sources.iter().any(|(n, e)| matches(wanted, n, e)) {
+            let name = wanted;
             return Err(UsageError(format!(
                 "snapshot {} has no source {name:?} (sources: {})",
                 m.snapshot,
@@ -244,8 +249,8 @@ fn select_sources(
     let chosen: Vec<_> = m
         .sources
         .iter()
-        .filter(|(n, _)| only.is_empty() || only.contains(n))
-        .filter(|(n, _)| !skip.contains(n))
+        .filter(|(n, e)| only.is_empty() || only.iter().any(|w| matches(w, n, e)))
+        .filter(|(n, e)| !skip.iter().any(|w| matches(w, n, e)))
         .map(|(n, e)| (n.clone(), e.clone()))
         .collect();
     if chosen.is_empty() {

@@ -30,6 +30,7 @@ fn sample(len: usize) -> Vec<u8> {
 fn entry_for(stored: &Stored<()>, enc: &Encoding) -> SourceEntry {
     SourceEntry {
         kind: "test".into(),
+        group: None,
         object: "obj".into(),
         compression: enc.compression,
         compression_level: enc.level,

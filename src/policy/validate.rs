@@ -220,8 +220,8 @@ pub fn policy(policy: &Policy) -> Vec<Problem> {
                     Ok(())
                 }
                 SourceSpec::Sqlite(_) => Ok(()),
-                SourceSpec::Postgres(pg) => crate::source::postgres::check_url(&pg.url),
-                SourceSpec::Mysql(my) => crate::source::mysql::check_url(&my.url),
+                SourceSpec::Postgres(pg) => crate::source::postgres::check_spec(pg),
+                SourceSpec::Mysql(my) => crate::source::mysql::check_spec(my),
                 SourceSpec::Redis(r) => crate::source::redis::check_url(&r.url),
             };
             if let Err(e) = url_check {

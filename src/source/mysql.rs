@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use serde::Deserialize;
 
 use super::postgres::{IntoServer, feed, safe_file_stem};
-use super::{Dumped, Restored, SourceError, child};
+use super::{Databases, Dumped, Restored, SourceError, child};
 use crate::snapshot::SourceStats;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -28,6 +28,81 @@ pub struct MysqlSpec {
     /// More dump-tool arguments, e.g. `["--skip-lock-tables"]`.
     #[serde(default)]
     pub extra_args: Vec<String>,
+    /// Several databases, one object each: a list of names or `"all"` (every database
+    /// but information_schema, performance_schema, sys and mysql).
+    #[serde(default)]
+    pub databases: Option<Databases>,
+}
+
+/// Policy check of a whole spec: with `databases`, the URL may name no database.
+pub fn check_spec(spec: &MysqlSpec) -> Result<(), String> {
+    match &spec.databases {
+        None => check_url(&spec.url),
+        Some(d) => {
+            d.check()?;
+            check_url(&with_database(&spec.url, "mysql"))
+        }
+    }
+}
+
+fn with_database(url: &str, database: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            u.set_path(&format!("/{database}"));
+            u.to_string()
+        }
+        Err(_) => url.to_string(),
+    }
+}
+
+/// One spec per database (named `<source>-<database>` when several are asked for).
+pub fn expand(name: &str, spec: &MysqlSpec) -> Result<Vec<(String, super::Expanded)>, SourceError> {
+    let single = |db: &str| {
+        let mut one = spec.clone();
+        one.url = with_database(&spec.url, db);
+        one.databases = None;
+        one
+    };
+    let names: Vec<String> = match &spec.databases {
+        None => {
+            return Ok(vec![(
+                name.to_string(),
+                super::Expanded::Mysql(spec.clone()),
+            )]);
+        }
+        Some(Databases::List(list)) => list.clone(),
+        Some(Databases::Keyword(_)) => {
+            let client = child::find_tool(&["mariadb", "mysql"], "mariadb-client")?;
+            let conn = parse(&with_database(&spec.url, "mysql"))?;
+            let password = spec
+                .password_file
+                .as_deref()
+                .map(child::read_password_file)
+                .transpose()?;
+            query(&client, &conn, password.as_deref(), "show databases")?
+                .lines()
+                .filter(|d| {
+                    ![
+                        "information_schema",
+                        "performance_schema",
+                        "sys",
+                        "mysql",
+                        "",
+                    ]
+                    .contains(d)
+                })
+                .map(str::to_string)
+                .collect()
+        }
+    };
+    let mut out = Vec::new();
+    for db in &names {
+        out.push((
+            super::member_name(name, db, &out),
+            super::Expanded::Mysql(single(db)),
+        ));
+    }
+    Ok(out)
 }
 
 /// Pure check for policy validation.
@@ -114,7 +189,10 @@ fn quote_ident(s: &str) -> String {
 pub fn probe(spec: &MysqlSpec) -> Result<String, SourceError> {
     child::find_tool(&["mariadb-dump", "mysqldump"], "mariadb-client")?;
     let client = child::find_tool(&["mariadb", "mysql"], "mariadb-client")?;
-    let conn = parse(&spec.url)?;
+    let conn = match spec.databases {
+        Some(_) => parse(&with_database(&spec.url, "mysql"))?,
+        None => parse(&spec.url)?,
+    };
     let password = spec
         .password_file
         .as_deref()

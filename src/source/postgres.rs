@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use serde::Deserialize;
 
 use super::child;
-use super::{Dumped, Restored, SourceError};
+use super::{Databases, Dumped, Restored, SourceError};
 use crate::snapshot::SourceStats;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -38,6 +38,13 @@ pub struct PostgresSpec {
     /// `exact` (count(*), default) or `estimate` (planner statistics, for huge tables).
     #[serde(default)]
     pub row_counts: RowCounts,
+    /// Several databases of the server, one object each: a list of names or `"all"`
+    /// (every database that accepts connections). Without it, the URL's database.
+    #[serde(default)]
+    pub databases: Option<Databases>,
+    /// Also dump roles and tablespaces (`pg_dumpall --globals-only`) as `<source>-globals`.
+    #[serde(default)]
+    pub include_globals: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -65,6 +72,122 @@ pub fn check_url(url: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Policy check of a whole spec: with `databases`, the URL may name no database.
+pub fn check_spec(spec: &PostgresSpec) -> Result<(), String> {
+    match &spec.databases {
+        None => check_url(&spec.url),
+        Some(d) => {
+            d.check()?;
+            check_url(&with_database(&spec.url, "postgres"))
+        }
+    }
+}
+
+/// The URL with its path replaced by `database`.
+fn with_database(url: &str, database: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            u.set_path(&format!("/{database}"));
+            u.to_string()
+        }
+        Err(_) => url.to_string(),
+    }
+}
+
+/// One spec per database to dump (named `<source>-<database>` when the policy lists
+/// several), plus the globals when asked; `"all"` asks the server.
+pub fn expand(
+    name: &str,
+    spec: &PostgresSpec,
+) -> Result<Vec<(String, super::Expanded)>, SourceError> {
+    let single = |db: Option<&str>| {
+        let mut one = spec.clone();
+        if let Some(db) = db {
+            one.url = with_database(&spec.url, db);
+        }
+        one.databases = None;
+        one.include_globals = false;
+        one
+    };
+    let mut out = Vec::new();
+    let names: Vec<String> = match &spec.databases {
+        None => {
+            out.push((name.to_string(), super::Expanded::Postgres(single(None))));
+            Vec::new()
+        }
+        Some(Databases::List(list)) => list.clone(),
+        Some(Databases::Keyword(_)) => {
+            let password = password(spec.password_file.as_deref())?;
+            let url = if database_of(&spec.url).is_empty() {
+                with_database(&spec.url, "postgres")
+            } else {
+                spec.url.clone()
+            };
+            let mut client = connect(&url, password.as_deref())?;
+            client
+                .query("select datname from pg_database where datallowconn and not datistemplate order by 1", &[])
+                .map_err(db_err(&url))?
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect()
+        }
+    };
+    for db in &names {
+        out.push((
+            super::member_name(name, db, &out),
+            super::Expanded::Postgres(single(Some(db))),
+        ));
+    }
+    if spec.include_globals {
+        let mut g = single(None);
+        if database_of(&g.url).is_empty() {
+            g.url = with_database(&g.url, "postgres");
+        }
+        out.push((
+            format!("{name}-globals"),
+            super::Expanded::PostgresGlobals(g),
+        ));
+    }
+    Ok(out)
+}
+
+/// Roles and tablespaces, as SQL from `pg_dumpall --globals-only`.
+pub fn dump_globals(spec: &PostgresSpec, out: &mut dyn Write) -> Result<Dumped, SourceError> {
+    let tool = child::find_tool(&["pg_dumpall"], "postgresql-client")?;
+    let password = password(spec.password_file.as_deref())?;
+    let tool_version = child::output(version_cmd(&tool), None)?.trim().to_string();
+    let mut cmd = Command::new(tool);
+    cmd.arg("--globals-only")
+        .arg(format!("--dbname={}", spec.url));
+    cmd.env_remove("PGPASSWORD");
+    if let Some(p) = &password {
+        cmd.env("PGPASSWORD", p);
+    }
+    let mut running = child::spawn(cmd, Stdio::null(), password.as_deref())?;
+    let bytes = running.copy_stdout(out)?;
+    running.finish()?;
+    if bytes == 0 {
+        return Err(SourceError::Tool {
+            tool: "pg_dumpall".into(),
+            message: "produced no output".into(),
+        });
+    }
+    Ok(Dumped {
+        stats: SourceStats::Database {
+            engine: GLOBALS_ENGINE.into(),
+            database: "globals".into(),
+            server_version: String::new(),
+            tool_version,
+            row_counts: "exact".into(),
+            tables: BTreeMap::new(),
+        },
+        warnings: Vec::new(),
+    })
+}
+
+/// The manifest's engine name for a `pg_dumpall --globals-only` object.
+pub const GLOBALS_ENGINE: &str = "postgres_globals";
 
 fn database_of(url: &str) -> String {
     url::Url::parse(url)
@@ -110,10 +233,15 @@ pub fn probe(spec: &PostgresSpec) -> Result<String, SourceError> {
     child::find_tool(&["pg_restore"], "postgresql-client")?;
     let password = password(spec.password_file.as_deref())?;
     let tool_version = child::output(version_cmd(&pg_dump), None)?;
-    let mut client = connect(&spec.url, password.as_deref())?;
+    let url = if database_of(&spec.url).is_empty() {
+        with_database(&spec.url, "postgres")
+    } else {
+        spec.url.clone()
+    };
+    let mut client = connect(&url, password.as_deref())?;
     let version: String = client
         .query_one("show server_version", &[])
-        .map_err(db_err(&spec.url))?
+        .map_err(db_err(&url))?
         .get(0);
     let server_major = child::major_version(&format!("{version} ")).unwrap_or(0);
     let client_major = child::major_version(&tool_version).unwrap_or(0);

@@ -564,3 +564,83 @@ fn a_dump_killed_half_way_commits_nothing_and_no_password_reaches_argv() {
     );
     psql(&s, "postgres", &format!("drop database {db}"));
 }
+
+#[test]
+fn several_databases_and_globals_become_one_object_each() {
+    let s = servers();
+    let world = World::new();
+    let (a, b) = (unique("multi_a"), unique("multi_b"));
+    for db in [&a, &b] {
+        psql(&s, "postgres", &format!("create database {db}"));
+        psql(
+            &s,
+            db,
+            &format!("create table marker as select '{db}'::text as name"),
+        );
+    }
+    let role = unique("role");
+    psql(&s, "postgres", &format!("create role {role} login"));
+    let pw = password_file(&world, &s.password);
+    world.policy(&format!(
+        "[jobs.db]\ntargets = [\"local\"]\n\n[jobs.db.sources.cluster]\nkind = \"postgres\"\nurl = \"postgres://postgres@{}\"\npassword_file = \"{}\"\ndatabases = [\"{a}\", \"{b}\"]\ninclude_globals = true\n",
+        s.pg,
+        pw.display()
+    ));
+    let out = world.backupd(&["run-now"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let listed = list_json(&world, &["db"]);
+    let sources = listed[0]["sources"].as_object().unwrap();
+    let mut names: Vec<&String> = sources.keys().collect();
+    names.sort();
+    let mut expected = [
+        format!("cluster-{a}"),
+        format!("cluster-{b}"),
+        "cluster-globals".to_string(),
+    ];
+    expected.sort();
+    assert_eq!(names, expected.iter().collect::<Vec<_>>());
+    assert!(sources.values().all(|e| e["group"] == "cluster"));
+
+    let dir = world.path("r");
+    let out = world.backupd(&[
+        "restore",
+        "db",
+        "--only",
+        "cluster",
+        "--to",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    for db in [&a, &b] {
+        let listing = sh(&format!(
+            "pg_restore --list '{}'",
+            dir.join(format!("cluster-{db}/{db}.pgdump")).display()
+        ));
+        assert!(listing.contains("TABLE public marker"), "{listing}");
+    }
+    let globals = std::fs::read_to_string(dir.join("cluster-globals/globals.sql")).unwrap();
+    assert!(
+        globals.contains(&format!("CREATE ROLE {role}")),
+        "{globals}"
+    );
+
+    // --into-url takes one database: the group alone is refused with a hint.
+    let out = world.backupd(&[
+        "restore",
+        "db",
+        "--only",
+        "cluster",
+        "--into-url",
+        "postgres://postgres@127.0.0.1/x",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("restores one database source"),
+        "{}",
+        text(&out)
+    );
+    for db in [&a, &b] {
+        psql(&s, "postgres", &format!("drop database {db}"));
+    }
+    psql(&s, "postgres", &format!("drop role {role}"));
+}
