@@ -81,6 +81,23 @@ impl Databases {
     }
 }
 
+/// Policy check of a database source: with `databases` the URL may name no database, so
+/// it is checked as if it named `maintenance_db`.
+pub(crate) fn check_database_spec(
+    url: &str,
+    databases: Option<&Databases>,
+    maintenance_db: &str,
+    check_url: fn(&str) -> Result<(), String>,
+) -> Result<(), String> {
+    match databases {
+        None => check_url(url),
+        Some(d) => {
+            d.check()?;
+            check_url(&child::with_database(url, maintenance_db))
+        }
+    }
+}
+
 /// One thing to dump, after a policy source has been expanded (a server's databases
 /// become one dump each).
 #[derive(Debug, Clone)]

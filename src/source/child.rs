@@ -143,6 +143,42 @@ impl Running {
     }
 }
 
+/// Runs a dump tool with its stdout streamed into `out`; its exit status is judged after
+/// the stream was consumed, and a dump of zero bytes is an error too.
+pub fn stream_to(
+    cmd: Command,
+    out: &mut dyn Write,
+    secret: Option<&str>,
+) -> Result<u64, SourceError> {
+    let mut running = spawn(cmd, Stdio::null(), secret)?;
+    let tool = running.tool.clone();
+    let bytes = running.copy_stdout(out)?;
+    running.finish()?;
+    if bytes == 0 {
+        return Err(SourceError::Tool {
+            tool,
+            message: "produced no output".into(),
+        });
+    }
+    Ok(bytes)
+}
+
+/// The password from an optional password file.
+pub fn password(file: Option<&Path>) -> Result<Option<String>, SourceError> {
+    file.map(read_password_file).transpose()
+}
+
+/// `url` with its path replaced by `/database`.
+pub fn with_database(url: &str, database: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            u.set_path(&format!("/{database}"));
+            u.to_string()
+        }
+        Err(_) => url.to_string(),
+    }
+}
+
 /// Runs a tool to completion and returns its stdout (for small queries and version checks).
 pub fn output(cmd: Command, secret: Option<&str>) -> Result<String, SourceError> {
     let mut running = spawn(cmd, Stdio::null(), secret)?;

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde::Deserialize;
 
@@ -36,30 +36,14 @@ pub struct MysqlSpec {
 
 /// Policy check of a whole spec: with `databases`, the URL may name no database.
 pub fn check_spec(spec: &MysqlSpec) -> Result<(), String> {
-    match &spec.databases {
-        None => check_url(&spec.url),
-        Some(d) => {
-            d.check()?;
-            check_url(&with_database(&spec.url, "mysql"))
-        }
-    }
-}
-
-fn with_database(url: &str, database: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) => {
-            u.set_path(&format!("/{database}"));
-            u.to_string()
-        }
-        Err(_) => url.to_string(),
-    }
+    super::check_database_spec(&spec.url, spec.databases.as_ref(), "mysql", check_url)
 }
 
 /// One spec per database (named `<source>-<database>` when several are asked for).
 pub fn expand(name: &str, spec: &MysqlSpec) -> Result<Vec<(String, super::Expanded)>, SourceError> {
     let single = |db: &str| {
         let mut one = spec.clone();
-        one.url = with_database(&spec.url, db);
+        one.url = child::with_database(&spec.url, db);
         one.databases = None;
         one
     };
@@ -73,12 +57,8 @@ pub fn expand(name: &str, spec: &MysqlSpec) -> Result<Vec<(String, super::Expand
         Some(Databases::List(list)) => list.clone(),
         Some(Databases::Keyword(_)) => {
             let client = child::find_tool(&["mariadb", "mysql"], "mariadb-client")?;
-            let conn = parse(&with_database(&spec.url, "mysql"))?;
-            let password = spec
-                .password_file
-                .as_deref()
-                .map(child::read_password_file)
-                .transpose()?;
+            let conn = parse(&child::with_database(&spec.url, "mysql"))?;
+            let password = child::password(spec.password_file.as_deref())?;
             query(&client, &conn, password.as_deref(), "show databases")?
                 .lines()
                 .filter(|d| {
@@ -190,14 +170,10 @@ pub fn probe(spec: &MysqlSpec) -> Result<String, SourceError> {
     child::find_tool(&["mariadb-dump", "mysqldump"], "mariadb-client")?;
     let client = child::find_tool(&["mariadb", "mysql"], "mariadb-client")?;
     let conn = match spec.databases {
-        Some(_) => parse(&with_database(&spec.url, "mysql"))?,
+        Some(_) => parse(&child::with_database(&spec.url, "mysql"))?,
         None => parse(&spec.url)?,
     };
-    let password = spec
-        .password_file
-        .as_deref()
-        .map(child::read_password_file)
-        .transpose()?;
+    let password = child::password(spec.password_file.as_deref())?;
     let version = query(&client, &conn, password.as_deref(), "select version()")?;
     Ok(format!(
         "mysql {} answers (server {})",
@@ -210,11 +186,7 @@ pub fn dump(spec: &MysqlSpec, out: &mut dyn Write) -> Result<Dumped, SourceError
     let dump_tool = child::find_tool(&["mariadb-dump", "mysqldump"], "mariadb-client")?;
     let client = child::find_tool(&["mariadb", "mysql"], "mariadb-client")?;
     let conn = parse(&spec.url)?;
-    let password = spec
-        .password_file
-        .as_deref()
-        .map(child::read_password_file)
-        .transpose()?;
+    let password = child::password(spec.password_file.as_deref())?;
     let pw = password.as_deref();
     let tool_version = child::output(
         {
@@ -277,15 +249,7 @@ pub fn dump(spec: &MysqlSpec, out: &mut dyn Write) -> Result<Dumped, SourceError
     cmd.args(&spec.extra_args);
     // The database as a plain argument (not --databases), so the dump restores into any name.
     cmd.arg(&conn.database);
-    let mut running = child::spawn(cmd, Stdio::null(), pw)?;
-    let bytes = running.copy_stdout(out)?;
-    running.finish()?;
-    if bytes == 0 {
-        return Err(SourceError::Tool {
-            tool: "mariadb-dump".into(),
-            message: "produced no output".into(),
-        });
-    }
+    child::stream_to(cmd, out, pw)?;
     Ok(Dumped {
         stats: SourceStats::Database {
             engine: "mysql".into(),

@@ -75,24 +75,7 @@ pub fn check_url(url: &str) -> Result<(), String> {
 
 /// Policy check of a whole spec: with `databases`, the URL may name no database.
 pub fn check_spec(spec: &PostgresSpec) -> Result<(), String> {
-    match &spec.databases {
-        None => check_url(&spec.url),
-        Some(d) => {
-            d.check()?;
-            check_url(&with_database(&spec.url, "postgres"))
-        }
-    }
-}
-
-/// The URL with its path replaced by `database`.
-fn with_database(url: &str, database: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) => {
-            u.set_path(&format!("/{database}"));
-            u.to_string()
-        }
-        Err(_) => url.to_string(),
-    }
+    super::check_database_spec(&spec.url, spec.databases.as_ref(), "postgres", check_url)
 }
 
 /// One spec per database to dump (named `<source>-<database>` when the policy lists
@@ -104,7 +87,7 @@ pub fn expand(
     let single = |db: Option<&str>| {
         let mut one = spec.clone();
         if let Some(db) = db {
-            one.url = with_database(&spec.url, db);
+            one.url = child::with_database(&spec.url, db);
         }
         one.databases = None;
         one.include_globals = false;
@@ -118,9 +101,9 @@ pub fn expand(
         }
         Some(Databases::List(list)) => list.clone(),
         Some(Databases::Keyword(_)) => {
-            let password = password(spec.password_file.as_deref())?;
+            let password = child::password(spec.password_file.as_deref())?;
             let url = if database_of(&spec.url).is_empty() {
-                with_database(&spec.url, "postgres")
+                child::with_database(&spec.url, "postgres")
             } else {
                 spec.url.clone()
             };
@@ -142,7 +125,7 @@ pub fn expand(
     if spec.include_globals {
         let mut g = single(None);
         if database_of(&g.url).is_empty() {
-            g.url = with_database(&g.url, "postgres");
+            g.url = child::with_database(&g.url, "postgres");
         }
         out.push((
             format!("{name}-globals"),
@@ -155,7 +138,7 @@ pub fn expand(
 /// Roles and tablespaces, as SQL from `pg_dumpall --globals-only`.
 pub fn dump_globals(spec: &PostgresSpec, out: &mut dyn Write) -> Result<Dumped, SourceError> {
     let tool = child::find_tool(&["pg_dumpall"], "postgresql-client")?;
-    let password = password(spec.password_file.as_deref())?;
+    let password = child::password(spec.password_file.as_deref())?;
     let tool_version = child::output(version_cmd(&tool), None)?.trim().to_string();
     let mut cmd = Command::new(tool);
     cmd.arg("--globals-only")
@@ -164,15 +147,7 @@ pub fn dump_globals(spec: &PostgresSpec, out: &mut dyn Write) -> Result<Dumped, 
     if let Some(p) = &password {
         cmd.env("PGPASSWORD", p);
     }
-    let mut running = child::spawn(cmd, Stdio::null(), password.as_deref())?;
-    let bytes = running.copy_stdout(out)?;
-    running.finish()?;
-    if bytes == 0 {
-        return Err(SourceError::Tool {
-            tool: "pg_dumpall".into(),
-            message: "produced no output".into(),
-        });
-    }
+    child::stream_to(cmd, out, password.as_deref())?;
     Ok(Dumped {
         stats: SourceStats::Database {
             engine: GLOBALS_ENGINE.into(),
@@ -194,10 +169,6 @@ fn database_of(url: &str) -> String {
         .ok()
         .map(|u| u.path().trim_start_matches('/').to_string())
         .unwrap_or_default()
-}
-
-fn password(spec_file: Option<&Path>) -> Result<Option<String>, SourceError> {
-    spec_file.map(child::read_password_file).transpose()
 }
 
 fn server_label(url: &str) -> String {
@@ -231,10 +202,10 @@ fn connect(url: &str, password: Option<&str>) -> Result<postgres::Client, Source
 pub fn probe(spec: &PostgresSpec) -> Result<String, SourceError> {
     let pg_dump = child::find_tool(&["pg_dump"], "postgresql-client")?;
     child::find_tool(&["pg_restore"], "postgresql-client")?;
-    let password = password(spec.password_file.as_deref())?;
+    let password = child::password(spec.password_file.as_deref())?;
     let tool_version = child::output(version_cmd(&pg_dump), None)?;
     let url = if database_of(&spec.url).is_empty() {
-        with_database(&spec.url, "postgres")
+        child::with_database(&spec.url, "postgres")
     } else {
         spec.url.clone()
     };
@@ -262,7 +233,7 @@ pub fn probe(spec: &PostgresSpec) -> Result<String, SourceError> {
 
 pub fn dump(spec: &PostgresSpec, out: &mut dyn Write) -> Result<Dumped, SourceError> {
     let pg_dump = child::find_tool(&["pg_dump"], "postgresql-client")?;
-    let password = password(spec.password_file.as_deref())?;
+    let password = child::password(spec.password_file.as_deref())?;
     let tool_version = child::output(version_cmd(&pg_dump), None)?
         .trim()
         .to_string();
@@ -319,16 +290,9 @@ pub fn dump(spec: &PostgresSpec, out: &mut dyn Write) -> Result<Dumped, SourceEr
     if let Some(p) = &password {
         cmd.env("PGPASSWORD", p);
     }
-    let mut running = child::spawn(cmd, Stdio::null(), password.as_deref())?;
-    let bytes = running.copy_stdout(out)?;
-    running.finish()?;
+    child::stream_to(cmd, out, password.as_deref())?;
+    // The exported snapshot lives as long as this transaction: end it only now.
     tx.commit().map_err(&err)?;
-    if bytes == 0 {
-        return Err(SourceError::Tool {
-            tool: "pg_dump".into(),
-            message: "produced no output".into(),
-        });
-    }
     Ok(Dumped {
         stats: SourceStats::Database {
             engine: "postgres".into(),

@@ -94,11 +94,7 @@ fn info(
 /// Tool present, server reachable with these credentials.
 pub fn probe(spec: &RedisSpec) -> Result<String, SourceError> {
     let cli = child::find_tool(&["redis-cli"], "redis-tools")?;
-    let password = spec
-        .password_file
-        .as_deref()
-        .map(child::read_password_file)
-        .transpose()?;
+    let password = child::password(spec.password_file.as_deref())?;
     let (version, keys) = info(&cli, spec, password.as_deref())?;
     Ok(format!(
         "redis {} answers (server {version}, {} keys)",
@@ -109,11 +105,7 @@ pub fn probe(spec: &RedisSpec) -> Result<String, SourceError> {
 
 pub fn dump(spec: &RedisSpec, out: &mut dyn Write) -> Result<Dumped, SourceError> {
     let cli = child::find_tool(&["redis-cli"], "redis-tools")?;
-    let password = spec
-        .password_file
-        .as_deref()
-        .map(child::read_password_file)
-        .transpose()?;
+    let password = child::password(spec.password_file.as_deref())?;
     let pw = password.as_deref();
 
     let (server_version, keys) = info(&cli, spec, pw)?;
