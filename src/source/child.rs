@@ -163,9 +163,13 @@ pub fn stream_to(
     Ok(bytes)
 }
 
-/// The password from an optional password file.
-pub fn password(file: Option<&Path>) -> Result<Option<String>, SourceError> {
-    file.map(read_password_file).transpose()
+/// The password: from the password file when one is set, else from `env_var` in
+/// backupd's own environment (how systemd credentials or a container secret arrive).
+pub fn password(file: Option<&Path>, env_var: &str) -> Result<Option<String>, SourceError> {
+    match file {
+        Some(f) => read_password_file(f).map(Some),
+        None => Ok(std::env::var(env_var).ok().filter(|p| !p.is_empty())),
+    }
 }
 
 /// `url` with its path replaced by `/database`.

@@ -58,7 +58,7 @@ pub fn expand(name: &str, spec: &MysqlSpec) -> Result<Vec<(String, super::Expand
         Some(Databases::Keyword(_)) => {
             let client = child::find_tool(&["mariadb", "mysql"], "mariadb-client")?;
             let conn = parse(&child::with_database(&spec.url, "mysql"))?;
-            let password = child::password(spec.password_file.as_deref())?;
+            let password = child::password(spec.password_file.as_deref(), "MYSQL_PWD")?;
             query(&client, &conn, password.as_deref(), "show databases")?
                 .lines()
                 .filter(|d| {
@@ -173,7 +173,7 @@ pub fn probe(spec: &MysqlSpec) -> Result<String, SourceError> {
         Some(_) => parse(&child::with_database(&spec.url, "mysql"))?,
         None => parse(&spec.url)?,
     };
-    let password = child::password(spec.password_file.as_deref())?;
+    let password = child::password(spec.password_file.as_deref(), "MYSQL_PWD")?;
     let version = query(&client, &conn, password.as_deref(), "select version()")?;
     Ok(format!(
         "mysql {} answers (server {})",
@@ -186,7 +186,7 @@ pub fn dump(spec: &MysqlSpec, out: &mut dyn Write) -> Result<Dumped, SourceError
     let dump_tool = child::find_tool(&["mariadb-dump", "mysqldump"], "mariadb-client")?;
     let client = child::find_tool(&["mariadb", "mysql"], "mariadb-client")?;
     let conn = parse(&spec.url)?;
-    let password = child::password(spec.password_file.as_deref())?;
+    let password = child::password(spec.password_file.as_deref(), "MYSQL_PWD")?;
     let pw = password.as_deref();
     let tool_version = child::output(
         {

@@ -101,7 +101,7 @@ pub fn expand(
         }
         Some(Databases::List(list)) => list.clone(),
         Some(Databases::Keyword(_)) => {
-            let password = child::password(spec.password_file.as_deref())?;
+            let password = child::password(spec.password_file.as_deref(), "PGPASSWORD")?;
             let url = if database_of(&spec.url).is_empty() {
                 child::with_database(&spec.url, "postgres")
             } else {
@@ -138,7 +138,7 @@ pub fn expand(
 /// Roles and tablespaces, as SQL from `pg_dumpall --globals-only`.
 pub fn dump_globals(spec: &PostgresSpec, out: &mut dyn Write) -> Result<Dumped, SourceError> {
     let tool = child::find_tool(&["pg_dumpall"], "postgresql-client")?;
-    let password = child::password(spec.password_file.as_deref())?;
+    let password = child::password(spec.password_file.as_deref(), "PGPASSWORD")?;
     let tool_version = child::output(version_cmd(&tool), None)?.trim().to_string();
     let mut cmd = Command::new(tool);
     cmd.arg("--globals-only")
@@ -202,7 +202,7 @@ fn connect(url: &str, password: Option<&str>) -> Result<postgres::Client, Source
 pub fn probe(spec: &PostgresSpec) -> Result<String, SourceError> {
     let pg_dump = child::find_tool(&["pg_dump"], "postgresql-client")?;
     child::find_tool(&["pg_restore"], "postgresql-client")?;
-    let password = child::password(spec.password_file.as_deref())?;
+    let password = child::password(spec.password_file.as_deref(), "PGPASSWORD")?;
     let tool_version = child::output(version_cmd(&pg_dump), None)?;
     let url = if database_of(&spec.url).is_empty() {
         child::with_database(&spec.url, "postgres")
@@ -233,7 +233,7 @@ pub fn probe(spec: &PostgresSpec) -> Result<String, SourceError> {
 
 pub fn dump(spec: &PostgresSpec, out: &mut dyn Write) -> Result<Dumped, SourceError> {
     let pg_dump = child::find_tool(&["pg_dump"], "postgresql-client")?;
-    let password = child::password(spec.password_file.as_deref())?;
+    let password = child::password(spec.password_file.as_deref(), "PGPASSWORD")?;
     let tool_version = child::output(version_cmd(&pg_dump), None)?
         .trim()
         .to_string();

@@ -94,7 +94,7 @@ fn info(
 /// Tool present, server reachable with these credentials.
 pub fn probe(spec: &RedisSpec) -> Result<String, SourceError> {
     let cli = child::find_tool(&["redis-cli"], "redis-tools")?;
-    let password = child::password(spec.password_file.as_deref())?;
+    let password = child::password(spec.password_file.as_deref(), "REDISCLI_AUTH")?;
     let (version, keys) = info(&cli, spec, password.as_deref())?;
     Ok(format!(
         "redis {} answers (server {version}, {} keys)",
@@ -105,7 +105,7 @@ pub fn probe(spec: &RedisSpec) -> Result<String, SourceError> {
 
 pub fn dump(spec: &RedisSpec, out: &mut dyn Write) -> Result<Dumped, SourceError> {
     let cli = child::find_tool(&["redis-cli"], "redis-tools")?;
-    let password = child::password(spec.password_file.as_deref())?;
+    let password = child::password(spec.password_file.as_deref(), "REDISCLI_AUTH")?;
     let pw = password.as_deref();
 
     let (server_version, keys) = info(&cli, spec, pw)?;

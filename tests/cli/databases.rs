@@ -644,3 +644,25 @@ fn several_databases_and_globals_become_one_object_each() {
     }
     psql(&s, "postgres", &format!("drop role {role}"));
 }
+
+#[test]
+fn passwords_can_come_from_the_environment() {
+    let s = servers();
+    let world = World::new();
+    world.policy(&format!(
+        "[jobs.db]\ntargets = [\"local\"]\n\n[jobs.db.sources.pg]\nkind = \"postgres\"\nurl = \"postgres://postgres@{}/postgres\"\n\n[jobs.db.sources.cache]\nkind = \"redis\"\nurl = \"redis://{}\"\n",
+        s.pg, s.redis
+    ));
+    let out = Command::new(BIN)
+        .args([
+            "--config",
+            world.path("policy.toml").to_str().unwrap(),
+            "run-now",
+        ])
+        .env("PGPASSWORD", &s.password)
+        .env("REDISCLI_AUTH", &s.password)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!text(&out).contains(&s.password));
+}
