@@ -10,12 +10,14 @@
 //! - [`target`]: object stores from URLs, redaction, the reachability probe.
 //! - [`snapshot`]: snapshot ids, object keys, the versioned manifest, commit and listing.
 //! - [`job`]: one run of one job, from sources to committed manifest.
+//! - [`retention`]: the pure keep/delete planner (restic `forget` semantics).
 
 pub mod cli;
 pub mod crypto;
 pub mod job;
 pub mod pipeline;
 pub mod policy;
+pub mod retention;
 pub mod snapshot;
 pub mod source;
 pub mod target;

@@ -1,0 +1,342 @@
+use super::*;
+use chrono_tz::{Europe::Berlin, UTC};
+
+fn at(s: &str) -> DateTime<Utc> {
+    format!("{s}:00Z")
+        .parse()
+        .unwrap_or_else(|_| panic!("bad time {s}"))
+}
+
+fn snap(time: &str) -> SnapshotInfo {
+    SnapshotInfo {
+        id: time.to_string(),
+        time: at(time),
+        tags: vec![],
+        verified: false,
+    }
+}
+
+fn kept(snaps: &[SnapshotInfo], rules: &Rules, tz: Tz) -> Vec<String> {
+    let now = at("2030-01-01T00:00");
+    let mut k: Vec<String> = plan(snaps, rules, now, tz)
+        .into_iter()
+        .filter(|d| d.keep)
+        .map(|d| d.snapshot)
+        .collect();
+    k.sort();
+    k
+}
+
+fn ids(list: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = list.iter().map(|s| s.to_string()).collect();
+    v.sort();
+    v
+}
+
+fn series(times: &[&str]) -> Vec<SnapshotInfo> {
+    times.iter().map(|t| snap(t)).collect()
+}
+
+#[test]
+fn a_table_of_rules_keeps_what_restic_would() {
+    let days = series(&[
+        "2026-11-01T03:00",
+        "2026-11-05T03:00",
+        "2026-11-10T01:00",
+        "2026-11-10T03:00",
+        "2026-11-10T23:00",
+        "2026-11-11T03:00",
+    ]);
+    let cases: Vec<(&str, Rules, Vec<&str>)> = vec![
+        (
+            "keep_last 3",
+            Rules {
+                keep_last: 3,
+                ..Rules::default()
+            },
+            vec!["2026-11-10T03:00", "2026-11-10T23:00", "2026-11-11T03:00"],
+        ),
+        (
+            "keep_last larger than the set",
+            Rules {
+                keep_last: 50,
+                ..Rules::default()
+            },
+            vec![
+                "2026-11-01T03:00",
+                "2026-11-05T03:00",
+                "2026-11-10T01:00",
+                "2026-11-10T03:00",
+                "2026-11-10T23:00",
+                "2026-11-11T03:00",
+            ],
+        ),
+        (
+            "daily 2 takes the newest of each day",
+            Rules {
+                keep_daily: 2,
+                ..Rules::default()
+            },
+            vec!["2026-11-10T23:00", "2026-11-11T03:00"],
+        ),
+        (
+            "daily counts only days that have snapshots",
+            Rules {
+                keep_daily: 4,
+                ..Rules::default()
+            },
+            vec![
+                "2026-11-01T03:00",
+                "2026-11-05T03:00",
+                "2026-11-10T23:00",
+                "2026-11-11T03:00",
+            ],
+        ),
+        (
+            "hourly",
+            Rules {
+                keep_hourly: 3,
+                ..Rules::default()
+            },
+            vec!["2026-11-10T03:00", "2026-11-10T23:00", "2026-11-11T03:00"],
+        ),
+        (
+            "weekly (ISO weeks start on Monday)",
+            Rules {
+                keep_weekly: 2,
+                ..Rules::default()
+            },
+            vec!["2026-11-05T03:00", "2026-11-11T03:00"],
+        ),
+        (
+            "monthly",
+            Rules {
+                keep_monthly: 3,
+                ..Rules::default()
+            },
+            vec!["2026-11-11T03:00"],
+        ),
+        (
+            "within is relative to the newest snapshot",
+            Rules {
+                keep_within: Some(Duration::from_secs(26 * 3600)),
+                ..Rules::default()
+            },
+            vec![
+                "2026-11-10T01:00",
+                "2026-11-10T03:00",
+                "2026-11-10T23:00",
+                "2026-11-11T03:00",
+            ],
+        ),
+        (
+            "last + weekly combine",
+            Rules {
+                keep_last: 1,
+                keep_weekly: 3,
+                ..Rules::default()
+            },
+            vec!["2026-11-01T03:00", "2026-11-05T03:00", "2026-11-11T03:00"],
+        ),
+    ];
+    for (name, rules, expected) in cases {
+        assert_eq!(kept(&days, &rules, UTC), ids(&expected), "case: {name}");
+    }
+}
+
+#[test]
+fn iso_weeks_and_years_across_new_year() {
+    // 2020-12-31 (Thu) and 2021-01-03 (Sun) are both in ISO week 2020-W53.
+    let s = series(&["2020-12-31T12:00", "2021-01-03T12:00", "2021-01-04T12:00"]);
+    let weekly = Rules {
+        keep_weekly: 2,
+        ..Rules::default()
+    };
+    assert_eq!(
+        kept(&s, &weekly, UTC),
+        ids(&["2021-01-03T12:00", "2021-01-04T12:00"])
+    );
+    let yearly = Rules {
+        keep_yearly: 2,
+        ..Rules::default()
+    };
+    assert_eq!(
+        kept(&s, &yearly, UTC),
+        ids(&["2020-12-31T12:00", "2021-01-04T12:00"])
+    );
+    let monthly = Rules {
+        keep_monthly: 5,
+        ..Rules::default()
+    };
+    assert_eq!(
+        kept(&s, &monthly, UTC),
+        ids(&["2020-12-31T12:00", "2021-01-04T12:00"])
+    );
+}
+
+#[test]
+fn days_are_counted_in_the_jobs_time_zone_across_dst() {
+    // Berlin springs forward on 2026-03-29. 23:30Z on the 28th is already the 29th there.
+    let s = series(&["2026-03-28T23:30", "2026-03-29T00:30", "2026-03-29T22:30"]);
+    let daily = Rules {
+        keep_daily: 2,
+        ..Rules::default()
+    };
+    assert_eq!(
+        kept(&s, &daily, Berlin),
+        ids(&["2026-03-29T00:30", "2026-03-29T22:30"])
+    );
+    assert_eq!(
+        kept(&s, &daily, UTC),
+        ids(&["2026-03-28T23:30", "2026-03-29T22:30"])
+    );
+}
+
+#[test]
+fn the_hour_repeated_when_clocks_go_back_is_two_hours() {
+    // Berlin falls back on 2026-10-25: 00:30Z and 01:30Z are both 02:30 local.
+    let s = series(&["2026-10-25T00:30", "2026-10-25T01:30"]);
+    let hourly = Rules {
+        keep_hourly: 2,
+        ..Rules::default()
+    };
+    assert_eq!(
+        kept(&s, &hourly, Berlin),
+        ids(&["2026-10-25T00:30", "2026-10-25T01:30"])
+    );
+}
+
+#[test]
+fn tags_are_kept_whatever_their_age() {
+    let mut s = series(&["2025-01-01T00:00", "2026-11-10T00:00", "2026-11-11T00:00"]);
+    s[0].tags = vec!["pre-migration".into()];
+    let rules = Rules {
+        keep_last: 1,
+        keep_tags: vec!["pre-migration".into()],
+        ..Rules::default()
+    };
+    let decisions = plan(&s, &rules, at("2030-01-01T00:00"), UTC);
+    let old = decisions
+        .iter()
+        .find(|d| d.snapshot == "2025-01-01T00:00")
+        .unwrap();
+    assert!(old.keep);
+    assert_eq!(old.reasons, vec!["tag pre-migration"]);
+    assert!(
+        !decisions
+            .iter()
+            .find(|d| d.snapshot == "2026-11-10T00:00")
+            .unwrap()
+            .keep
+    );
+}
+
+#[test]
+fn the_newest_and_the_newest_verified_are_untouchable() {
+    let mut s = series(&["2026-11-09T00:00", "2026-11-10T00:00", "2026-11-11T00:00"]);
+    s[1].verified = true;
+    let rules = Rules {
+        keep_last: 1,
+        ..Rules::default()
+    };
+    assert_eq!(
+        kept(&s, &rules, UTC),
+        ids(&["2026-11-10T00:00", "2026-11-11T00:00"])
+    );
+    let decisions = plan(&s, &rules, at("2030-01-01T00:00"), UTC);
+    let v = decisions
+        .iter()
+        .find(|d| d.snapshot == "2026-11-10T00:00")
+        .unwrap();
+    assert_eq!(v.reasons, vec!["newest verified"]);
+    // Even rules that keep nothing keep the newest (the policy refuses such rules anyway).
+    assert_eq!(
+        kept(&s, &Rules::default(), UTC),
+        ids(&["2026-11-10T00:00", "2026-11-11T00:00"])
+    );
+    assert!(!Rules::default().keeps_something());
+}
+
+#[test]
+fn reasons_from_several_rules_are_all_given() {
+    let s = series(&["2026-11-11T00:00"]);
+    let rules = Rules {
+        keep_last: 1,
+        keep_daily: 1,
+        keep_monthly: 1,
+        ..Rules::default()
+    };
+    let d = &plan(&s, &rules, at("2030-01-01T00:00"), UTC)[0];
+    assert_eq!(
+        d.reasons,
+        vec!["newest", "last", "daily 2026-11-11", "monthly 2026-11"]
+    );
+}
+
+#[test]
+fn a_snapshot_from_the_future_is_kept() {
+    let s = series(&["2026-11-11T00:00", "2031-01-01T00:00"]);
+    let rules = Rules {
+        keep_last: 1,
+        ..Rules::default()
+    };
+    let plan = plan(&s, &rules, at("2026-11-12T00:00"), UTC);
+    assert!(plan.iter().all(|d| d.keep), "neither is deleted: {plan:?}");
+    let real = plan.iter().find(|d| d.snapshot == "2026-11-11T00:00").unwrap();
+    assert_eq!(real.reasons, vec!["newest", "last"], "the future one uses up no rule");
+}
+
+#[test]
+fn applying_a_plan_then_planning_again_deletes_nothing_more() {
+    // Six weeks of snapshots every 5 hours, under several rule sets.
+    let start = at("2026-01-01T00:00");
+    let all: Vec<SnapshotInfo> = (0..200)
+        .map(|i| {
+            let t = start + chrono::Duration::hours(5 * i);
+            SnapshotInfo {
+                id: t.to_rfc3339(),
+                time: t,
+                tags: vec![],
+                verified: i % 37 == 0,
+            }
+        })
+        .collect();
+    let rule_sets = [
+        Rules {
+            keep_last: 3,
+            keep_daily: 7,
+            keep_weekly: 4,
+            ..Rules::default()
+        },
+        Rules {
+            keep_hourly: 10,
+            keep_monthly: 2,
+            ..Rules::default()
+        },
+        Rules {
+            keep_within: Some(Duration::from_secs(3 * 86400)),
+            keep_yearly: 1,
+            ..Rules::default()
+        },
+    ];
+    for rules in rule_sets {
+        for tz in [UTC, Berlin] {
+            let now = at("2027-01-01T00:00");
+            let first = plan(&all, &rules, now, tz);
+            let survivors: Vec<SnapshotInfo> = all
+                .iter()
+                .filter(|s| first.iter().any(|d| d.keep && d.snapshot == s.id))
+                .cloned()
+                .collect();
+            assert!(
+                survivors.len() < all.len(),
+                "the rules should delete something"
+            );
+            let second = plan(&survivors, &rules, now, tz);
+            assert!(
+                second.iter().all(|d| d.keep),
+                "second plan deletes more under {rules:?} in {tz}"
+            );
+        }
+    }
+}
