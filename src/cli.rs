@@ -5,8 +5,10 @@
 mod check;
 mod keygen;
 mod list;
+mod prune;
 mod restore;
 mod run_now;
+mod verify;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -36,6 +38,10 @@ pub enum Command {
     List(list::Args),
     /// Restore a snapshot into a directory, checking every checksum on the way.
     Restore(restore::Args),
+    /// Test-restore snapshots and record the result; exit 1 if any verification fails.
+    Verify(verify::Args),
+    /// Apply retention (delete what the rules do not keep) and sweep crash leftovers.
+    Prune(prune::Args),
     /// Validate the policy, keys, source paths and target reachability; exit 2 on a fatal finding.
     Check,
     /// Generate a new age identity (secret key, mode 0600) and print its public key.
@@ -56,6 +62,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::RunNow(args) => run_now::run(&cli.config, args).await,
         Command::List(args) => list::run(&cli.config, args).await,
         Command::Restore(args) => restore::run(&cli.config, args).await,
+        Command::Verify(args) => verify::run(&cli.config, args).await,
+        Command::Prune(args) => prune::run(&cli.config, args).await,
         Command::Check => check::run(&cli.config).await,
         Command::Keygen(args) => keygen::run(args),
     }

@@ -33,6 +33,12 @@ pub struct JobReport {
     pub failed_targets: BTreeMap<String, String>,
     pub seconds: f64,
     pub manifest: Option<Manifest>,
+    /// Verifications run right after the backup (`verify.after_backup`), per target.
+    pub verifications: Vec<crate::verify::VerifyRecord>,
+    /// Retention applied after a good backup, per target.
+    pub pruned: Vec<crate::prune::PruneOutcome>,
+    /// Problems after the commit (verification could not start, retention errors).
+    pub after_errors: Vec<String>,
 }
 
 impl JobReport {
@@ -47,10 +53,18 @@ impl JobReport {
             failed_targets: BTreeMap::new(),
             seconds: 0.0,
             manifest: None,
+            verifications: Vec::new(),
+            pruned: Vec::new(),
+            after_errors: Vec::new(),
         }
     }
 
     pub fn ok(&self) -> bool {
+        self.backup_ok() && self.verifications.iter().all(|v| v.ok) && self.after_errors.is_empty()
+    }
+
+    /// The snapshot is committed on every target of the job.
+    pub fn backup_ok(&self) -> bool {
         self.failed_targets.is_empty()
             && !self.committed.is_empty()
             && self.sources.iter().all(|s| s.result.is_ok())
@@ -182,6 +196,9 @@ pub async fn run(
         failed_targets,
         seconds: 0.0,
         manifest: None,
+        verifications: Vec::new(),
+        pruned: Vec::new(),
+        after_errors: Vec::new(),
     };
     let all_sources_ok = report.sources.iter().all(|s| s.result.is_ok());
     if all_sources_ok {
@@ -228,11 +245,67 @@ pub async fn run(
             }
         }
     }
-    report.seconds = started.elapsed().as_secs_f64();
-    if report.ok() {
+    if report.backup_ok() {
         tracing::info!(job = job_name, snapshot = %id, "snapshot committed");
+        after_commit(policy, job_name, targets, &mut report).await;
     } else {
         tracing::error!(job = job_name, snapshot = %id, "backup failed");
     }
+    report.seconds = started.elapsed().as_secs_f64();
     report
+}
+
+/// Verification (when `verify.after_backup`) and then retention, on every target the
+/// snapshot was committed to. Retention never runs after a failed verification.
+async fn after_commit(policy: &Policy, job_name: &str, targets: &[Target], report: &mut JobReport) {
+    let job = &policy.jobs[job_name];
+    let Some(manifest) = report.manifest.clone() else {
+        return;
+    };
+    let committed: Vec<&Target> = targets
+        .iter()
+        .filter(|t| report.committed.contains(&t.name))
+        .collect();
+    if job.verify.after_backup {
+        let encrypted = manifest
+            .sources
+            .values()
+            .any(|e| matches!(e.encryption, Encryption::Age { .. }));
+        let identities = if encrypted {
+            match crate::crypto::restore_identities(None, &policy.encryption) {
+                Ok(ids) => Some(std::sync::Arc::new(ids)),
+                Err(e) => {
+                    report
+                        .after_errors
+                        .push(format!("verification after backup could not start: {e}"));
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        let verifier = crate::verify::Verifier { policy, identities };
+        for target in &committed {
+            report
+                .verifications
+                .push(verifier.verify(target, &manifest).await);
+        }
+        if report.verifications.iter().any(|v| !v.ok) {
+            report
+                .after_errors
+                .push("retention skipped: the new snapshot failed verification".into());
+            return;
+        }
+    }
+    for target in committed {
+        match crate::prune::prune(policy, job_name, target, false, Utc::now()).await {
+            Ok(outcome) => {
+                report.after_errors.extend(outcome.errors.iter().cloned());
+                report.pruned.push(outcome);
+            }
+            Err(e) => report
+                .after_errors
+                .push(format!("retention on {}: {e}", target.name)),
+        }
+    }
 }

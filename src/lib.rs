@@ -10,14 +10,18 @@
 //! - [`target`]: object stores from URLs, redaction, the reachability probe.
 //! - [`snapshot`]: snapshot ids, object keys, the versioned manifest, commit and listing.
 //! - [`job`]: one run of one job, from sources to committed manifest.
+//! - [`verify`]: verification by test-restore and its stored results.
 //! - [`retention`]: the pure keep/delete planner (restic `forget` semantics).
+//! - [`prune`]: applying retention to a target, and sweeping crash leftovers.
 
 pub mod cli;
 pub mod crypto;
 pub mod job;
 pub mod pipeline;
 pub mod policy;
+pub mod prune;
 pub mod retention;
 pub mod snapshot;
 pub mod source;
 pub mod target;
+pub mod verify;

@@ -66,12 +66,36 @@ pub struct DaemonPolicy {
     /// Local scratch space (staged SQLite copies, generated keys); never the source of truth.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
+    /// Objects of no committed snapshot older than this are crash leftovers that prune
+    /// removes, e.g. `"24h"`. Younger ones may belong to a backup still running.
+    #[serde(default = "default_orphan_grace", with = "humantime_serde")]
+    pub orphan_grace: std::time::Duration,
+}
+
+fn default_orphan_grace() -> std::time::Duration {
+    std::time::Duration::from_secs(24 * 3600)
+}
+
+/// `"24h"`-style durations in the policy.
+mod humantime_serde {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{s:?} is not a duration like \"24h\" or \"2d\": {e}"
+            ))
+        })
+    }
 }
 
 impl Default for DaemonPolicy {
     fn default() -> Self {
         Self {
             state_dir: default_state_dir(),
+            orphan_grace: default_orphan_grace(),
         }
     }
 }
@@ -144,6 +168,18 @@ pub struct JobPolicy {
     pub compression: Compression,
     #[serde(default)]
     pub compression_level: Option<i32>,
+    /// IANA time zone for retention's day/week/month buckets (and schedules); default UTC.
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// Which snapshots to keep; without it, nothing is ever deleted.
+    #[serde(default)]
+    pub retention: Option<crate::retention::Rules>,
+    /// Per-target overrides of `retention`, e.g. `[jobs.app.target_retention.offsite]`.
+    #[serde(default)]
+    pub target_retention: BTreeMap<String, crate::retention::Rules>,
+    /// Verification by test-restore.
+    #[serde(default)]
+    pub verify: crate::verify::VerifyPolicy,
     /// Untyped on load; typed into `source_specs` one by one so every bad source is reported.
     #[serde(default)]
     sources: BTreeMap<String, Value>,
@@ -386,6 +422,23 @@ fn resolve_source(spec: SourceSpec, base: &Path) -> SourceSpec {
             s.password_file = s.password_file.map(|p| join(base, p));
             SourceSpec::Redis(s)
         }
+    }
+}
+
+impl JobPolicy {
+    /// The job's time zone (validated at load time).
+    pub fn tz(&self) -> chrono_tz::Tz {
+        self.timezone
+            .as_deref()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(chrono_tz::UTC)
+    }
+
+    /// The retention rules for one of the job's targets, if any.
+    pub fn retention_for(&self, target: &str) -> Option<&crate::retention::Rules> {
+        self.target_retention
+            .get(target)
+            .or(self.retention.as_ref())
     }
 }
 

@@ -12,6 +12,8 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 
+pub mod maintenance;
+
 use crate::policy::Compression;
 use crate::target::Target;
 

@@ -19,6 +19,9 @@ pub struct Target {
     /// The URL with credentials and query removed: safe for logs and output.
     pub display_url: String,
     pub store: Arc<dyn ObjectStore>,
+    /// The directory of a `file://` target, for the few things object_store hides
+    /// (unfinished multipart uploads); `None` elsewhere.
+    pub local_root: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +84,7 @@ pub fn open(name: &str, url: &str) -> Result<Target, TargetError> {
     };
     check_url(url).map_err(&fail)?;
     let parsed = Url::parse(url).map_err(|e| fail(e.to_string()))?;
-    let store: Arc<dyn ObjectStore> = match parsed.scheme() {
+    let (store, local_root): (Arc<dyn ObjectStore>, _) = match parsed.scheme() {
         "file" => {
             let dir = parsed
                 .to_file_path()
@@ -95,7 +98,7 @@ pub fn open(name: &str, url: &str) -> Result<Target, TargetError> {
             let fs = LocalFileSystem::new_with_prefix(&dir)
                 .map_err(|e| fail(e.to_string()))?
                 .with_automatic_cleanup(true);
-            Arc::new(fs)
+            (Arc::new(fs), Some(dir))
         }
         other => return Err(fail(format!("unsupported scheme {other:?}"))),
     };
@@ -103,6 +106,7 @@ pub fn open(name: &str, url: &str) -> Result<Target, TargetError> {
         name: name.into(),
         display_url,
         store,
+        local_root,
     })
 }
 

@@ -26,6 +26,15 @@ struct Listed {
     #[serde(flatten)]
     manifest: Manifest,
     targets: Vec<String>,
+    /// The newest verification on any of those targets.
+    last_verification: Option<LastVerification>,
+}
+
+#[derive(Serialize)]
+struct LastVerification {
+    at: chrono::DateTime<chrono::Utc>,
+    ok: bool,
+    target: String,
 }
 
 pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
@@ -39,14 +48,27 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
     let mut listed: Vec<Listed> = Vec::new();
     for target in &targets {
         for m in snapshot::list(target, args.job.as_deref()).await? {
+            let record = crate::verify::latest_record(target, &m.job, &m.snapshot)
+                .await
+                .map(|r| LastVerification {
+                    at: r.finished_at,
+                    ok: r.ok,
+                    target: target.name.clone(),
+                });
             match listed
                 .iter_mut()
                 .find(|l| l.manifest.job == m.job && l.manifest.snapshot == m.snapshot)
             {
-                Some(l) => l.targets.push(target.name.clone()),
+                Some(l) => {
+                    l.targets.push(target.name.clone());
+                    if record.as_ref().map(|r| r.at) > l.last_verification.as_ref().map(|r| r.at) {
+                        l.last_verification = record;
+                    }
+                }
                 None => listed.push(Listed {
                     manifest: m,
                     targets: vec![target.name.clone()],
+                    last_verification: record,
                 }),
             }
         }
@@ -61,8 +83,8 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<34} {:<12} {:<20} {:>10} {:<16} SOURCES",
-        "SNAPSHOT", "JOB", "TIME (UTC)", "STORED", "TAGS"
+        "{:<34} {:<12} {:<20} {:>10} {:<8} {:<16} SOURCES",
+        "SNAPSHOT", "JOB", "TIME (UTC)", "STORED", "VERIFIED", "TAGS"
     );
     for l in &listed {
         let m = &l.manifest;
@@ -72,11 +94,16 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
             .map(|(name, s)| format!("{name} {}", human_bytes(s.stored.bytes)))
             .collect();
         println!(
-            "{:<34} {:<12} {:<20} {:>10} {:<16} {}  [{}]",
+            "{:<34} {:<12} {:<20} {:>10} {:<8} {:<16} {}  [{}]",
             m.snapshot,
             m.job,
             m.started_at.format("%Y-%m-%d %H:%M:%S"),
             human_bytes(m.stored_bytes()),
+            match &l.last_verification {
+                Some(v) if v.ok => "ok",
+                Some(_) => "FAILED",
+                None => "-",
+            },
             m.tags.join(","),
             sources.join(", "),
             l.targets.join(",")

@@ -83,7 +83,7 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
 fn print_report(r: &JobReport) {
     let plain: u64 = r.manifest.as_ref().map_or(0, |m| m.plain_bytes());
     let stored: u64 = r.manifest.as_ref().map_or(0, |m| m.stored_bytes());
-    if r.ok() {
+    if r.backup_ok() {
         println!(
             "job {}: snapshot {} committed to {} ({} → {} stored, {:.1} s)",
             r.job,
@@ -144,5 +144,26 @@ fn print_report(r: &JobReport) {
     }
     for (target, e) in &r.failed_targets {
         println!("  target {target} FAILED: {e}");
+    }
+    for v in &r.verifications {
+        super::verify::print_record(v);
+    }
+    for p in &r.pruned {
+        if let Some(decisions) = &p.decisions {
+            let kept = decisions.iter().filter(|d| d.keep).count();
+            println!(
+                "  retention on {}: kept {kept}, deleted {}{}",
+                p.target,
+                p.deleted.len(),
+                if p.orphans.is_empty() {
+                    String::new()
+                } else {
+                    format!(", removed {} leftover(s)", p.orphans.len())
+                }
+            );
+        }
+    }
+    for e in &r.after_errors {
+        println!("  ERROR {e}");
     }
 }

@@ -15,6 +15,7 @@ fn memory_target(name: &str) -> (Target, Arc<InMemory>) {
             name: name.into(),
             display_url: "memory:///".into(),
             store,
+            local_root: None,
         },
         mem,
     )

@@ -191,6 +191,43 @@ pub fn policy(policy: &Policy) -> Vec<Problem> {
                 ));
             }
         }
+        if let Some(tz) = &job.timezone
+            && tz.parse::<chrono_tz::Tz>().is_err()
+        {
+            out.push(problem(
+                format!("{key}.timezone"),
+                format!(
+                    "unknown time zone {tz:?} (use an IANA name like \"Europe/Berlin\" or \"UTC\")"
+                ),
+            ));
+        }
+        let mut rule_sets: Vec<(String, &crate::retention::Rules)> = Vec::new();
+        if let Some(r) = &job.retention {
+            rule_sets.push((format!("{key}.retention"), r));
+        }
+        for (t, r) in &job.target_retention {
+            if !job.targets.contains(t) {
+                out.push(problem(
+                    format!("{key}.target_retention.{t}"),
+                    format!(
+                        "{t:?} is not one of this job's targets ({})",
+                        job.targets.join(", ")
+                    ),
+                ));
+            }
+            rule_sets.push((format!("{key}.target_retention.{t}"), r));
+        }
+        for (rkey, rules) in rule_sets {
+            if !rules.keeps_something() {
+                out.push(problem(
+                    rkey,
+                    "these rules keep nothing: set keep_last, keep_daily, … (at least one above 0), keep_within or keep_tags, or remove the table to keep everything",
+                ));
+            }
+        }
+        if let Err(e) = job.verify.check() {
+            out.push(problem(format!("{key}.verify"), e));
+        }
         if let Some(level) = job.compression_level {
             let range = match job.compression {
                 Compression::Gzip => 0..=9,

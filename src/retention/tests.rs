@@ -282,8 +282,15 @@ fn a_snapshot_from_the_future_is_kept() {
     };
     let plan = plan(&s, &rules, at("2026-11-12T00:00"), UTC);
     assert!(plan.iter().all(|d| d.keep), "neither is deleted: {plan:?}");
-    let real = plan.iter().find(|d| d.snapshot == "2026-11-11T00:00").unwrap();
-    assert_eq!(real.reasons, vec!["newest", "last"], "the future one uses up no rule");
+    let real = plan
+        .iter()
+        .find(|d| d.snapshot == "2026-11-11T00:00")
+        .unwrap();
+    assert_eq!(
+        real.reasons,
+        vec!["newest", "last"],
+        "the future one uses up no rule"
+    );
 }
 
 #[test]

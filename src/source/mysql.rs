@@ -32,6 +32,10 @@ pub struct MysqlSpec {
     /// but information_schema, performance_schema, sys and mysql).
     #[serde(default)]
     pub databases: Option<Databases>,
+    /// Queries a verification runs in the scratch copy; each must return true,
+    /// e.g. `["select count(*) > 0 from users"]`.
+    #[serde(default)]
+    pub checks: Vec<String>,
 }
 
 /// Policy check of a whole spec: with `databases`, the URL may name no database.
@@ -154,6 +158,16 @@ fn query(
 ) -> Result<String, SourceError> {
     let mut cmd = command(client, conn, password);
     cmd.args(["--batch", "--skip-column-names", "--raw", "-e", sql]);
+    child::output(cmd, password)
+}
+
+/// One query in the URL's database, for verification's row counts and checks.
+pub fn query_url(url: &str, password: Option<&str>, sql: &str) -> Result<String, SourceError> {
+    let client = child::find_tool(&["mariadb", "mysql"], "mariadb-client")?;
+    let conn = parse(url)?;
+    let mut cmd = command(&client, &conn, password);
+    cmd.args(["--batch", "--skip-column-names", "--raw", "-e", sql]);
+    cmd.arg(&conn.database);
     child::output(cmd, password)
 }
 

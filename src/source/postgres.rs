@@ -45,6 +45,10 @@ pub struct PostgresSpec {
     /// Also dump roles and tablespaces (`pg_dumpall --globals-only`) as `<source>-globals`.
     #[serde(default)]
     pub include_globals: bool,
+    /// Queries a verification runs in the scratch copy; each must return true,
+    /// e.g. `["select count(*) > 0 from users"]`.
+    #[serde(default)]
+    pub checks: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

@@ -1,0 +1,107 @@
+//! `backupd verify [JOB] [SNAPSHOT|latest|all] [--target NAME] [--identity FILE] [--json]`:
+//! test-restore snapshots and record the results beside their manifests; exit 1 when any
+//! verification fails.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use super::{EXIT_FAILED, UsageError, chosen_targets, load_policy};
+use crate::snapshot::{self, Encryption};
+use crate::verify::{Verifier, VerifyRecord};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Only this job (default: every job).
+    pub job: Option<String>,
+    /// `latest` (default), `all`, or a snapshot id or unique prefix.
+    #[arg(default_value = "latest")]
+    pub snapshot: String,
+    /// Only this target (default: each of the job's targets).
+    #[arg(long, value_name = "NAME")]
+    pub target: Option<String>,
+    /// age identity file (default: encryption.identity_file from the policy).
+    #[arg(long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// Print one JSON array of verification records.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
+    let policy = load_policy(config)?;
+    let jobs = policy
+        .select_jobs(args.job.as_slice())
+        .map_err(UsageError)?;
+    let mut identities = None;
+    let mut records: Vec<VerifyRecord> = Vec::new();
+    let mut found_any = false;
+    for job in &jobs {
+        for target in chosen_targets(&policy, Some(job), args.target.as_ref())? {
+            let all = snapshot::list(&target, Some(job)).await?;
+            let chosen: Vec<_> = match args.snapshot.as_str() {
+                "latest" => all.into_iter().take(1).collect(),
+                "all" => all,
+                prefix => all
+                    .into_iter()
+                    .filter(|m| m.snapshot.starts_with(prefix))
+                    .collect(),
+            };
+            for manifest in chosen {
+                found_any = true;
+                let encrypted = manifest
+                    .sources
+                    .values()
+                    .any(|e| matches!(e.encryption, Encryption::Age { .. }));
+                if encrypted && identities.is_none() {
+                    identities = Some(Arc::new(crate::crypto::restore_identities(
+                        args.identity.as_deref(),
+                        &policy.encryption,
+                    )?));
+                }
+                let verifier = Verifier {
+                    policy: &policy,
+                    identities: identities.clone(),
+                };
+                let record = verifier.verify(&target, &manifest).await;
+                if !args.json {
+                    print_record(&record);
+                }
+                records.push(record);
+            }
+        }
+    }
+    if !found_any {
+        return Err(anyhow::anyhow!(
+            "no committed snapshot matches {:?}; see `backupd list`",
+            args.snapshot
+        ));
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&records)?);
+    }
+    Ok(if records.iter().all(|r| r.ok) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    })
+}
+
+pub(super) fn print_record(r: &VerifyRecord) {
+    let secs = (r.finished_at - r.started_at).num_milliseconds() as f64 / 1000.0;
+    if r.ok {
+        let checks: usize = r.sources.values().map(|s| s.checks.len()).sum();
+        println!(
+            "verified {}/{} on {}: OK ({} sources, {checks} checks, {secs:.1} s)",
+            r.job,
+            r.snapshot,
+            r.target,
+            r.sources.len()
+        );
+    } else {
+        println!("verified {}/{} on {}: FAILED", r.job, r.snapshot, r.target);
+        for f in r.failures() {
+            println!("  {f}");
+        }
+    }
+}

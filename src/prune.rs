@@ -1,0 +1,77 @@
+//! Applying retention to one job on one target: list the committed snapshots and their
+//! verification state, plan with `retention::plan`, delete what the plan says (manifest
+//! first), and sweep crash leftovers older than `orphan_grace`.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::policy::Policy;
+use crate::retention::{self, Decision, SnapshotInfo};
+use crate::snapshot::{self, SnapshotError, maintenance};
+use crate::target::Target;
+
+/// What prune did (or, with `dry_run`, would do) for one job on one target.
+#[derive(Debug, Clone, Serialize)]
+pub struct PruneOutcome {
+    pub job: String,
+    pub target: String,
+    pub dry_run: bool,
+    /// `None` when the job has no retention rules: every snapshot is kept.
+    pub decisions: Option<Vec<Decision>>,
+    pub deleted: Vec<String>,
+    /// Snapshot directories without a manifest, older than the grace period.
+    pub orphans: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+pub async fn prune(
+    policy: &Policy,
+    job: &str,
+    target: &Target,
+    dry_run: bool,
+    now: DateTime<Utc>,
+) -> Result<PruneOutcome, SnapshotError> {
+    let job_policy = &policy.jobs[job];
+    let mut outcome = PruneOutcome {
+        job: job.into(),
+        target: target.name.clone(),
+        dry_run,
+        decisions: None,
+        deleted: Vec::new(),
+        orphans: Vec::new(),
+        errors: Vec::new(),
+    };
+    if let Some(rules) = job_policy.retention_for(&target.name) {
+        let manifests = snapshot::list(target, Some(job)).await?;
+        let mut infos = Vec::new();
+        for m in &manifests {
+            let verified = crate::verify::latest_record(target, job, &m.snapshot)
+                .await
+                .is_some_and(|r| r.ok);
+            infos.push(SnapshotInfo {
+                id: m.snapshot.clone(),
+                time: m.started_at,
+                tags: m.tags.clone(),
+                verified,
+            });
+        }
+        let decisions = retention::plan(&infos, rules, now, job_policy.tz());
+        if !dry_run {
+            for d in decisions.iter().filter(|d| !d.keep) {
+                match maintenance::delete(target, job, &d.snapshot).await {
+                    Ok(()) => {
+                        tracing::info!(job, target = %target.name, snapshot = %d.snapshot, "deleted by retention");
+                        outcome.deleted.push(d.snapshot.clone());
+                    }
+                    Err(e) => outcome.errors.push(format!("deleting {}: {e}", d.snapshot)),
+                }
+            }
+        }
+        outcome.decisions = Some(decisions);
+    }
+    match maintenance::sweep(target, job, policy.daemon.orphan_grace, now, dry_run).await {
+        Ok(ids) => outcome.orphans = ids,
+        Err(e) => outcome.errors.push(format!("sweeping leftovers: {e}")),
+    }
+    Ok(outcome)
+}

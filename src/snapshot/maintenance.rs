@@ -1,0 +1,149 @@
+//! Removing snapshots and crash leftovers from a target, in the order that keeps the
+//! commit protocol's promise: the manifest goes first, so an interrupted delete leaves
+//! orphans (swept later), never a manifest pointing at missing objects.
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use futures::TryStreamExt;
+use object_store::ObjectStoreExt;
+use object_store::path::Path as ObjectPath;
+
+use super::{SnapshotError, manifest_key};
+use crate::target::Target;
+
+/// Deletes one committed snapshot: manifest, then every other object under it.
+pub async fn delete(target: &Target, job: &str, id: &str) -> Result<(), SnapshotError> {
+    let store_err = |source| SnapshotError::Store {
+        target: target.name.clone(),
+        source,
+    };
+    match target.store.delete(&manifest_key(job, id)).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+        Err(e) => return Err(store_err(e)),
+    }
+    remove_prefix(target, job, id).await
+}
+
+async fn remove_prefix(target: &Target, job: &str, id: &str) -> Result<(), SnapshotError> {
+    let prefix = ObjectPath::from(format!("{job}/{id}"));
+    let keys: Vec<ObjectPath> = target
+        .store
+        .list(Some(&prefix))
+        .map_ok(|m| m.location)
+        .try_collect()
+        .await
+        .map_err(|source| SnapshotError::Store {
+            target: target.name.clone(),
+            source,
+        })?;
+    for key in keys {
+        match target.store.delete(&key).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(source) => {
+                return Err(SnapshotError::Store {
+                    target: target.name.clone(),
+                    source,
+                });
+            }
+        }
+    }
+    // Local targets also hold unfinished multipart uploads as `<object>#<n>` files, which
+    // the object_store listing hides; the snapshot's directory goes as a whole.
+    if let Some(root) = &target.local_root {
+        let dir = root.join(job).join(id);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| SnapshotError::Store {
+                target: target.name.clone(),
+                source: object_store::Error::Generic {
+                    store: "LocalFileSystem",
+                    source: Box::new(e),
+                },
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// The start time encoded in a snapshot id, if it is one of ours.
+pub fn id_time(id: &str) -> Option<DateTime<Utc>> {
+    let stamp = id.get(..24)?;
+    NaiveDateTime::parse_from_str(stamp, "%Y-%m-%dT%H-%M-%S%.3fZ")
+        .ok()
+        .map(|t| t.and_utc())
+}
+
+/// Removes snapshot directories of `job` that have no manifest and started more than
+/// `grace` before `now` (killed or failed runs). Directories whose names are not
+/// snapshot ids are left alone. Returns the ids removed (or, with `dry_run`, found).
+pub async fn sweep(
+    target: &Target,
+    job: &str,
+    grace: std::time::Duration,
+    now: DateTime<Utc>,
+    dry_run: bool,
+) -> Result<Vec<String>, SnapshotError> {
+    let listed = target
+        .store
+        .list_with_delimiter(Some(&ObjectPath::from(job)))
+        .await
+        .map_err(|source| SnapshotError::Store {
+            target: target.name.clone(),
+            source,
+        })?;
+    let mut ids: Vec<String> = listed
+        .common_prefixes
+        .iter()
+        .filter_map(|p| p.filename().map(str::to_string))
+        .collect();
+    // Local directories holding only hidden upload parts do not show up in the listing.
+    if let Some(root) = &target.local_root
+        && let Ok(entries) = std::fs::read_dir(root.join(job))
+    {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if e.path().is_dir() && !ids.contains(&name) {
+                ids.push(name);
+            }
+        }
+    }
+    let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
+    let mut removed = Vec::new();
+    for id in ids {
+        let Some(started) = id_time(&id) else {
+            continue;
+        };
+        if now - started < grace {
+            continue;
+        }
+        let committed = match target.store.head(&manifest_key(job, &id)).await {
+            Ok(_) => true,
+            Err(object_store::Error::NotFound { .. }) => false,
+            Err(source) => {
+                return Err(SnapshotError::Store {
+                    target: target.name.clone(),
+                    source,
+                });
+            }
+        };
+        if !committed {
+            if !dry_run {
+                remove_prefix(target, job, &id).await?;
+                tracing::info!(job, target = %target.name, snapshot = %id, "removed leftovers of an uncommitted snapshot");
+            }
+            removed.push(id);
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_ids_carry_their_time() {
+        let t = id_time("2026-11-22T02-15-24.433Z-804f21").unwrap();
+        assert_eq!(t.to_rfc3339(), "2026-11-22T02:15:24.433+00:00");
+        assert!(id_time("not-a-snapshot").is_none());
+        assert!(id_time("verify").is_none());
+    }
+}

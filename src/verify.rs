@@ -1,0 +1,276 @@
+//! Verification by test-restore: for each object of a snapshot, stream it, check the
+//! stored sha256, decrypt, decompress, check the plain sha256, then restore it the way an
+//! operator would (unpack, open, load into a scratch database) and compare with what the
+//! manifest recorded. The result is written beside the manifest as
+//! `verify/<utc-time>.json`; retention treats the newest verified snapshot as untouchable.
+
+mod checks;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use serde::{Deserialize, Serialize};
+use tokio_util::io::{StreamReader, SyncIoBridge};
+
+use crate::crypto::Identities;
+use crate::policy::{Policy, SourceSpec};
+use crate::snapshot::{Manifest, SourceEntry};
+use crate::target::Target;
+
+pub use checks::Check;
+
+/// `[jobs.NAME] verify = { … }`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyPolicy {
+    /// Verify each new snapshot right after it is committed (run-now and the daemon).
+    #[serde(default)]
+    pub after_backup: bool,
+    /// Cron expression for scheduled verification by the daemon.
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// What a scheduled verification checks: `latest` or `all`.
+    #[serde(default = "latest")]
+    pub snapshot: String,
+    /// Server for PostgreSQL scratch databases (default: the source's server).
+    #[serde(default)]
+    pub postgres_url: Option<String>,
+    /// Server for MySQL scratch databases (default: the source's server).
+    #[serde(default)]
+    pub mysql_url: Option<String>,
+}
+
+fn latest() -> String {
+    "latest".into()
+}
+
+impl Default for VerifyPolicy {
+    fn default() -> Self {
+        Self {
+            after_backup: false,
+            schedule: None,
+            snapshot: latest(),
+            postgres_url: None,
+            mysql_url: None,
+        }
+    }
+}
+
+impl VerifyPolicy {
+    pub fn check(&self) -> Result<(), String> {
+        if !matches!(self.snapshot.as_str(), "latest" | "all") {
+            return Err(format!(
+                "snapshot = {:?}: use \"latest\" or \"all\"",
+                self.snapshot
+            ));
+        }
+        if let Some(u) = &self.postgres_url {
+            crate::source::postgres::check_url(&crate::source::child::with_database(u, "postgres"))
+                .map_err(|e| format!("postgres_url {e}"))?;
+        }
+        if let Some(u) = &self.mysql_url {
+            crate::source::mysql::check_url(&crate::source::child::with_database(u, "mysql"))
+                .map_err(|e| format!("mysql_url {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// The result of verifying one snapshot on one target, as stored in `verify/…json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VerifyRecord {
+    pub format: u32,
+    pub job: String,
+    pub snapshot: String,
+    pub target: String,
+    pub host: String,
+    pub backupd_version: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub ok: bool,
+    pub sources: BTreeMap<String, SourceResult>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SourceResult {
+    pub ok: bool,
+    pub checks: Vec<Check>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl VerifyRecord {
+    /// One line per failed check, naming job, snapshot, source and check.
+    pub fn failures(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (source, r) in &self.sources {
+            for c in r.checks.iter().filter(|c| !c.ok) {
+                out.push(format!(
+                    "{}/{} on {}: source {source}: check {:?} failed: {}",
+                    self.job, self.snapshot, self.target, c.name, c.detail
+                ));
+            }
+            if let Some(e) = &r.error {
+                out.push(format!(
+                    "{}/{} on {}: source {source}: {e}",
+                    self.job, self.snapshot, self.target
+                ));
+            }
+        }
+        out
+    }
+}
+
+fn record_prefix(job: &str, id: &str) -> ObjectPath {
+    ObjectPath::from(format!("{job}/{id}/verify"))
+}
+
+/// The newest verification record of a snapshot on a target, if any.
+pub async fn latest_record(target: &Target, job: &str, id: &str) -> Option<VerifyRecord> {
+    let keys: Vec<ObjectPath> = target
+        .store
+        .list(Some(&record_prefix(job, id)))
+        .map_ok(|m| m.location)
+        .try_collect()
+        .await
+        .ok()?;
+    let newest = keys.into_iter().max_by(|a, b| a.as_ref().cmp(b.as_ref()))?;
+    let bytes = target.store.get(&newest).await.ok()?.bytes().await.ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Everything a verification needs besides the snapshot itself.
+pub struct Verifier<'a> {
+    pub policy: &'a Policy,
+    /// `None` when no source is encrypted.
+    pub identities: Option<Arc<Identities>>,
+}
+
+impl Verifier<'_> {
+    /// Verifies every object of `manifest` on `target`, stores the record there and
+    /// returns it. Scratch files and databases are removed whatever happens.
+    pub async fn verify(&self, target: &Target, manifest: &Manifest) -> VerifyRecord {
+        let started_at = Utc::now();
+        tracing::info!(job = %manifest.job, snapshot = %manifest.snapshot, target = %target.name, "verification started");
+        let mut sources = BTreeMap::new();
+        for (name, entry) in &manifest.sources {
+            let result = self.verify_source(target, manifest, name, entry).await;
+            if !result.ok {
+                tracing::error!(job = %manifest.job, snapshot = %manifest.snapshot, source = %name, "verification failed");
+            }
+            sources.insert(name.clone(), result);
+        }
+        let record = VerifyRecord {
+            format: 1,
+            job: manifest.job.clone(),
+            snapshot: manifest.snapshot.clone(),
+            target: target.name.clone(),
+            host: gethostname::gethostname().to_string_lossy().into_owned(),
+            backupd_version: env!("CARGO_PKG_VERSION").into(),
+            started_at,
+            finished_at: Utc::now(),
+            ok: sources.values().all(|s| s.ok),
+            sources,
+        };
+        let key = ObjectPath::from(format!(
+            "{}/{}.json",
+            record_prefix(&manifest.job, &manifest.snapshot),
+            started_at.format("%Y-%m-%dT%H-%M-%S%.3fZ")
+        ));
+        let body = serde_json::to_vec_pretty(&record).expect("record serializes");
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        if let Err(e) = target
+            .store
+            .put_opts(&key, PutPayload::from(body), opts)
+            .await
+        {
+            tracing::error!(target = %target.name, "cannot store the verification result {key}: {e}");
+        }
+        record
+    }
+
+    async fn verify_source(
+        &self,
+        target: &Target,
+        manifest: &Manifest,
+        name: &str,
+        entry: &SourceEntry,
+    ) -> SourceResult {
+        let key = crate::snapshot::object_key(&manifest.job, &manifest.snapshot, &entry.object);
+        let stream = match target.read_stream(&key).await {
+            Ok(s) => s,
+            Err(e) => {
+                return SourceResult {
+                    ok: false,
+                    checks: vec![Check::fail("object present", format!("{key}: {e}"))],
+                    error: None,
+                };
+            }
+        };
+        let input = SyncIoBridge::new(StreamReader::new(stream));
+        let server = self.server_for(&manifest.job, name, entry);
+        let scratch = self.policy.daemon.state_dir.join("tmp");
+        let ids = self.identities.clone();
+        let entry = entry.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            checks::run(input, &entry, ids.as_deref(), server, &scratch)
+        })
+        .await;
+        let checks = match joined {
+            Ok(checks) => checks,
+            Err(e) => vec![Check::fail(
+                "verification",
+                format!("the check thread failed: {e}"),
+            )],
+        };
+        SourceResult {
+            ok: checks.iter().all(|c| c.ok),
+            checks,
+            error: None,
+        }
+    }
+
+    /// Where a database source is test-restored: the verify URL of the job, else the
+    /// source's own server, with the source's credentials.
+    fn server_for(&self, job: &str, name: &str, entry: &SourceEntry) -> Option<checks::Server> {
+        let job = self.policy.jobs.get(job)?;
+        let group = entry.group.as_deref().unwrap_or(name);
+        let spec = job.source_specs.get(group)?;
+        let (url, password_file, env_var, checks, override_url) = match spec {
+            SourceSpec::Postgres(p) => (
+                &p.url,
+                &p.password_file,
+                "PGPASSWORD",
+                &p.checks,
+                &job.verify.postgres_url,
+            ),
+            SourceSpec::Mysql(m) => (
+                &m.url,
+                &m.password_file,
+                "MYSQL_PWD",
+                &m.checks,
+                &job.verify.mysql_url,
+            ),
+            _ => return None,
+        };
+        Some(checks::Server {
+            url: override_url.clone().unwrap_or_else(|| url.clone()),
+            password_file: password_file.clone(),
+            password_env: env_var,
+            checks: checks.clone(),
+        })
+    }
+}
+
+/// Scratch space for a verification: a private directory removed on drop.
+pub(crate) fn scratch_dir(base: &std::path::Path) -> std::io::Result<tempfile::TempDir> {
+    std::fs::create_dir_all(base)?;
+    tempfile::Builder::new().prefix("verify-").tempdir_in(base)
+}
