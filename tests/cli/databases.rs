@@ -666,3 +666,91 @@ fn passwords_can_come_from_the_environment() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(!text(&out).contains(&s.password));
 }
+
+fn scratch_databases(s: &Servers) -> (String, String) {
+    (
+        psql(
+            s,
+            "postgres",
+            "select count(*) from pg_database where datname like 'backupd_verify_%'",
+        ),
+        mariadb(
+            s,
+            "",
+            "select count(*) from information_schema.schemata where schema_name like 'backupd_verify_%'",
+        ),
+    )
+}
+
+#[test]
+fn database_snapshots_verify_by_test_restore_and_leave_no_scratch_database() {
+    let s = servers();
+    let world = World::new();
+    let (pg_db, my_db) = (unique("vpg"), unique("vmy"));
+    pg_fixture(&s, &pg_db);
+    mariadb(&s, "", &format!("create database {my_db}"));
+    mariadb(
+        &s,
+        &my_db,
+        "create table users(id int primary key, name text); insert into users values (1, 'ada'), (2, 'grace');",
+    );
+    let tag = unique("vk");
+    redis_cli(&s.redis, &s.password, &["-n", "7", "SET", &tag, "v"]);
+    let pw = password_file(&world, &s.password);
+    let jobs = |pg_check: &str| {
+        format!(
+            "[jobs.db]\ntargets = [\"local\"]\n\n[jobs.db.sources.pg]\nkind = \"postgres\"\nurl = \"postgres://postgres@{}/{pg_db}\"\npassword_file = \"{}\"\nchecks = [\"{pg_check}\"]\n\n[jobs.db.sources.my]\nkind = \"mysql\"\nurl = \"mysql://backupd@{}/{my_db}\"\npassword_file = \"{}\"\nchecks = [\"select count(*) = 2 from users\"]\n\n[jobs.db.sources.cache]\nkind = \"redis\"\nurl = \"redis://{}\"\npassword_file = \"{}\"\n",
+            s.pg,
+            pw.display(),
+            s.mysql,
+            pw.display(),
+            s.redis,
+            pw.display()
+        )
+    };
+    let before = scratch_databases(&s);
+    world.policy(&jobs("select count(*) = 3 from awkward"));
+    assert!(world.backupd(&["run-now"]).status.success());
+    let out = world.backupd(&["verify", "db", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let record: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let pg_checks = record[0]["sources"]["pg"]["checks"].to_string();
+    assert!(
+        pg_checks.contains("rows in public.t24")
+            && pg_checks.contains("check: select count(*) = 3 from awkward"),
+        "{pg_checks}"
+    );
+    let my_checks = record[0]["sources"]["my"]["checks"].to_string();
+    assert!(
+        my_checks.contains("rows in users")
+            && my_checks.contains("check: select count(*) = 2 from users"),
+        "{my_checks}"
+    );
+    let redis_checks = record[0]["sources"]["cache"]["checks"].to_string();
+    assert!(
+        redis_checks.contains("redis-check-rdb") && redis_checks.contains("key count"),
+        "{redis_checks}"
+    );
+    assert_eq!(
+        scratch_databases(&s),
+        before,
+        "scratch databases are dropped"
+    );
+
+    // A valid dump whose check query fails is a failed verification, named as such.
+    world.policy(&jobs("select count(*) > 100 from awkward"));
+    let out = world.backupd(&["verify", "db"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("source pg: check \"check: select count(*) > 100 from awkward\" failed"),
+        "{stdout}"
+    );
+    assert_eq!(
+        scratch_databases(&s),
+        before,
+        "scratch databases are dropped after a failure too"
+    );
+    psql(&s, "postgres", &format!("drop database {pg_db}"));
+    mariadb(&s, "", &format!("drop database {my_db}"));
+}

@@ -7,3 +7,4 @@ mod failures;
 mod policy_errors;
 mod round_trip;
 mod support;
+mod verification;
