@@ -317,12 +317,7 @@ fn database(
 
 fn query_one(engine: &str, url: &str, password: Option<&str>, sql: &str) -> Result<String, String> {
     if engine == "postgres" {
-        let mut config: postgres::Config =
-            url.parse().map_err(|e: postgres::Error| e.to_string())?;
-        if let Some(p) = password {
-            config.password(p);
-        }
-        let mut client = config.connect(postgres::NoTls).map_err(|e| e.to_string())?;
+        let mut client = pg_connect(url, password)?;
         let row = client.query_one(sql, &[]).map_err(|e| {
             e.as_db_error()
                 .map(|d| d.message().to_string())
@@ -367,12 +362,16 @@ impl Drop for ScratchDb {
     }
 }
 
-fn drop_pg(admin: &str, password: Option<&str>, db: &str) -> Result<String, String> {
-    let mut config: postgres::Config = admin.parse().map_err(|e: postgres::Error| e.to_string())?;
+fn pg_connect(url: &str, password: Option<&str>) -> Result<postgres::Client, String> {
+    let mut config: postgres::Config = url.parse().map_err(|e: postgres::Error| e.to_string())?;
     if let Some(p) = password {
         config.password(p);
     }
-    let mut client = config.connect(postgres::NoTls).map_err(|e| e.to_string())?;
+    config.connect(postgres::NoTls).map_err(|e| e.to_string())
+}
+
+fn drop_pg(admin: &str, password: Option<&str>, db: &str) -> Result<String, String> {
+    let mut client = pg_connect(admin, password)?;
     client
         .batch_execute(&format!("drop database if exists \"{db}\" with (force)"))
         .map_err(|e| e.to_string())?;
