@@ -92,6 +92,7 @@ pub async fn run(
             .compression_level
             .unwrap_or_else(|| job.compression.default_level()),
         recipients: recipients.map(<[_]>::to_vec),
+        threads: job.compression_threads(),
     };
     tracing::info!(job = job_name, snapshot = %id, "backup started");
 

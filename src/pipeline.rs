@@ -18,6 +18,7 @@ use object_store::{ObjectStoreExt, WriteMultipart};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 
+use self::codec::{Compressor, Encryptor};
 use crate::crypto::Identities;
 use crate::policy::Compression;
 use crate::snapshot::{Digest, SourceEntry};
@@ -25,6 +26,8 @@ use crate::target::Target;
 
 /// Bytes handed from the encoder thread to the uploads at a time.
 const CHUNK_BYTES: usize = 1 << 20;
+/// Chunks read ahead of the encoder.
+const READ_AHEAD_CHUNKS: usize = 4;
 /// Chunks buffered per target before the encoder waits: the back-pressure bound.
 const CHANNEL_CHUNKS: usize = 8;
 /// Multipart part size (S3 needs ≥ 5 MiB for all but the last part).
@@ -39,6 +42,8 @@ pub struct Encoding {
     pub level: i32,
     /// `None` is the plaintext opt-out.
     pub recipients: Option<Vec<age::x25519::Recipient>>,
+    /// Compression threads (at least 1).
+    pub threads: usize,
 }
 
 /// sha256 and length of everything passed through.
@@ -76,92 +81,6 @@ impl<W: Write> Write for TallyWriter<W> {
 
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
-    }
-}
-
-enum Compressor<W: Write> {
-    Gzip(flate2::write::GzEncoder<W>),
-    Zstd(zstd::Encoder<'static, W>),
-    Plain(W),
-}
-
-impl<W: Write> Compressor<W> {
-    fn new(inner: W, compression: Compression, level: i32) -> io::Result<Self> {
-        Ok(match compression {
-            Compression::Gzip => Compressor::Gzip(flate2::write::GzEncoder::new(
-                inner,
-                flate2::Compression::new(level.clamp(0, 9) as u32),
-            )),
-            Compression::Zstd => Compressor::Zstd(zstd::Encoder::new(inner, level)?),
-            Compression::None => Compressor::Plain(inner),
-        })
-    }
-
-    fn finish(self) -> io::Result<W> {
-        match self {
-            Compressor::Gzip(w) => w.finish(),
-            Compressor::Zstd(w) => w.finish(),
-            Compressor::Plain(w) => Ok(w),
-        }
-    }
-}
-
-impl<W: Write> Write for Compressor<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Compressor::Gzip(w) => w.write(buf),
-            Compressor::Zstd(w) => w.write(buf),
-            Compressor::Plain(w) => w.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Compressor::Gzip(w) => w.flush(),
-            Compressor::Zstd(w) => w.flush(),
-            Compressor::Plain(w) => w.flush(),
-        }
-    }
-}
-
-enum Encryptor<W: Write> {
-    Age(age::stream::StreamWriter<W>),
-    Plain(W),
-}
-
-impl<W: Write> Encryptor<W> {
-    fn new(inner: W, recipients: Option<&[age::x25519::Recipient]>) -> io::Result<Self> {
-        match recipients {
-            None => Ok(Encryptor::Plain(inner)),
-            Some(rs) => {
-                let enc = age::Encryptor::with_recipients(rs.iter().map(|r| r as _))
-                    .map_err(io::Error::other)?;
-                Ok(Encryptor::Age(enc.wrap_output(inner)?))
-            }
-        }
-    }
-
-    fn finish(self) -> io::Result<W> {
-        match self {
-            Encryptor::Age(w) => w.finish(),
-            Encryptor::Plain(w) => Ok(w),
-        }
-    }
-}
-
-impl<W: Write> Write for Encryptor<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Encryptor::Age(w) => w.write(buf),
-            Encryptor::Plain(w) => w.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Encryptor::Age(w) => w.flush(),
-            Encryptor::Plain(w) => w.flush(),
-        }
     }
 }
 
@@ -213,7 +132,7 @@ impl Write for Tee {
     }
 }
 
-type Chain = TallyWriter<Compressor<Encryptor<TallyWriter<Tee>>>>;
+type Chain = Compressor<Encryptor<TallyWriter<Tee>>>;
 
 fn chain(enc: &Encoding, outs: Vec<Option<mpsc::Sender<Bytes>>>) -> io::Result<Chain> {
     let tee = Tee {
@@ -225,18 +144,47 @@ fn chain(enc: &Encoding, outs: Vec<Option<mpsc::Sender<Bytes>>>) -> io::Result<C
         tally: Tally::default(),
     };
     let encrypted = Encryptor::new(stored, enc.recipients.as_deref())?;
-    let compressed = Compressor::new(encrypted, enc.compression, enc.level)?;
-    Ok(TallyWriter {
-        inner: compressed,
-        tally: Tally::default(),
-    })
+    Compressor::new(encrypted, enc.compression, enc.level, enc.threads)
 }
 
-fn finish_chain(w: Chain) -> io::Result<(Digest, Digest)> {
-    let plain = w.tally.digest();
-    let mut stored = w.inner.finish()?.finish()?;
+fn finish_chain(w: Chain) -> io::Result<Digest> {
+    let mut stored = w.finish()?.finish()?;
     stored.inner.send_chunk()?;
-    Ok((plain, stored.tally.digest()))
+    Ok(stored.tally.digest())
+}
+
+/// The producer's end of the read-ahead: 1 MiB chunks to the encoder thread, so reading
+/// the source (tar walk, file reads, sha256 of the plain stream) overlaps compression.
+struct ReadAhead {
+    buf: Vec<u8>,
+    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+}
+
+impl ReadAhead {
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK_BYTES));
+        self.tx
+            .send(chunk)
+            .map_err(|_| io::Error::other("the encoder stopped"))
+    }
+}
+
+impl Write for ReadAhead {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = buf.len().min(CHUNK_BYTES - self.buf.len());
+        self.buf.extend_from_slice(&buf[..n]);
+        if self.buf.len() == CHUNK_BYTES {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// What `store` returns when the producer succeeded.
@@ -269,15 +217,37 @@ where
         feeds.push(tokio::spawn(feed(target.clone(), key.clone(), rx)));
     }
     let encoding = encoding.clone();
-    let produced = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+    let (chunk_tx, chunk_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(READ_AHEAD_CHUNKS);
+    let encoder = tokio::task::spawn_blocking(move || -> anyhow::Result<Digest> {
         let mut w = chain(&encoding, outs)?;
+        for chunk in chunk_rx {
+            w.write_all(&chunk)?;
+        }
+        Ok(finish_chain(w)?)
+    });
+    let producer = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let mut w = TallyWriter {
+            inner: ReadAhead {
+                buf: Vec::with_capacity(CHUNK_BYTES),
+                tx: chunk_tx,
+            },
+            tally: Tally::default(),
+        };
         let produced = produce(&mut w)?;
-        let (plain, stored) = finish_chain(w)?;
-        Ok((produced, plain, stored))
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("the encoder thread failed: {e}"))
-    .and_then(|r| r);
+        w.inner.send()?;
+        Ok((produced, w.tally.digest()))
+    });
+    let thread_failed =
+        |e: tokio::task::JoinError| anyhow::anyhow!("a pipeline thread failed: {e}");
+    let produced = producer.await.map_err(thread_failed).and_then(|r| r);
+    let stored = encoder.await.map_err(thread_failed).and_then(|r| r);
+    // When the encoder failed first (every target gone), its error is the cause.
+    let produced = match (produced, stored) {
+        (Ok((p, plain)), Ok(stored)) => Ok((p, plain, stored)),
+        (Ok(_), Err(e)) => Err(e),
+        (Err(e), Ok(_)) => Err(e),
+        (Err(p), Err(e)) => Err(e.context(format!("{p:#}"))),
+    };
 
     let mut writers = Vec::new();
     for f in feeds {
@@ -476,6 +446,9 @@ impl Decoded {
         Ok(())
     }
 }
+
+mod codec;
+mod pargzip;
 
 #[cfg(test)]
 mod tests;

@@ -168,6 +168,9 @@ pub struct JobPolicy {
     pub compression: Compression,
     #[serde(default)]
     pub compression_level: Option<i32>,
+    /// Compression threads; 0 (the default) uses every core.
+    #[serde(default)]
+    pub threads: usize,
     /// IANA time zone for retention's day/week/month buckets (and schedules); default UTC.
     #[serde(default)]
     pub timezone: Option<String>,
@@ -426,6 +429,14 @@ fn resolve_source(spec: SourceSpec, base: &Path) -> SourceSpec {
 }
 
 impl JobPolicy {
+    /// Compression threads to use: `threads`, or every core when it is 0.
+    pub fn compression_threads(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
     /// The job's time zone (validated at load time).
     pub fn tz(&self) -> chrono_tz::Tz {
         self.timezone

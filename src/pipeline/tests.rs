@@ -60,6 +60,7 @@ async fn round_trip(compression: Compression) {
         compression,
         level: compression.default_level(),
         recipients: Some(vec![id.to_public()]),
+        threads: 2,
     };
     let (a, mem_a) = memory_target("a");
     let (b, mem_b) = memory_target("b");
@@ -109,6 +110,7 @@ async fn failing_producer_leaves_no_object() {
         compression: Compression::Gzip,
         level: 1,
         recipients: None,
+        threads: 2,
     };
     let key = ObjectPath::from("job/snap/obj");
     let err = store(&[a], &key, &enc, |w| -> anyhow::Result<()> {
@@ -139,6 +141,7 @@ async fn a_broken_target_does_not_stop_the_others() {
         compression: Compression::None,
         level: 0,
         recipients: None,
+        threads: 2,
     };
     let key = ObjectPath::from("job/snap/obj");
     let data = sample(3 * CHUNK_BYTES);
@@ -161,6 +164,7 @@ async fn corruption_and_wrong_keys_are_detected() {
         compression: Compression::Gzip,
         level: 6,
         recipients: Some(vec![id.to_public()]),
+        threads: 2,
     };
     let (a, mem) = memory_target("a");
     let key = ObjectPath::from("job/snap/obj");

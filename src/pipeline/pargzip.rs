@@ -1,0 +1,170 @@
+//! Parallel gzip: the stream is cut into blocks compressed on worker threads, each block
+//! a complete gzip member, written in order. Concatenated members are one standard gzip
+//! file (RFC 1952 §2.2): `gzip -d`, `pigz -d` and `MultiGzDecoder` read it as a whole.
+//!
+//! Independent members lose the 32 KiB of history at each block edge; with 1 MiB blocks
+//! that costs well under 1 % of output size (measured by the benchmark). Memory is
+//! bounded: at most `2 × threads` blocks are in flight, plus the one being filled.
+
+use std::collections::VecDeque;
+use std::io::{self, Write};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+/// Input bytes per gzip member.
+pub const BLOCK_BYTES: usize = 1 << 20;
+
+type Job = (Vec<u8>, SyncSender<io::Result<Vec<u8>>>);
+
+pub struct ParGzip<W: Write> {
+    inner: W,
+    block: Vec<u8>,
+    jobs: Option<SyncSender<Job>>,
+    pending: VecDeque<Receiver<io::Result<Vec<u8>>>>,
+    max_pending: usize,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl<W: Write> ParGzip<W> {
+    pub fn new(inner: W, level: u32, threads: usize) -> Self {
+        let threads = threads.max(1);
+        let (tx, rx) = mpsc::sync_channel::<Job>(threads);
+        let rx = Arc::new(Mutex::new(rx));
+        let workers = (0..threads)
+            .map(|_| {
+                let rx = rx.clone();
+                std::thread::spawn(move || {
+                    loop {
+                        // The lock is held only to take the next job, not to compress it.
+                        let job = rx.lock().expect("job queue").recv();
+                        let Ok((block, done)) = job else { return };
+                        let _ = done.send(compress(&block, level));
+                    }
+                })
+            })
+            .collect();
+        Self {
+            inner,
+            block: Vec::with_capacity(BLOCK_BYTES),
+            jobs: Some(tx),
+            pending: VecDeque::new(),
+            max_pending: 2 * threads,
+            workers,
+        }
+    }
+
+    fn submit(&mut self) -> io::Result<()> {
+        let block = std::mem::replace(&mut self.block, Vec::with_capacity(BLOCK_BYTES));
+        let (done_tx, done_rx) = mpsc::sync_channel(1);
+        self.jobs
+            .as_ref()
+            .expect("not finished")
+            .send((block, done_tx))
+            .map_err(|_| io::Error::other("gzip workers stopped"))?;
+        self.pending.push_back(done_rx);
+        while self.pending.len() > self.max_pending {
+            self.write_oldest()?;
+        }
+        Ok(())
+    }
+
+    fn write_oldest(&mut self) -> io::Result<()> {
+        if let Some(rx) = self.pending.pop_front() {
+            let member = rx
+                .recv()
+                .map_err(|_| io::Error::other("a gzip worker died"))??;
+            self.inner.write_all(&member)?;
+        }
+        Ok(())
+    }
+
+    /// Compresses what is left, writes every member in order and returns the inner writer.
+    pub fn finish(mut self) -> io::Result<W> {
+        // An empty stream still becomes one (empty) member, as `gzip` would write.
+        if !self.block.is_empty() || self.pending.is_empty() {
+            self.submit()?;
+        }
+        while !self.pending.is_empty() {
+            self.write_oldest()?;
+        }
+        self.jobs = None;
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+        Ok(self.inner)
+    }
+}
+
+fn compress(block: &[u8], level: u32) -> io::Result<Vec<u8>> {
+    let mut enc = flate2::write::GzEncoder::new(
+        Vec::with_capacity(block.len() / 2 + 64),
+        flate2::Compression::new(level),
+    );
+    enc.write_all(block)?;
+    enc.finish()
+}
+
+impl<W: Write> Write for ParGzip<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = buf.len().min(BLOCK_BYTES - self.block.len());
+        self.block.extend_from_slice(&buf[..n]);
+        if self.block.len() == BLOCK_BYTES {
+            self.submit()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn data(len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| ((i * 7919) % 251) as u8 ^ (i / 4096) as u8)
+            .collect()
+    }
+
+    #[test]
+    fn members_in_order_make_one_gzip_stream() {
+        for len in [0, 1, BLOCK_BYTES - 1, BLOCK_BYTES, 5 * BLOCK_BYTES + 17] {
+            let input = data(len);
+            let mut z = ParGzip::new(Vec::new(), 6, 3);
+            z.write_all(&input).unwrap();
+            let out = z.finish().unwrap();
+            let mut back = Vec::new();
+            flate2::read::MultiGzDecoder::new(out.as_slice())
+                .read_to_end(&mut back)
+                .unwrap();
+            assert!(back == input, "round trip of {len} bytes");
+        }
+    }
+
+    #[test]
+    fn output_is_close_to_single_stream_gzip() {
+        let input: Vec<u8> = (0..4 * BLOCK_BYTES)
+            .map(|i| {
+                b"the quick brown fox jumps over the lazy dog "[i % 44] ^ ((i / 1000) % 3) as u8
+            })
+            .collect();
+        let mut par = ParGzip::new(Vec::new(), 6, 2);
+        par.write_all(&input).unwrap();
+        let par = par.finish().unwrap();
+        let mut one = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+        one.write_all(&input).unwrap();
+        let one = one.finish().unwrap();
+        let ratio = par.len() as f64 / one.len() as f64;
+        assert!(
+            ratio < 1.02,
+            "parallel output {} vs {} bytes",
+            par.len(),
+            one.len()
+        );
+    }
+}
