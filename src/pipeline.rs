@@ -29,7 +29,7 @@ const CHUNK_BYTES: usize = 1 << 20;
 /// Chunks read ahead of the encoder.
 const READ_AHEAD_CHUNKS: usize = 4;
 /// Chunks buffered per target before the encoder waits: the back-pressure bound.
-const CHANNEL_CHUNKS: usize = 8;
+const CHANNEL_CHUNKS: usize = 4;
 /// Multipart part size (S3 needs ≥ 5 MiB for all but the last part).
 const PART_BYTES: usize = 8 << 20;
 /// Parts uploading at once per target.
@@ -402,9 +402,12 @@ pub fn decode(
         object: entry.object.clone(),
         source,
     };
+    // Decryption, decompression and the consumer each get a thread of their own: the
+    // restore then runs at the speed of its slowest stage, as a shell pipeline does.
+    let decrypted = threaded(decrypted);
     let decompressed: Box<dyn Read + Send> = match entry.compression {
-        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(decrypted)),
-        Compression::Zstd => Box::new(zstd::Decoder::new(decrypted).map_err(io_err)?),
+        Compression::Gzip => threaded(Box::new(flate2::read::MultiGzDecoder::new(decrypted))),
+        Compression::Zstd => threaded(Box::new(zstd::Decoder::new(decrypted).map_err(io_err)?)),
         Compression::None => decrypted,
     };
     let plain = Arc::new(Mutex::new(Tally::default()));
@@ -417,6 +420,78 @@ pub fn decode(
         plain,
         entry: entry.clone(),
     })
+}
+
+/// Bytes handed between read stages at a time, and how many may wait.
+const STAGE_CHUNK_BYTES: usize = 256 << 10;
+const STAGE_CHUNKS: usize = 4;
+
+/// Runs `inner` on its own thread and reads its output through a bounded channel.
+/// Dropping the returned reader stops the thread at its next chunk.
+fn threaded(mut inner: Box<dyn Read + Send>) -> Box<dyn Read + Send> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(STAGE_CHUNKS);
+    std::thread::spawn(move || {
+        loop {
+            let mut buf = vec![0u8; STAGE_CHUNK_BYTES];
+            let mut filled = 0;
+            let result = loop {
+                match inner.read(&mut buf[filled..]) {
+                    Ok(0) => break Ok(()),
+                    Ok(n) => {
+                        filled += n;
+                        if filled == buf.len() {
+                            break Ok(());
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => break Err(e),
+                }
+            };
+            buf.truncate(filled);
+            let last = filled < STAGE_CHUNK_BYTES || result.is_err();
+            if filled > 0 && tx.send(Ok(buf)).is_err() {
+                return;
+            }
+            if let Err(e) = result {
+                let _ = tx.send(Err(e));
+                return;
+            }
+            if last {
+                return;
+            }
+        }
+    });
+    Box::new(StageReader {
+        rx,
+        chunk: Vec::new(),
+        pos: 0,
+    })
+}
+
+struct StageReader {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for StageReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.chunk.len() {
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    self.chunk = chunk;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                // The stage ended without an error: end of stream.
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.pos);
+        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
 }
 
 impl Decoded {
