@@ -412,10 +412,11 @@ pub fn decode(
     };
     let plain = Arc::new(Mutex::new(Tally::default()));
     Ok(Decoded {
-        reader: Box::new(TallyReader {
+        // Hashing the plain stream is a stage of its own, off the consumer's thread.
+        reader: threaded(Box::new(TallyReader {
             inner: decompressed,
             tally: plain.clone(),
-        }),
+        })),
         stored,
         plain,
         entry: entry.clone(),
@@ -423,7 +424,7 @@ pub fn decode(
 }
 
 /// Bytes handed between read stages at a time, and how many may wait.
-const STAGE_CHUNK_BYTES: usize = 256 << 10;
+const STAGE_CHUNK_BYTES: usize = 1 << 20;
 const STAGE_CHUNKS: usize = 4;
 
 /// Runs `inner` on its own thread and reads its output through a bounded channel.
