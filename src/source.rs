@@ -57,6 +57,15 @@ pub(crate) fn io_err(path: &Path) -> impl Fn(std::io::Error) -> SourceError + '_
     }
 }
 
+/// How a restore into a server is asked for on the command line.
+#[derive(Debug, Clone)]
+pub struct IntoServer {
+    pub url: String,
+    pub password: Option<String>,
+    pub create: bool,
+    pub clean: bool,
+}
+
 /// `databases = [...]` or `databases = "all"` of a database source.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 #[serde(untagged)]
@@ -254,7 +263,7 @@ pub fn restore(
 pub fn restore_into(
     entry: &SourceEntry,
     input: &mut dyn Read,
-    into: &postgres::IntoServer,
+    into: &IntoServer,
 ) -> Result<Restored, SourceError> {
     match &entry.stats {
         SourceStats::Database { engine, .. } if engine == "postgres" => {

@@ -263,7 +263,7 @@ fn select_sources(
 fn into_server(
     args: &Args,
     chosen: &[(String, SourceEntry)],
-) -> anyhow::Result<Option<source::postgres::IntoServer>> {
+) -> anyhow::Result<Option<source::IntoServer>> {
     let Some(url) = &args.into_url else {
         return Ok(None);
     };
@@ -307,7 +307,7 @@ fn into_server(
         Some(file) => Some(source::child::read_password_file(file)?),
         None => std::env::var(env_var).ok(),
     };
-    Ok(Some(source::postgres::IntoServer {
+    Ok(Some(source::IntoServer {
         url: url.clone(),
         password,
         create: args.create,

@@ -5,7 +5,8 @@ use object_store::memory::InMemory;
 use object_store::{ObjectStore, ObjectStoreExt};
 
 use super::*;
-use crate::snapshot::{Encryption, SourceStats};
+use crate::crypto::Identities;
+use crate::snapshot::{Encryption, SourceEntry, SourceStats};
 
 fn memory_target(name: &str) -> (Target, Arc<InMemory>) {
     let mem = Arc::new(InMemory::new());

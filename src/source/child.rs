@@ -44,14 +44,23 @@ pub struct Running {
 }
 
 /// Starts `cmd` with the given stdin, stdout piped, stderr collected.
-pub fn spawn(mut cmd: Command, stdin: Stdio, secret: Option<&str>) -> Result<Running, SourceError> {
+pub fn spawn(cmd: Command, stdin: Stdio, secret: Option<&str>) -> Result<Running, SourceError> {
+    spawn_with(cmd, stdin, Stdio::piped(), secret)
+}
+
+fn spawn_with(
+    mut cmd: Command,
+    stdin: Stdio,
+    stdout: Stdio,
+    secret: Option<&str>,
+) -> Result<Running, SourceError> {
     let tool = Path::new(cmd.get_program())
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let mut child = cmd
         .stdin(stdin)
-        .stdout(Stdio::piped())
+        .stdout(stdout)
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| SourceError::Tool {
@@ -82,10 +91,6 @@ pub fn spawn(mut cmd: Command, stdin: Stdio, secret: Option<&str>) -> Result<Run
 }
 
 impl Running {
-    pub fn stdin(&mut self) -> Option<std::process::ChildStdin> {
-        self.child.stdin.take()
-    }
-
     /// Copies the tool's stdout into `out`; on a write error the tool is killed.
     pub fn copy_stdout(&mut self, out: &mut dyn Write) -> Result<u64, SourceError> {
         let mut stdout = self.child.stdout.take().expect("stdout piped");
@@ -181,6 +186,22 @@ pub fn with_database(url: &str, database: &str) -> String {
         }
         Err(_) => url.to_string(),
     }
+}
+
+/// Runs a restore tool with `input` on its stdin (its stdout discarded, so it can never
+/// block on a full pipe), checking its exit status. Returns the bytes fed.
+pub fn feed(cmd: Command, input: &mut dyn Read, secret: Option<&str>) -> Result<u64, SourceError> {
+    let mut running = spawn_with(cmd, Stdio::piped(), Stdio::null(), secret)?;
+    let mut stdin = running.child.stdin.take().expect("stdin piped");
+    let copied = io::copy(input, &mut stdin);
+    drop(stdin);
+    // The tool's own error (e.g. pg_restore stopping at the first error) explains a
+    // broken pipe better than the pipe does.
+    running.finish()?;
+    copied.map_err(|e| SourceError::Tool {
+        tool: "restore".into(),
+        message: format!("feeding the dump failed: {e}"),
+    })
 }
 
 /// Runs a tool to completion and returns its stdout (for small queries and version checks).

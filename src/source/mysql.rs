@@ -13,8 +13,8 @@ use std::process::Command;
 
 use serde::Deserialize;
 
-use super::postgres::{IntoServer, feed, safe_file_stem};
-use super::{Databases, Dumped, Restored, SourceError, child};
+use super::postgres::safe_file_stem;
+use super::{Databases, Dumped, IntoServer, Restored, SourceError, child};
 use crate::snapshot::SourceStats;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -304,7 +304,11 @@ pub fn restore_into(input: &mut dyn Read, into: &IntoServer) -> Result<Restored,
     let mut cmd = command(&client, &conn, pw);
     cmd.arg("--default-character-set=utf8mb4")
         .arg(&conn.database);
-    feed(cmd, input, pw)
+    let bytes = child::feed(cmd, input, pw)?;
+    Ok(Restored {
+        bytes,
+        ..Restored::default()
+    })
 }
 
 /// Writes the dump as `DIR/<database>.sql` for a manual restore.

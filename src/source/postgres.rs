@@ -9,12 +9,12 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde::Deserialize;
 
 use super::child;
-use super::{Databases, Dumped, Restored, SourceError};
+use super::{Databases, Dumped, IntoServer, Restored, SourceError};
 use crate::snapshot::SourceStats;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -355,15 +355,6 @@ fn row_counts(
     Ok(out)
 }
 
-/// How a restore into a server is asked for on the command line.
-#[derive(Debug, Clone)]
-pub struct IntoServer {
-    pub url: String,
-    pub password: Option<String>,
-    pub create: bool,
-    pub clean: bool,
-}
-
 /// Feeds the custom-format dump in `input` to `pg_restore` against `into.url`.
 pub fn restore_into(input: &mut dyn Read, into: &IntoServer) -> Result<Restored, SourceError> {
     check_url(&into.url).map_err(|what| SourceError::Invalid {
@@ -384,27 +375,7 @@ pub fn restore_into(input: &mut dyn Read, into: &IntoServer) -> Result<Restored,
     if let Some(p) = &into.password {
         cmd.env("PGPASSWORD", p);
     }
-    feed(cmd, input, into.password.as_deref())
-}
-
-/// Runs a restore tool with `input` on its stdin, checking its exit status.
-pub(crate) fn feed(
-    cmd: Command,
-    input: &mut dyn Read,
-    secret: Option<&str>,
-) -> Result<Restored, SourceError> {
-    let mut running = child::spawn(cmd, Stdio::piped(), secret)?;
-    let mut stdin = running.stdin().expect("stdin piped");
-    let copied = std::io::copy(input, &mut stdin);
-    drop(stdin);
-    let mut sink = Vec::new();
-    running.copy_stdout(&mut sink)?;
-    let finished = running.finish();
-    let bytes = copied.map_err(|e| SourceError::Tool {
-        tool: "restore".into(),
-        message: format!("feeding the dump failed: {e}"),
-    })?;
-    finished?;
+    let bytes = child::feed(cmd, input, into.password.as_deref())?;
     Ok(Restored {
         bytes,
         ..Restored::default()

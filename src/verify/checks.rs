@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::crypto::Identities;
 use crate::pipeline;
 use crate::snapshot::{SourceEntry, SourceStats};
+use crate::source::IntoServer;
 use crate::source::child;
-use crate::source::postgres::IntoServer;
 
 /// One named check and what it found.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
