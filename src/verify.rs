@@ -14,7 +14,6 @@ use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
-use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use crate::crypto::Identities;
 use crate::policy::{Policy, SourceSpec};
@@ -204,7 +203,7 @@ impl Verifier<'_> {
         entry: &SourceEntry,
     ) -> SourceResult {
         let key = crate::snapshot::object_key(&manifest.job, &manifest.snapshot, &entry.object);
-        let stream = match target.read_stream(&key).await {
+        let input = match target.reader(&key).await {
             Ok(s) => s,
             Err(e) => {
                 return SourceResult {
@@ -214,7 +213,6 @@ impl Verifier<'_> {
                 };
             }
         };
-        let input = SyncIoBridge::new(StreamReader::new(stream));
         let server = self.server_for(&manifest.job, name, entry);
         let scratch = self.policy.daemon.state_dir.join("tmp");
         let ids = self.identities.clone();

@@ -4,8 +4,6 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use tokio_util::io::{StreamReader, SyncIoBridge};
-
 use super::{EXIT_FAILED, UsageError, chosen_targets, human_bytes, load_policy};
 use crate::crypto;
 use crate::pipeline;
@@ -127,8 +125,7 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
         let into = into.clone();
         let key = snapshot::object_key(&manifest.job, &manifest.snapshot, &entry.object);
         let result = async {
-            let stream = target.read_stream(&key).await?;
-            let input = SyncIoBridge::new(StreamReader::new(stream));
+            let input = target.reader(&key).await?;
             let ids = identities.clone();
             let force = args.force;
             let dest = dest.clone();

@@ -101,11 +101,10 @@ pub fn decode(
     };
     let plain = Arc::new(Mutex::new(Tally::default()));
     Ok(Decoded {
-        // Hashing the plain stream is a stage of its own, off the consumer's thread.
-        reader: threaded(Box::new(TallyReader {
+        reader: Box::new(TallyReader {
             inner: decompressed,
             tally: plain.clone(),
-        })),
+        }),
         stored,
         plain,
         entry: entry.clone(),
