@@ -1,0 +1,179 @@
+//! Loading a policy: the TOML file plus `BACKUPD_*` environment overrides (figment), the
+//! two-phase typing that collects every problem, and resolving relative paths against
+//! the policy file's directory.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use figment::value::Value;
+use serde::Deserialize;
+
+use super::validate;
+use super::{
+    DaemonPolicy, EncryptionPolicy, JobPolicy, Policy, PolicyError, Problem, SourceSpec,
+    TargetPolicy,
+};
+
+/// The policy file to use: `--config`, else `BACKUPD_CONFIG` (clap folds both), else the default.
+pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(PolicyError::NotFound { path: path.into() });
+        }
+        Err(source) => {
+            return Err(PolicyError::Unreadable {
+                path: path.into(),
+                source,
+            });
+        }
+    };
+    let figment = Figment::from(Toml::string(&text)).merge(env_overrides());
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let base = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let base = normalize(&base);
+    let mut policy = from_figment(figment, &base).map_err(|problems| PolicyError::Invalid {
+        path: path.into(),
+        problems,
+    })?;
+    policy.path = path.into();
+    Ok(policy)
+}
+
+/// `BACKUPD_JOBS__APP__COMPRESSION=zstd` overrides `jobs.app.compression`. Only the
+/// policy's own sections are taken, so `BACKUPD_CONFIG`/`BACKUPD_LOG` never read as keys.
+fn env_overrides() -> Env {
+    Env::prefixed("BACKUPD_").split("__").filter(|key| {
+        let first = key.as_str().split('.').next().unwrap_or("");
+        ["daemon", "encryption", "targets", "jobs"]
+            .iter()
+            .any(|section| first.eq_ignore_ascii_case(section))
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default)]
+    daemon: DaemonPolicy,
+    #[serde(default)]
+    encryption: EncryptionPolicy,
+    #[serde(default)]
+    targets: BTreeMap<String, Value>,
+    #[serde(default)]
+    jobs: BTreeMap<String, Value>,
+}
+
+/// Types and validates a policy; `base` is the directory relative paths are taken from.
+pub fn from_figment(figment: Figment, base: &Path) -> Result<Policy, Vec<Problem>> {
+    let raw: RawPolicy = figment
+        .extract()
+        .map_err(|e| validate::serde_problems("", e))?;
+    let mut problems = Vec::new();
+    let mut targets = BTreeMap::new();
+    for (name, value) in raw.targets {
+        let key = format!("targets.{name}");
+        match value.deserialize::<TargetPolicy>() {
+            Ok(mut t) => {
+                t.path = t.path.map(|p| join(base, p));
+                targets.insert(name, t);
+            }
+            Err(e) => problems.extend(validate::serde_problems(&key, e)),
+        }
+    }
+    if raw.jobs.is_empty() {
+        problems.push(validate::no_jobs());
+    }
+    let mut jobs = BTreeMap::new();
+    for (name, value) in raw.jobs {
+        let key = format!("jobs.{name}");
+        let mut job = match value.deserialize::<JobPolicy>() {
+            Ok(job) => job,
+            Err(e) => {
+                problems.extend(validate::serde_problems(&key, e));
+                continue;
+            }
+        };
+        if job.sources.is_empty() {
+            problems.push(validate::no_sources(&key));
+        }
+        for (source, value) in std::mem::take(&mut job.sources) {
+            let key = format!("{key}.sources.{source}");
+            match validate::source_spec(&key, value) {
+                Ok(spec) => {
+                    job.source_specs.insert(source, resolve_source(spec, base));
+                }
+                Err(p) => problems.extend(p),
+            }
+        }
+        jobs.insert(name, job);
+    }
+    let mut encryption = raw.encryption;
+    encryption.identity_file = encryption.identity_file.map(|p| join(base, p));
+    let mut daemon = raw.daemon;
+    daemon.state_dir = join(base, daemon.state_dir);
+    let policy = Policy {
+        path: PathBuf::new(),
+        daemon,
+        encryption,
+        targets,
+        jobs,
+    };
+    problems.extend(validate::policy(&policy));
+    if problems.is_empty() {
+        Ok(policy)
+    } else {
+        Err(problems)
+    }
+}
+
+/// Drops `.` and folds `..` by name, so logged paths read as the operator wrote them.
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+fn join(base: &Path, path: PathBuf) -> PathBuf {
+    normalize(&base.join(path))
+}
+
+fn resolve_source(spec: SourceSpec, base: &Path) -> SourceSpec {
+    match spec {
+        SourceSpec::Directory(mut d) => {
+            d.path = join(base, d.path);
+            SourceSpec::Directory(d)
+        }
+        SourceSpec::Sqlite(mut s) => {
+            s.path = join(base, s.path);
+            SourceSpec::Sqlite(s)
+        }
+        SourceSpec::Postgres(mut s) => {
+            s.password_file = s.password_file.map(|p| join(base, p));
+            SourceSpec::Postgres(s)
+        }
+        SourceSpec::Mysql(mut s) => {
+            s.password_file = s.password_file.map(|p| join(base, p));
+            SourceSpec::Mysql(s)
+        }
+        SourceSpec::Redis(mut s) => {
+            s.password_file = s.password_file.map(|p| join(base, p));
+            SourceSpec::Redis(s)
+        }
+    }
+}
