@@ -47,27 +47,13 @@ pub fn parse_recipient(s: &str) -> Result<age::x25519::Recipient, KeyError> {
 
 /// Reads the identities in `path`, after checking that only its owner can read it.
 pub fn load_identities(path: &Path) -> Result<Identities, KeyError> {
-    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => KeyError::IdentityMissing { path: path.into() },
-        _ => KeyError::IdentityUnreadable {
-            path: path.into(),
-            reason: e.to_string(),
-        },
-    })?;
-    let mode = meta.mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(KeyError::IdentityExposed {
-            path: path.into(),
-            mode,
-        });
-    }
+    let text = read_private(path)?;
     let unreadable = |reason: String| KeyError::IdentityUnreadable {
         path: path.into(),
         reason,
     };
-    let file = age::IdentityFile::from_file(path.to_string_lossy().into_owned())
-        .map_err(|e| unreadable(e.to_string()))?;
-    let ids = file
+    let ids = age::IdentityFile::from_buffer(text.as_bytes())
+        .map_err(|e| unreadable(e.to_string()))?
         .into_identities()
         .map_err(|e| unreadable(e.to_string()))?;
     if ids.is_empty() {
@@ -76,18 +62,40 @@ pub fn load_identities(path: &Path) -> Result<Identities, KeyError> {
     Ok(ids)
 }
 
-/// Public keys matching the identities in `path` (same permission check as loading).
+/// Public keys matching the X25519 identities in `path` (same permission check).
 pub fn identity_recipients(path: &Path) -> Result<Vec<age::x25519::Recipient>, KeyError> {
-    load_identities(path)?;
-    let text = std::fs::read_to_string(path).map_err(|e| KeyError::IdentityUnreadable {
-        path: path.into(),
-        reason: e.to_string(),
-    })?;
-    Ok(text
+    let recipients: Vec<_> = read_private(path)?
         .lines()
         .filter_map(|l| l.trim().parse::<age::x25519::Identity>().ok())
         .map(|id| id.to_public())
-        .collect())
+        .collect();
+    if recipients.is_empty() {
+        return Err(KeyError::IdentityUnreadable {
+            path: path.into(),
+            reason: "it holds no age X25519 identity (AGE-SECRET-KEY-1…)".into(),
+        });
+    }
+    Ok(recipients)
+}
+
+/// The file's text, after checking that only its owner can read it.
+fn read_private(path: &Path) -> Result<String, KeyError> {
+    let unreadable = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::NotFound => KeyError::IdentityMissing { path: path.into() },
+        _ => KeyError::IdentityUnreadable {
+            path: path.into(),
+            reason: e.to_string(),
+        },
+    };
+    let meta = std::fs::metadata(path).map_err(unreadable)?;
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(KeyError::IdentityExposed {
+            path: path.into(),
+            mode,
+        });
+    }
+    std::fs::read_to_string(path).map_err(unreadable)
 }
 
 /// Writes a new X25519 identity to `path` (mode 0600, never overwriting) and returns its
