@@ -74,7 +74,17 @@ pub async fn run(config: &Path) -> anyhow::Result<ExitCode> {
         }
     }
 
+    let can_decrypt = enc.mode == EncryptionMode::None
+        || enc
+            .identity_file
+            .as_deref()
+            .is_some_and(|p| crypto::load_identities(p).is_ok() || enc.generate_identity);
     for (job_name, job) in &policy.jobs {
+        if job.verify.after_backup && !can_decrypt {
+            f.fail(format!(
+                "jobs.{job_name}.verify.after_backup needs a readable encryption.identity_file to test-restore"
+            ));
+        }
         for (name, spec) in &job.source_specs {
             let label = format!("jobs.{job_name}.sources.{name}");
             let spec = spec.clone();

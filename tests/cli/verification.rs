@@ -170,6 +170,14 @@ fn verify_after_backup_runs_and_a_failure_fails_the_run() {
         "{}",
         text(&out)
     );
+    let out = world.backupd(&["check"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("verify.after_backup needs a readable encryption.identity_file"),
+        "{}",
+        text(&out)
+    );
 }
 
 /// Writes a committed snapshot of `job` with the given start time straight into the target.
