@@ -125,6 +125,20 @@ pub enum SourceStats {
     },
 }
 
+#[cfg(test)]
+impl SourceStats {
+    /// Stats of an empty tree, for tests that need some stats.
+    pub(crate) fn empty_tree() -> Self {
+        SourceStats::Tree {
+            files: 0,
+            dirs: 0,
+            symlinks: 0,
+            file_bytes: 0,
+            skipped: 0,
+        }
+    }
+}
+
 impl Manifest {
     pub fn stored_bytes(&self) -> u64 {
         self.sources.values().map(|s| s.stored.bytes).sum()
@@ -330,13 +344,7 @@ mod tests {
                     encryption: Encryption::None,
                     stored: Digest::default(),
                     plain: Digest::default(),
-                    stats: SourceStats::Tree {
-                        files: 0,
-                        dirs: 0,
-                        symlinks: 0,
-                        file_bytes: 0,
-                        skipped: 0,
-                    },
+                    stats: SourceStats::empty_tree(),
                     warnings: vec![],
                 },
             )]),

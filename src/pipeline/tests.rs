@@ -44,13 +44,7 @@ fn entry_for(stored: &Stored<()>, enc: &Encoding) -> SourceEntry {
         },
         stored: stored.stored.clone(),
         plain: stored.plain.clone(),
-        stats: SourceStats::Tree {
-            files: 0,
-            dirs: 0,
-            symlinks: 0,
-            file_bytes: 0,
-            skipped: 0,
-        },
+        stats: SourceStats::empty_tree(),
         warnings: vec![],
     }
 }

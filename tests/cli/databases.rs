@@ -70,11 +70,16 @@ fn psql(s: &Servers, db: &str, sql: &str) -> String {
             sql,
         ])
         .env("PGPASSWORD", &s.password)
-        .output()
-        .expect("psql");
+        .output();
+    checked_stdout(out, "psql", sql)
+}
+
+/// The trimmed stdout of a client run that must succeed.
+fn checked_stdout(out: std::io::Result<std::process::Output>, tool: &str, sql: &str) -> String {
+    let out = out.unwrap_or_else(|e| panic!("cannot run {tool}: {e}"));
     assert!(
         out.status.success(),
-        "psql {sql}: {}",
+        "{tool} {sql}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
@@ -100,14 +105,8 @@ fn mariadb(s: &Servers, db: &str, sql: &str) -> String {
         .args(if db.is_empty() { vec![] } else { vec![db] })
         .args(["-e", sql])
         .env("MYSQL_PWD", &s.password)
-        .output()
-        .expect("mariadb");
-    assert!(
-        out.status.success(),
-        "mariadb {sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+        .output();
+    checked_stdout(out, "mariadb", sql)
 }
 
 fn redis_cli(addr: &str, password: &str, args: &[&str]) -> String {

@@ -14,11 +14,18 @@ fn tree_and_db(world: &World, extra: &str) {
     ));
 }
 
-#[test]
-fn a_good_snapshot_verifies_and_the_result_is_recorded() {
+/// A world with one committed snapshot of the tree-and-database job.
+fn backed_up() -> World {
     let world = World::new();
     tree_and_db(&world, "");
-    assert!(world.backupd(&["run-now"]).status.success());
+    let out = world.backupd(&["run-now"]);
+    assert!(out.status.success(), "{}", text(&out));
+    world
+}
+
+#[test]
+fn a_good_snapshot_verifies_and_the_result_is_recorded() {
+    let world = backed_up();
     let out = world.backupd(&["verify", "app", "--json"]);
     assert!(out.status.success(), "{}", text(&out));
     let records: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
@@ -88,9 +95,7 @@ fn verify_fails_after(world: &World, damage: impl FnOnce(&std::path::Path), want
 
 #[test]
 fn a_flipped_byte_fails_verification() {
-    let world = World::new();
-    tree_and_db(&world, "");
-    assert!(world.backupd(&["run-now"]).status.success());
+    let world = backed_up();
     verify_fails_after(
         &world,
         |p| {
@@ -105,9 +110,7 @@ fn a_flipped_byte_fails_verification() {
 
 #[test]
 fn a_truncated_object_fails_verification() {
-    let world = World::new();
-    tree_and_db(&world, "");
-    assert!(world.backupd(&["run-now"]).status.success());
+    let world = backed_up();
     verify_fails_after(
         &world,
         |p| {
@@ -120,9 +123,7 @@ fn a_truncated_object_fails_verification() {
 
 #[test]
 fn a_missing_object_fails_verification() {
-    let world = World::new();
-    tree_and_db(&world, "");
-    assert!(world.backupd(&["run-now"]).status.success());
+    let world = backed_up();
     verify_fails_after(
         &world,
         |p| std::fs::remove_file(p).unwrap(),
@@ -132,9 +133,7 @@ fn a_missing_object_fails_verification() {
 
 #[test]
 fn a_wrong_identity_fails_verification_clearly() {
-    let world = World::new();
-    tree_and_db(&world, "");
-    assert!(world.backupd(&["run-now"]).status.success());
+    let world = backed_up();
     let other = world.path("other.txt");
     assert!(
         run(&["keygen", "--output", other.to_str().unwrap()])
