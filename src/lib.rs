@@ -21,6 +21,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod prune;
 pub mod retention;
+pub mod schedule;
 pub mod snapshot;
 pub mod source;
 pub mod target;
