@@ -1,13 +1,23 @@
 //! One run of one job: every source through the pipeline to every target, then the
 //! commit. A snapshot is all-or-nothing per target: the manifest goes only to targets that
 //! received every source, and when any source fails no manifest is written anywhere and
-//! the objects already uploaded are deleted.
+//! the objects already uploaded are deleted. A cancelled run (timeout, shutdown) commits
+//! nothing either.
+//!
+//! Around a run (`lifecycle`): the job lock, hooks, notifications and the local record.
+
+pub mod hooks;
+mod lifecycle;
+pub mod lock;
+
+pub use lifecycle::{RunContext, run_job};
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use chrono::Utc;
 use object_store::ObjectStoreExt;
+use tokio_util::sync::CancellationToken;
 
 use crate::pipeline::{self, Encoding};
 use crate::policy::{JobPolicy, Policy};
@@ -39,12 +49,20 @@ pub struct JobReport {
     pub pruned: Vec<crate::prune::PruneOutcome>,
     /// Problems after the commit (verification could not start, retention errors).
     pub after_errors: Vec<String>,
+    /// Why the backup did not start (lock, `before` hook, no target) or was cut short.
+    pub aborted: Option<String>,
 }
 
 impl JobReport {
     /// A job that could not start at all.
     pub fn not_run(job: &str, why: &str) -> Self {
         tracing::error!(job, "backup not started: {why}");
+        let mut report = Self::empty(job);
+        report.aborted = Some(why.into());
+        report
+    }
+
+    fn empty(job: &str) -> Self {
         JobReport {
             job: job.into(),
             snapshot: String::new(),
@@ -56,6 +74,7 @@ impl JobReport {
             verifications: Vec::new(),
             pruned: Vec::new(),
             after_errors: Vec::new(),
+            aborted: None,
         }
     }
 
@@ -65,9 +84,31 @@ impl JobReport {
 
     /// The snapshot is committed on every target of the job.
     pub fn backup_ok(&self) -> bool {
-        self.failed_targets.is_empty()
+        self.aborted.is_none()
+            && self.failed_targets.is_empty()
             && !self.committed.is_empty()
             && self.sources.iter().all(|s| s.result.is_ok())
+    }
+
+    /// Every problem of the run, one line each (notifications, the local record).
+    pub fn errors(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.aborted.iter().cloned().collect();
+        for s in &self.sources {
+            if let Err(e) = &s.result {
+                out.push(format!("source {}: {e}", s.name));
+            }
+        }
+        for (t, e) in &self.failed_targets {
+            out.push(format!("target {t}: {e}"));
+        }
+        for v in &self.verifications {
+            out.extend(v.failures());
+        }
+        out.extend(self.after_errors.iter().cloned());
+        if out.is_empty() && !self.ok() {
+            out.push("no snapshot was committed".into());
+        }
+        out
     }
 }
 
@@ -78,6 +119,7 @@ pub async fn run(
     targets: &[Target],
     recipients: Option<&[age::x25519::Recipient]>,
     tags: &[String],
+    cancel: &CancellationToken,
 ) -> JobReport {
     let job: &JobPolicy = &policy.jobs[job_name];
     let started = Instant::now();
@@ -135,10 +177,12 @@ pub async fn run(
         let source_started = Instant::now();
         let spec_owned = spec.clone();
         let ctx = ctx.clone();
-        let result = if live.is_empty() {
+        let result = if cancel.is_cancelled() {
+            Err("not attempted: the run was cancelled".to_string())
+        } else if live.is_empty() {
             Err("not attempted: every target has failed".to_string())
         } else {
-            pipeline::store(&live, &key, &encoding, move |w| {
+            pipeline::store(&live, &key, &encoding, cancel, move |w| {
                 Ok(source::dump(&spec_owned, &ctx, w)?)
             })
             .await
@@ -189,19 +233,16 @@ pub async fn run(
         });
     }
 
-    let mut report = JobReport {
-        job: job_name.into(),
-        snapshot: id.clone(),
-        sources: reports,
-        committed: Vec::new(),
-        failed_targets,
-        seconds: 0.0,
-        manifest: None,
-        verifications: Vec::new(),
-        pruned: Vec::new(),
-        after_errors: Vec::new(),
-    };
-    let all_sources_ok = report.sources.iter().all(|s| s.result.is_ok());
+    let mut report = JobReport::empty(job_name);
+    report.snapshot = id.clone();
+    report.sources = reports;
+    report.failed_targets = failed_targets;
+    if cancel.is_cancelled() {
+        report.aborted = Some("cancelled (timeout or shutdown); nothing was committed".into());
+    }
+    // The last check before the commit: after it, the snapshot is whole and stays.
+    let all_sources_ok =
+        report.sources.iter().all(|s| s.result.is_ok()) && !cancel.is_cancelled();
     if all_sources_ok {
         let manifest = Manifest {
             format: snapshot::FORMAT_VERSION,
@@ -248,7 +289,9 @@ pub async fn run(
     }
     if report.backup_ok() {
         tracing::info!(job = job_name, snapshot = %id, "snapshot committed");
-        after_commit(policy, job_name, targets, &mut report).await;
+        if !cancel.is_cancelled() {
+            after_commit(policy, job_name, targets, &mut report).await;
+        }
     } else {
         tracing::error!(job = job_name, snapshot = %id, "backup failed");
     }

@@ -16,7 +16,9 @@
 
 pub mod cli;
 pub mod crypto;
+pub mod daemon;
 pub mod job;
+pub mod notify;
 pub mod pipeline;
 pub mod policy;
 pub mod prune;
@@ -24,5 +26,6 @@ pub mod retention;
 pub mod schedule;
 pub mod snapshot;
 pub mod source;
+pub mod state;
 pub mod target;
 pub mod verify;

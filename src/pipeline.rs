@@ -16,6 +16,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStoreExt, WriteMultipart};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use self::codec::{Compressor, Encryptor};
 use crate::policy::Compression;
@@ -201,6 +202,7 @@ pub async fn store<T, F>(
     targets: &[Target],
     key: &ObjectPath,
     encoding: &Encoding,
+    cancel: &CancellationToken,
     produce: F,
 ) -> anyhow::Result<Stored<T>>
 where
@@ -212,7 +214,12 @@ where
     for target in targets {
         let (tx, rx) = mpsc::channel::<Bytes>(CHANNEL_CHUNKS);
         outs.push(Some(tx));
-        feeds.push(tokio::spawn(feed(target.clone(), key.clone(), rx)));
+        feeds.push(tokio::spawn(feed(
+            target.clone(),
+            key.clone(),
+            rx,
+            cancel.clone(),
+        )));
     }
     let encoding = encoding.clone();
     let (chunk_tx, chunk_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(READ_AHEAD_CHUNKS);
@@ -302,6 +309,7 @@ async fn feed(
     target: Target,
     key: ObjectPath,
     mut rx: mpsc::Receiver<Bytes>,
+    cancel: CancellationToken,
 ) -> Result<WriteMultipart, String> {
     let upload = target
         .store
@@ -309,7 +317,16 @@ async fn feed(
         .await
         .map_err(|e| format!("starting upload of {key}: {e}"))?;
     let mut w = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
-    while let Some(chunk) = rx.recv().await {
+    loop {
+        // Cancelling closes the channel, which stops the encoder and the source behind it.
+        let chunk = tokio::select! {
+            chunk = rx.recv() => chunk,
+            () = cancel.cancelled() => {
+                let _ = w.abort().await;
+                return Err("cancelled".into());
+            }
+        };
+        let Some(chunk) = chunk else { break };
         if let Err(e) = w.wait_for_capacity(PARTS_IN_FLIGHT).await {
             let _ = w.abort().await;
             return Err(format!("uploading {key}: {e}"));

@@ -57,6 +57,8 @@ pub struct Policy {
     pub encryption: EncryptionPolicy,
     pub targets: BTreeMap<String, TargetPolicy>,
     pub jobs: BTreeMap<String, JobPolicy>,
+    /// `[[notify]]` webhooks told about job outcomes and freshness alarms.
+    pub notify: Vec<crate::notify::WebhookPolicy>,
 }
 
 /// Settings of the backupd process itself.
@@ -70,6 +72,34 @@ pub struct DaemonPolicy {
     /// removes, e.g. `"24h"`. Younger ones may belong to a backup still running.
     #[serde(default = "default_orphan_grace", with = "humantime_serde")]
     pub orphan_grace: std::time::Duration,
+    /// Address of the `/metrics`, `/healthz` and `/status` listener of `backupd run`;
+    /// loopback by default, `"off"` for none. Port 0 picks a free port (written to
+    /// `state_dir/daemon.json`, where `backupd status` finds it).
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Jobs (and scheduled verifications) the daemon runs at once; the rest wait.
+    #[serde(default = "default_max_concurrent_jobs")]
+    pub max_concurrent_jobs: usize,
+    /// On SIGTERM, how long running jobs may finish before they are cancelled (nothing
+    /// of a cancelled snapshot is committed).
+    #[serde(default = "default_shutdown_timeout_secs")]
+    pub shutdown_timeout_secs: u64,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:9897".into()
+}
+
+fn default_max_concurrent_jobs() -> usize {
+    1
+}
+
+fn default_shutdown_timeout_secs() -> u64 {
+    300
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_orphan_grace() -> std::time::Duration {
@@ -77,7 +107,7 @@ fn default_orphan_grace() -> std::time::Duration {
 }
 
 /// `"24h"`-style durations in the policy.
-mod humantime_serde {
+pub(crate) mod humantime_serde {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
 
@@ -89,6 +119,18 @@ mod humantime_serde {
             ))
         })
     }
+
+    /// The same for an optional key.
+    pub mod option {
+        use serde::{Deserialize, Deserializer};
+        use std::time::Duration;
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            #[derive(Deserialize)]
+            struct Wrap(#[serde(deserialize_with = "super::deserialize")] Duration);
+            Ok(Option::<Wrap>::deserialize(d)?.map(|w| w.0))
+        }
+    }
 }
 
 impl Default for DaemonPolicy {
@@ -96,6 +138,9 @@ impl Default for DaemonPolicy {
         Self {
             state_dir: default_state_dir(),
             orphan_grace: default_orphan_grace(),
+            listen: default_listen(),
+            max_concurrent_jobs: default_max_concurrent_jobs(),
+            shutdown_timeout_secs: default_shutdown_timeout_secs(),
         }
     }
 }
@@ -160,9 +205,32 @@ impl TargetPolicy {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobPolicy {
-    /// Cron expression for the daemon (used by `backupd run`).
+    /// Cron expression for the daemon (`backupd run`): 5 fields, 6 with seconds, or
+    /// `@daily`-style; evaluated in `timezone`.
     #[serde(default)]
     pub schedule: Option<String>,
+    /// Start up to this many seconds after the scheduled time (random), so many hosts on
+    /// the same schedule do not hit a target at once.
+    #[serde(default)]
+    pub jitter_secs: u64,
+    /// When the daemon starts and the newest snapshot predates the last scheduled time
+    /// (the host was down), run once soon after start.
+    #[serde(default = "yes")]
+    pub catch_up: bool,
+    /// Cancel a run that takes longer than this (nothing of it is committed).
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+    /// Freshness alarm: when no committed snapshot is newer than this (e.g. `"26h"`), the
+    /// `backupd_job_fresh` metric drops to 0 and webhooks are told, once.
+    #[serde(default, with = "humantime_serde::option")]
+    pub alert_if_older_than: Option<std::time::Duration>,
+    /// Commands run before/after the backup and on failure.
+    #[serde(default)]
+    pub hooks: crate::job::hooks::HooksPolicy,
+    /// healthchecks-style ping URL: `URL/start` when a run starts, `URL` on success,
+    /// `URL/fail` on failure.
+    #[serde(default)]
+    pub healthcheck_url: Option<String>,
     pub targets: Vec<String>,
     #[serde(default)]
     pub compression: Compression,
@@ -273,6 +341,18 @@ impl JobPolicy {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         }
+    }
+
+    /// The job's parsed backup schedule (validated at load time), if it has one.
+    pub fn backup_schedule(&self) -> Option<crate::schedule::Schedule> {
+        let expr = self.schedule.as_deref()?;
+        crate::schedule::Schedule::parse(expr, self.tz()).ok()
+    }
+
+    /// The job's parsed verification schedule, if it has one.
+    pub fn verify_schedule(&self) -> Option<crate::schedule::Schedule> {
+        let expr = self.verify.schedule.as_deref()?;
+        crate::schedule::Schedule::parse(expr, self.tz()).ok()
     }
 
     /// The job's time zone (validated at load time).

@@ -1,10 +1,9 @@
 //! `backupd run-now [JOB…] [--tag TAG]…`: back up now, report every source, exit 1 on any failure.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::ExitCode;
 
-use super::{EXIT_FAILED, UsageError, human_bytes, load_policy, open_targets, self_command};
+use super::{EXIT_FAILED, UsageError, human_bytes, load_policy, self_command};
 use crate::job::{self, JobReport};
 use crate::snapshot::SourceStats;
 
@@ -38,31 +37,32 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
             "encryption.mode = \"none\": snapshots are stored in PLAINTEXT; anyone who can read the target can read your data"
         );
     }
+    let notifier = crate::notify::Notifier::new(policy.notify.clone());
+    let ctx = job::RunContext {
+        policy: &policy,
+        recipients: recipients.as_deref(),
+        notifier: &notifier,
+        by: "run-now",
+        cancel: interrupt_token(),
+    };
     let mut failed = 0;
     for name in &jobs {
-        // An unreachable target fails the job but does not keep the others from the data.
-        let mut targets = Vec::new();
-        let mut unreachable = BTreeMap::new();
-        for t in &policy.jobs[name].targets {
-            match open_targets(&policy, std::slice::from_ref(t)) {
-                Ok(mut opened) => targets.append(&mut opened),
-                Err(e) => {
-                    tracing::error!(job = %name, "{e:#}");
-                    unreachable.insert(t.clone(), format!("{e:#}"));
+        match job::run_job(&ctx, name, &tags).await {
+            Ok(report) => {
+                print_report(&report);
+                if !report.ok() {
+                    failed += 1;
                 }
             }
-        }
-        let mut report = if targets.is_empty() {
-            JobReport::not_run(name, "no target could be opened")
-        } else {
-            job::run(&policy, name, &targets, recipients.as_deref(), &tags).await
-        };
-        report.failed_targets.extend(unreachable);
-        print_report(&report);
-        if !report.ok() {
-            failed += 1;
+            Err(busy) => {
+                tracing::error!(job = %name, "{busy}");
+                println!("job {name}: NOT RUN: {busy}");
+                failed += 1;
+            }
         }
     }
+    // Webhooks and pings of the last job are still in flight; give them a moment.
+    notifier.flush(std::time::Duration::from_secs(30)).await;
     let cmd = self_command(config);
     if failed == 0 {
         println!("\nList snapshots:   {cmd} list");
@@ -78,6 +78,27 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
         );
         Ok(ExitCode::from(EXIT_FAILED))
     }
+}
+
+/// Cancelled on Ctrl-C or SIGTERM, so an interrupted run-now commits nothing and aborts
+/// its uploads instead of leaving them to the orphan sweep.
+fn interrupt_token() -> tokio_util::sync::CancellationToken {
+    let token = tokio_util::sync::CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::warn!("interrupted: cancelling; nothing of the running snapshot will be committed");
+        cancel.cancel();
+    });
+    token
 }
 
 fn print_report(r: &JobReport) {
@@ -98,6 +119,9 @@ fn print_report(r: &JobReport) {
             "job {}: FAILED, no snapshot committed ({:.1} s)",
             r.job, r.seconds
         );
+        if let Some(why) = &r.aborted {
+            println!("  {why}");
+        }
     } else {
         println!(
             "job {}: PARTIAL, snapshot {} committed to {} only",

@@ -5,6 +5,7 @@ use object_store::memory::InMemory;
 use object_store::{ObjectStore, ObjectStoreExt};
 
 use super::*;
+use tokio_util::sync::CancellationToken;
 use crate::crypto::Identities;
 use crate::snapshot::{Encryption, SourceEntry, SourceStats};
 
@@ -62,7 +63,7 @@ async fn round_trip(compression: Compression) {
     let data = sample(5 * CHUNK_BYTES + 12345);
     let key = ObjectPath::from("job/snap/obj");
     let input = data.clone();
-    let stored = store(&[a, b], &key, &enc, move |w| Ok(w.write_all(&input)?))
+    let stored = store(&[a, b], &key, &enc, &CancellationToken::new(), move |w| Ok(w.write_all(&input)?))
         .await
         .unwrap();
     assert!(stored.uploads.iter().all(Result::is_ok));
@@ -108,7 +109,7 @@ async fn failing_producer_leaves_no_object() {
         threads: 2,
     };
     let key = ObjectPath::from("job/snap/obj");
-    let err = store(&[a], &key, &enc, |w| -> anyhow::Result<()> {
+    let err = store(&[a], &key, &enc, &CancellationToken::new(), |w| -> anyhow::Result<()> {
         w.write_all(&sample(3 * CHUNK_BYTES))?;
         anyhow::bail!("pg_dump exited with status 1")
     })
@@ -120,6 +121,42 @@ async fn failing_producer_leaves_no_object() {
         mem.head(&key).await,
         Err(object_store::Error::NotFound { .. })
     ));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelling_aborts_every_upload_and_stops_the_source() {
+    let (a, mem_a) = memory_target("a");
+    let (b, mem_b) = memory_target("b");
+    let enc = Encoding {
+        compression: Compression::None,
+        level: 0,
+        recipients: None,
+        threads: 1,
+    };
+    let key = ObjectPath::from("job/snap/obj");
+    let cancel = CancellationToken::new();
+    let trigger = cancel.clone();
+    // An endless source: only cancelling can end it.
+    let err = store(&[a, b], &key, &enc, &cancel, move |w| -> anyhow::Result<()> {
+        let block = sample(CHUNK_BYTES);
+        for i in 0.. {
+            if i == 20 {
+                trigger.cancel();
+            }
+            w.write_all(&block)?;
+        }
+        Ok(())
+    })
+    .await
+    .err()
+    .expect("a cancelled store fails");
+    assert!(err.to_string().contains("cancelled"), "{err:#}");
+    for mem in [mem_a, mem_b] {
+        assert!(matches!(
+            mem.head(&key).await,
+            Err(object_store::Error::NotFound { .. })
+        ));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -141,7 +178,7 @@ async fn a_broken_target_does_not_stop_the_others() {
     let key = ObjectPath::from("job/snap/obj");
     let data = sample(3 * CHUNK_BYTES);
     let input = data.clone();
-    let stored = store(&[broken, good], &key, &enc, move |w| {
+    let stored = store(&[broken, good], &key, &enc, &CancellationToken::new(), move |w| {
         Ok(w.write_all(&input)?)
     })
     .await
@@ -165,7 +202,7 @@ async fn corruption_and_wrong_keys_are_detected() {
     let key = ObjectPath::from("job/snap/obj");
     let data = sample(300_000);
     let input = data.clone();
-    let stored = store(&[a], &key, &enc, move |w| Ok(w.write_all(&input)?))
+    let stored = store(&[a], &key, &enc, &CancellationToken::new(), move |w| Ok(w.write_all(&input)?))
         .await
         .unwrap();
     let entry = entry_for(&stored, &enc);

@@ -67,6 +67,8 @@ struct RawPolicy {
     targets: BTreeMap<String, Value>,
     #[serde(default)]
     jobs: BTreeMap<String, Value>,
+    #[serde(default)]
+    notify: Vec<crate::notify::WebhookPolicy>,
 }
 
 /// Types and validates a policy; `base` is the directory relative paths are taken from.
@@ -123,6 +125,7 @@ pub fn from_figment(figment: Figment, base: &Path) -> Result<Policy, Vec<Problem
         encryption,
         targets,
         jobs,
+        notify: raw.notify,
     };
     problems.extend(validate::policy(&policy));
     if problems.is_empty() {

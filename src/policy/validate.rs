@@ -154,6 +154,28 @@ pub fn source_spec(key: &str, value: Value) -> Result<SourceSpec, Vec<Problem>> 
 pub fn policy(policy: &Policy) -> Vec<Problem> {
     let mut out = Vec::new();
     encryption(policy, &mut out);
+    if policy.daemon.max_concurrent_jobs == 0 {
+        out.push(problem(
+            "daemon.max_concurrent_jobs",
+            "must be at least 1",
+        ));
+    }
+    if policy.daemon.listen != "off"
+        && policy.daemon.listen.parse::<std::net::SocketAddr>().is_err()
+    {
+        out.push(problem(
+            "daemon.listen",
+            format!(
+                "{:?} is not an address like \"127.0.0.1:9897\" (or \"off\" for no listener)",
+                policy.daemon.listen
+            ),
+        ));
+    }
+    for (i, hook) in policy.notify.iter().enumerate() {
+        if let Err(e) = crate::notify::check_url(&hook.url) {
+            out.push(problem(format!("notify[{i}].url"), e));
+        }
+    }
     for (name, target) in &policy.targets {
         let key = format!("targets.{name}");
         check_name(&key, "target", name, &mut out);
@@ -224,6 +246,30 @@ pub fn policy(policy: &Policy) -> Vec<Problem> {
                     "these rules keep nothing: set keep_last, keep_daily, … (at least one above 0), keep_within or keep_tags, or remove the table to keep everything",
                 ));
             }
+        }
+        for (field, expr) in [
+            ("schedule", &job.schedule),
+            ("verify.schedule", &job.verify.schedule),
+        ] {
+            if let Some(expr) = expr
+                && let Err(e) = crate::schedule::Schedule::parse(expr, job.tz())
+            {
+                out.push(problem(format!("{key}.{field}"), e));
+            }
+        }
+        if job.timeout_secs == Some(0) {
+            out.push(problem(
+                format!("{key}.timeout_secs"),
+                "must be above 0 (leave it out for no timeout)",
+            ));
+        }
+        if let Err(e) = job.hooks.check() {
+            out.push(problem(format!("{key}.hooks"), e));
+        }
+        if let Some(url) = &job.healthcheck_url
+            && let Err(e) = crate::notify::check_url(url)
+        {
+            out.push(problem(format!("{key}.healthcheck_url"), e));
         }
         if let Err(e) = job.verify.check() {
             out.push(problem(format!("{key}.verify"), e));

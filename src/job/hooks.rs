@@ -1,0 +1,155 @@
+//! Per-job hook commands (`before`, `after`, `on_failure`): run without a shell (argv as
+//! written; ask for one with `["sh", "-c", "…"]`), with `BACKUPD_JOB`, `BACKUPD_SNAPSHOT`
+//! and `BACKUPD_STATUS` in the environment, a timeout, and the tail of their output in
+//! the error when they fail.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::io::AsyncReadExt;
+
+/// `[jobs.NAME.hooks]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HooksPolicy {
+    /// Runs before the backup; when it fails the backup does not start (nothing is
+    /// committed) and the run counts as failed.
+    #[serde(default)]
+    pub before: Vec<String>,
+    /// Runs after a backup that committed on every target.
+    #[serde(default)]
+    pub after: Vec<String>,
+    /// Runs after a failed run (including a failed `before` hook).
+    #[serde(default)]
+    pub on_failure: Vec<String>,
+    /// Each hook is killed after this long and counts as failed.
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: u64,
+}
+
+fn default_timeout_secs() -> u64 {
+    300
+}
+
+impl Default for HooksPolicy {
+    fn default() -> Self {
+        Self {
+            before: Vec::new(),
+            after: Vec::new(),
+            on_failure: Vec::new(),
+            timeout_secs: default_timeout_secs(),
+        }
+    }
+}
+
+impl HooksPolicy {
+    pub fn check(&self) -> Result<(), String> {
+        for (name, argv) in [
+            ("before", &self.before),
+            ("after", &self.after),
+            ("on_failure", &self.on_failure),
+        ] {
+            if argv.first().is_some_and(|p| p.trim().is_empty()) {
+                return Err(format!(
+                    "{name}: the first element is the program to run and cannot be empty"
+                ));
+            }
+        }
+        if self.timeout_secs == 0 {
+            return Err("timeout_secs must be above 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// What a hook is told about the run.
+pub struct HookEnv<'a> {
+    pub job: &'a str,
+    pub snapshot: &'a str,
+    /// `running` (before), `success`, or `failure`.
+    pub status: &'a str,
+}
+
+/// How much of a hook's output is kept for its error message.
+const OUTPUT_TAIL_BYTES: usize = 4 << 10;
+
+/// Runs one hook; `Ok` when it is not configured or exited 0.
+pub async fn run(
+    which: &str,
+    argv: &[String],
+    timeout: Duration,
+    env: &HookEnv<'_>,
+) -> Result<(), String> {
+    let Some((program, args)) = argv.split_first() else {
+        return Ok(());
+    };
+    let shown = format!("{which} hook `{}`", argv.join(" "));
+    tracing::info!(job = env.job, "running {shown}");
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .env("BACKUPD_JOB", env.job)
+        .env("BACKUPD_SNAPSHOT", env.snapshot)
+        .env("BACKUPD_STATUS", env.status)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            format!("{shown} could not start: {e} (is {program:?} installed and on PATH?)")
+        })?;
+    // Both pipes are drained while waiting so a chatty hook cannot block on a full pipe.
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let collect = async {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let _ = tokio::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
+        out.extend_from_slice(&err);
+        out
+    };
+    let waited = tokio::time::timeout(timeout, async {
+        let (output, status) = tokio::join!(collect, child.wait());
+        (output, status)
+    })
+    .await;
+    let (output, status) = match waited {
+        Ok(v) => v,
+        Err(_) => {
+            let _ = child.kill().await;
+            return Err(format!(
+                "{shown} timed out after {} s and was killed (raise hooks.timeout_secs if it needs longer)",
+                timeout.as_secs()
+            ));
+        }
+    };
+    let status = status.map_err(|e| format!("{shown}: {e}"))?;
+    let text = String::from_utf8_lossy(&output);
+    let tail = tail(text.trim(), OUTPUT_TAIL_BYTES);
+    if status.success() {
+        if !tail.is_empty() {
+            tracing::info!(job = env.job, "{shown} said: {tail}");
+        }
+        Ok(())
+    } else {
+        Err(format!(
+            "{shown} failed ({status}){}",
+            if tail.is_empty() {
+                String::new()
+            } else {
+                format!(": {tail}")
+            }
+        ))
+    }
+}
+
+fn tail(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}

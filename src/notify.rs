@@ -1,0 +1,215 @@
+//! Telling the outside world: `[[notify]]` webhooks (a JSON POST per event) and per-job
+//! healthchecks-style pings (`URL/start`, `URL`, `URL/fail`). Deliveries run in the
+//! background, are retried a few times, and never block or fail a backup; `flush` waits
+//! (bounded) for the ones still under way before the process exits.
+//!
+//! Webhook and ping URLs often carry a token in their path, so only scheme and host are
+//! ever logged.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio_util::task::TaskTracker;
+
+/// `[[notify]]`: one webhook.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookPolicy {
+    pub url: String,
+    /// Which events to send (default: all of them).
+    #[serde(default = "all_events")]
+    pub events: Vec<EventKind>,
+    /// Only these jobs (default: every job).
+    #[serde(default)]
+    pub jobs: Vec<String>,
+    /// Per attempt.
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: u64,
+}
+
+fn all_events() -> Vec<EventKind> {
+    vec![
+        EventKind::Success,
+        EventKind::Failure,
+        EventKind::Stale,
+        EventKind::Recovered,
+    ]
+}
+
+fn default_timeout_secs() -> u64 {
+    10
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A run committed its snapshot everywhere (and verified, when asked).
+    Success,
+    /// A run failed (hook, source, target, verification).
+    Failure,
+    /// The freshness alarm went off: no snapshot newer than `alert_if_older_than`.
+    Stale,
+    /// A stale job has a fresh snapshot again.
+    Recovered,
+}
+
+/// The JSON body of a webhook POST; a stable interface (BACKUP_POLICY.md, "Notifications").
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub event: EventKind,
+    pub job: String,
+    /// `success`, `failure`, `stale` or `fresh`.
+    pub status: String,
+    /// The snapshot id of the run, when it got one.
+    pub snapshot: Option<String>,
+    /// What went wrong, for failures and alarms.
+    pub error: Option<String>,
+    pub host: String,
+    pub time: DateTime<Utc>,
+    /// Targets the snapshot was committed to.
+    pub committed: Vec<String>,
+}
+
+/// A check of a notification URL at policy load time.
+pub fn check_url(url: &str) -> Result<(), String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("{:?} is not a URL: {e}", shown(url)))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!(
+            "{} must be an http:// or https:// URL",
+            shown(url)
+        ));
+    }
+    Ok(())
+}
+
+/// Scheme and host only: enough to know where it went, never a token.
+pub fn shown(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => format!(
+            "{}://{}{}/…",
+            u.scheme(),
+            u.host_str().unwrap_or(""),
+            u.port().map(|p| format!(":{p}")).unwrap_or_default()
+        ),
+        Err(_) => "<unparsable URL>".into(),
+    }
+}
+
+const ATTEMPTS: u32 = 3;
+
+/// Sends notifications in the background.
+#[derive(Clone)]
+pub struct Notifier {
+    client: reqwest::Client,
+    hooks: Vec<WebhookPolicy>,
+    tasks: TaskTracker,
+}
+
+impl Notifier {
+    pub fn new(hooks: Vec<WebhookPolicy>) -> Self {
+        Notifier {
+            client: reqwest::Client::builder()
+                .user_agent(concat!("backupd/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .unwrap_or_default(),
+            hooks,
+            tasks: TaskTracker::new(),
+        }
+    }
+
+    /// Replaces the webhooks (policy reload); deliveries under way finish.
+    pub fn set_hooks(&mut self, hooks: Vec<WebhookPolicy>) {
+        self.hooks = hooks;
+    }
+
+    /// Queues `event` for every webhook that wants it.
+    pub fn send(&self, event: Event) {
+        for hook in &self.hooks {
+            if !hook.events.contains(&event.event)
+                || (!hook.jobs.is_empty() && !hook.jobs.contains(&event.job))
+            {
+                continue;
+            }
+            let request = self
+                .client
+                .post(&hook.url)
+                .timeout(Duration::from_secs(hook.timeout_secs))
+                .json(&event);
+            self.deliver(hook.url.clone(), request);
+        }
+    }
+
+    /// A healthchecks-style ping: `suffix` is `/start`, `` or `/fail`; `body` is the log
+    /// excerpt healthchecks shows beside the ping.
+    pub fn ping(&self, url: Option<&str>, suffix: &str, body: String) {
+        let Some(url) = url else { return };
+        let full = format!("{}{suffix}", url.trim_end_matches('/'));
+        let request = self
+            .client
+            .post(&full)
+            .timeout(Duration::from_secs(default_timeout_secs()))
+            .body(body);
+        self.deliver(full, request);
+    }
+
+    fn deliver(&self, url: String, request: reqwest::RequestBuilder) {
+        self.tasks.spawn(async move {
+            let mut delay = Duration::from_millis(500);
+            for attempt in 1..=ATTEMPTS {
+                let Some(req) = request.try_clone() else {
+                    return;
+                };
+                let outcome = match req.send().await {
+                    Ok(resp) if resp.status().is_success() => return,
+                    Ok(resp) => format!("HTTP {}", resp.status()),
+                    // reqwest errors carry the URL; print only its kind.
+                    Err(e) => describe(e),
+                };
+                if attempt == ATTEMPTS {
+                    tracing::warn!(
+                        "notification to {} failed after {ATTEMPTS} attempts: {outcome}",
+                        shown(&url)
+                    );
+                } else {
+                    tokio::time::sleep(delay).await;
+                    delay *= 4;
+                }
+            }
+        });
+    }
+
+    /// Waits for deliveries under way, at most `limit`.
+    pub async fn flush(&self, limit: Duration) {
+        self.tasks.close();
+        if tokio::time::timeout(limit, self.tasks.wait()).await.is_err() {
+            tracing::warn!("gave up waiting for notifications after {} s", limit.as_secs());
+        }
+        self.tasks.reopen();
+    }
+}
+
+fn describe(e: reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timed out".into()
+    } else if e.is_connect() {
+        "could not connect".into()
+    } else {
+        e.without_url().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_checked_and_never_shown_with_their_path() {
+        assert!(check_url("https://hc-ping.example/abc").is_ok());
+        assert!(check_url("ftp://x/y").unwrap_err().contains("http"));
+        assert!(check_url("not a url").unwrap_err().contains("not a URL"));
+        let s = shown("https://hooks.example:8443/services/T000/B000/SECRET");
+        assert_eq!(s, "https://hooks.example:8443/…");
+        assert!(!s.contains("SECRET"));
+    }
+}
