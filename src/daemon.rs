@@ -1,1 +1,6 @@
-//! placeholder
+//! `backupd run`: the long-running daemon.
+
+mod metrics;
+mod plan;
+mod scheduler;
+mod status;

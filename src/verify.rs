@@ -22,6 +22,49 @@ use crate::target::Target;
 
 pub use checks::Check;
 
+/// Verifies the `which` snapshots (`latest`, `all`, or an id prefix) of `job` on each of
+/// `targets`. The identity (`identity`, else the policy's) is loaded only when an
+/// encrypted snapshot is met.
+pub async fn verify_snapshots(
+    policy: &Policy,
+    job: &str,
+    targets: &[Target],
+    which: &str,
+    identity: Option<&std::path::Path>,
+) -> anyhow::Result<Vec<VerifyRecord>> {
+    let mut identities = None;
+    let mut records = Vec::new();
+    for target in targets {
+        let all = crate::snapshot::list(target, Some(job)).await?;
+        let chosen: Vec<_> = match which {
+            "latest" => all.into_iter().take(1).collect(),
+            "all" => all,
+            prefix => all
+                .into_iter()
+                .filter(|m| m.snapshot.starts_with(prefix))
+                .collect(),
+        };
+        for manifest in chosen {
+            let encrypted = manifest
+                .sources
+                .values()
+                .any(|e| matches!(e.encryption, crate::snapshot::Encryption::Age { .. }));
+            if encrypted && identities.is_none() {
+                identities = Some(Arc::new(crate::crypto::restore_identities(
+                    identity,
+                    &policy.encryption,
+                )?));
+            }
+            let verifier = Verifier {
+                policy,
+                identities: identities.clone(),
+            };
+            records.push(verifier.verify(target, &manifest).await);
+        }
+    }
+    Ok(records)
+}
+
 /// `[jobs.NAME] verify = { … }`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]

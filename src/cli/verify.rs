@@ -4,11 +4,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use super::{EXIT_FAILED, UsageError, chosen_targets, load_policy};
-use crate::snapshot::{self, Encryption};
-use crate::verify::{Verifier, VerifyRecord};
+use crate::verify::{VerifyRecord, verify_snapshots};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -33,44 +31,23 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
     let jobs = policy
         .select_jobs(args.job.as_slice())
         .map_err(UsageError)?;
-    let mut identities = None;
     let mut records: Vec<VerifyRecord> = Vec::new();
-    let mut found_any = false;
     for job in &jobs {
-        for target in chosen_targets(&policy, Some(job), args.target.as_ref())? {
-            let all = snapshot::list(&target, Some(job)).await?;
-            let chosen: Vec<_> = match args.snapshot.as_str() {
-                "latest" => all.into_iter().take(1).collect(),
-                "all" => all,
-                prefix => all
-                    .into_iter()
-                    .filter(|m| m.snapshot.starts_with(prefix))
-                    .collect(),
-            };
-            for manifest in chosen {
-                found_any = true;
-                let encrypted = manifest
-                    .sources
-                    .values()
-                    .any(|e| matches!(e.encryption, Encryption::Age { .. }));
-                if encrypted && identities.is_none() {
-                    identities = Some(Arc::new(crate::crypto::restore_identities(
-                        args.identity.as_deref(),
-                        &policy.encryption,
-                    )?));
-                }
-                let verifier = Verifier {
-                    policy: &policy,
-                    identities: identities.clone(),
-                };
-                let record = verifier.verify(&target, &manifest).await;
-                if !args.json {
-                    print_record(&record);
-                }
-                records.push(record);
-            }
+        let targets = chosen_targets(&policy, Some(job), args.target.as_ref())?;
+        let found = verify_snapshots(
+            &policy,
+            job,
+            &targets,
+            &args.snapshot,
+            args.identity.as_deref(),
+        )
+        .await?;
+        if !args.json {
+            found.iter().for_each(print_record);
         }
+        records.extend(found);
     }
+    let found_any = !records.is_empty();
     if !found_any {
         return Err(anyhow::anyhow!(
             "no committed snapshot matches {:?}; see `backupd list`",

@@ -1,0 +1,141 @@
+//! The daemon's live view of its jobs, shared by the scheduler loop (which writes it) and
+//! the HTTP listener (`/status` as JSON, `/metrics` rendered from it, `/healthz` from the
+//! loop's heartbeat). Its JSON shape is an interface: `backupd status --json` prints it.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::plan::Task;
+use crate::state::RunRecord;
+
+/// `/status` and `backupd status --json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub pid: u32,
+    pub started_at: DateTime<Utc>,
+    pub policy: String,
+    /// `running` while the scheduler serves, `stopping` during shutdown.
+    pub state: String,
+    pub jobs: BTreeMap<String, JobStatus>,
+}
+
+/// One job as the daemon sees it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct JobStatus {
+    pub schedule: Option<String>,
+    pub timezone: String,
+    pub next_run: Option<DateTime<Utc>>,
+    pub verify_schedule: Option<String>,
+    pub next_verify: Option<DateTime<Utc>>,
+    /// `backup` or `verification` while one runs (or waits for its turn).
+    pub running: Option<String>,
+    pub running_since: Option<DateTime<Utc>>,
+    pub last_run: Option<RunRecord>,
+    pub last_success_at: Option<DateTime<Utc>>,
+    pub last_failure_at: Option<DateTime<Utc>>,
+    pub last_duration_seconds: Option<f64>,
+    pub runs_succeeded: u64,
+    pub runs_failed: u64,
+    /// Runs not started because the previous one was still going (or held the lock).
+    pub runs_skipped: u64,
+    /// Newest committed snapshot (the oldest of each target's newest).
+    pub newest_snapshot_at: Option<DateTime<Utc>>,
+    /// Committed snapshots per target, as last listed.
+    pub snapshots: BTreeMap<String, u64>,
+    pub last_verified_at: Option<DateTime<Utc>>,
+    pub verify_failures: u64,
+    /// Freshness alarm threshold, when `alert_if_older_than` is set.
+    pub alert_if_older_than_seconds: Option<u64>,
+    /// `false` while the alarm is on; `None` without an alarm or before the first listing.
+    pub fresh: Option<bool>,
+}
+
+/// Shared between the loop and the listener.
+pub struct Shared {
+    status: Mutex<Status>,
+    /// Unix milliseconds of the loop's last turn.
+    heartbeat: AtomicI64,
+}
+
+impl Shared {
+    pub fn new(policy_path: &str, now: DateTime<Utc>) -> Self {
+        Shared {
+            status: Mutex::new(Status {
+                version: env!("CARGO_PKG_VERSION").into(),
+                pid: std::process::id(),
+                started_at: now,
+                policy: policy_path.into(),
+                state: "running".into(),
+                jobs: BTreeMap::new(),
+            }),
+            heartbeat: AtomicI64::new(now.timestamp_millis()),
+        }
+    }
+
+    pub fn snapshot(&self) -> Status {
+        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Changes the status under the lock.
+    pub fn update<R>(&self, f: impl FnOnce(&mut Status) -> R) -> R {
+        f(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Changes one job's status (creating it if new).
+    pub fn job<R>(&self, job: &str, f: impl FnOnce(&mut JobStatus) -> R) -> R {
+        self.update(|s| f(s.jobs.entry(job.to_string()).or_default()))
+    }
+
+    pub fn beat(&self, now: DateTime<Utc>) {
+        self.heartbeat.store(now.timestamp_millis(), Ordering::Relaxed);
+    }
+
+    /// Milliseconds since the loop's last turn.
+    pub fn heartbeat_age_ms(&self, now: DateTime<Utc>) -> i64 {
+        now.timestamp_millis() - self.heartbeat.load(Ordering::Relaxed)
+    }
+
+    pub fn set_running(&self, job: &str, task: Option<Task>, now: DateTime<Utc>) {
+        self.job(job, |j| {
+            j.running = task.map(|t| t.to_string());
+            j.running_since = task.map(|_| now);
+        });
+    }
+}
+
+/// A one-line summary for systemd's `STATUS=`.
+pub fn summary(status: &Status) -> String {
+    let running: Vec<&str> = status
+        .jobs
+        .iter()
+        .filter(|(_, j)| j.running.is_some())
+        .map(|(n, _)| n.as_str())
+        .collect();
+    let next = status
+        .jobs
+        .iter()
+        .filter_map(|(n, j)| j.next_run.map(|t| (t, n)))
+        .min();
+    let failing = status
+        .jobs
+        .values()
+        .filter(|j| j.last_run.as_ref().is_some_and(|r| !r.ok()))
+        .count();
+    let mut parts = vec![if running.is_empty() {
+        "idle".to_string()
+    } else {
+        format!("running {}", running.join(", "))
+    }];
+    if let Some((t, n)) = next {
+        parts.push(format!("next {n} at {}", t.format("%Y-%m-%d %H:%M:%S UTC")));
+    }
+    if failing > 0 {
+        parts.push(format!("{failing} job(s) failing"));
+    }
+    parts.join("; ")
+}
