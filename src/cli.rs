@@ -8,6 +8,7 @@ mod list;
 mod prune;
 mod restore;
 mod run_now;
+mod status;
 mod verify;
 
 use std::path::{Path, PathBuf};
@@ -26,12 +27,26 @@ pub struct Cli {
     /// Policy file (TOML).
     #[arg(long, global = true, env = "BACKUPD_CONFIG", default_value = DEFAULT_POLICY_PATH, value_name = "PATH")]
     pub config: PathBuf,
+    /// Log format on stderr: `text` (default) or `json` (one object per line, for
+    /// containers and log shippers).
+    #[arg(long, global = true, env = "BACKUPD_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+    /// Log level or filter (`debug`, `warn`, `backupd=debug`); default from RUST_LOG,
+    /// else BACKUPD_LOG, else `info`.
+    #[arg(long, global = true, value_name = "FILTER")]
+    pub log_level: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run as a daemon: back up and verify on the policy's schedules, serve metrics,
+    /// reload on SIGHUP, stop cleanly on SIGTERM.
+    Run,
+    /// Show each job's schedule and last results, from the running daemon (or, when none
+    /// runs, from the state directory).
+    Status(status::Args),
     /// Back up the named jobs now (all jobs if none are named); exit 1 if any fails.
     RunNow(run_now::Args),
     /// List committed snapshots, newest first.
@@ -59,6 +74,8 @@ pub const EXIT_USAGE: u8 = 2;
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Run => crate::daemon::run(&cli.config).await,
+        Command::Status(args) => status::run(&cli.config, args).await,
         Command::RunNow(args) => run_now::run(&cli.config, args).await,
         Command::List(args) => list::run(&cli.config, args).await,
         Command::Restore(args) => restore::run(&cli.config, args).await,

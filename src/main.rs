@@ -8,14 +8,30 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = backupd::cli::Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("BACKUPD_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+    let filter = cli
+        .log_level
+        .as_deref()
+        .map(EnvFilter::try_new)
+        .or_else(|| std::env::var("RUST_LOG").ok().map(EnvFilter::try_new))
+        .or_else(|| std::env::var("BACKUPD_LOG").ok().map(EnvFilter::try_new));
+    let filter = match filter {
+        None => EnvFilter::new("info"),
+        Some(Ok(f)) => f,
+        Some(Err(e)) => {
+            eprintln!("error: bad log filter (--log-level, RUST_LOG or BACKUPD_LOG): {e}; use e.g. `info`, `debug` or `backupd=debug`");
+            return ExitCode::from(backupd::cli::EXIT_USAGE);
+        }
+    };
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+        .with_target(false);
+    if cli.log_format == "json" {
+        logs.json().flatten_event(true).init();
+    } else {
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

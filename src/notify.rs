@@ -102,7 +102,7 @@ const ATTEMPTS: u32 = 3;
 #[derive(Clone)]
 pub struct Notifier {
     client: reqwest::Client,
-    hooks: Vec<WebhookPolicy>,
+    hooks: std::sync::Arc<std::sync::RwLock<Vec<WebhookPolicy>>>,
     tasks: TaskTracker,
 }
 
@@ -113,19 +113,20 @@ impl Notifier {
                 .user_agent(concat!("backupd/", env!("CARGO_PKG_VERSION")))
                 .build()
                 .unwrap_or_default(),
-            hooks,
+            hooks: std::sync::Arc::new(std::sync::RwLock::new(hooks)),
             tasks: TaskTracker::new(),
         }
     }
 
     /// Replaces the webhooks (policy reload); deliveries under way finish.
-    pub fn set_hooks(&mut self, hooks: Vec<WebhookPolicy>) {
-        self.hooks = hooks;
+    pub fn set_hooks(&self, hooks: Vec<WebhookPolicy>) {
+        *self.hooks.write().unwrap_or_else(|e| e.into_inner()) = hooks;
     }
 
     /// Queues `event` for every webhook that wants it.
     pub fn send(&self, event: Event) {
-        for hook in &self.hooks {
+        let hooks = self.hooks.read().unwrap_or_else(|e| e.into_inner()).clone();
+        for hook in &hooks {
             if !hook.events.contains(&event.event)
                 || (!hook.jobs.is_empty() && !hook.jobs.contains(&event.job))
             {

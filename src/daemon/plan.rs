@@ -128,11 +128,4 @@ impl Plan {
             .get(&(job.to_string(), task))
             .and_then(|e| e.at)
     }
-
-    /// The last scheduled backup time at or before `now` (catch-up: was it missed?).
-    pub fn previous_backup(&self, job: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        self.entries
-            .get(&(job.to_string(), Task::Backup))
-            .and_then(|e| e.schedule.prev_at_or_before(now))
-    }
 }

@@ -45,6 +45,7 @@ pub enum Control {
 #[derive(Clone, Copy)]
 pub enum Clock {
     System,
+    #[cfg_attr(not(test), allow(dead_code))]
     Tokio {
         wall: DateTime<Utc>,
         at: tokio::time::Instant,
@@ -102,10 +103,6 @@ impl Scheduler {
 
     pub fn on_tick(&mut self, f: impl FnMut(&Scheduler, DateTime<Utc>) + Send + 'static) {
         self.on_tick = Box::new(f);
-    }
-
-    pub fn now(&self) -> DateTime<Utc> {
-        self.clock.now()
     }
 
     /// Serves until `Control::Shutdown` (or the sender is gone).
@@ -230,6 +227,12 @@ impl Scheduler {
         }
     }
 
+    /// Cancels every running job (a second stop signal).
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    #[cfg(test)]
     pub fn running_count(&self) -> usize {
         self.tasks.len()
     }

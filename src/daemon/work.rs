@@ -1,0 +1,238 @@
+//! What the daemon's scheduled work does: a backup through the same lifecycle as
+//! `run-now`, a scheduled verification, the inventory of each job's targets (snapshot
+//! counts, newest snapshot, last verification; catch-up decisions) and the freshness
+//! alarm. Each updates the shared status the listener serves.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
+
+use super::plan::Task;
+use super::scheduler::Runner;
+use super::status::Shared;
+use crate::job::{self, RunContext};
+use crate::notify::{Event, EventKind, Notifier};
+use crate::policy::Policy;
+use crate::target::Target;
+
+pub struct Work {
+    pub shared: Arc<Shared>,
+    pub notifier: Notifier,
+}
+
+impl Runner for Arc<Work> {
+    fn run(
+        &self,
+        policy: Arc<Policy>,
+        job: String,
+        task: Task,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'static, ()> {
+        let me = self.clone();
+        Box::pin(async move {
+            match task {
+                Task::Backup => me.backup(&policy, &job, cancel).await,
+                Task::Verify => me.verify(&policy, &job).await,
+            }
+        })
+    }
+}
+
+impl Work {
+    async fn backup(&self, policy: &Policy, job: &str, cancel: CancellationToken) {
+        let started = std::time::Instant::now();
+        let recipients = match crate::crypto::backup_recipients(&policy.encryption) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(job, "backup not started: {e}");
+                self.shared.job(job, |j| {
+                    j.runs_failed += 1;
+                    j.last_failure_at = Some(Utc::now());
+                });
+                self.notifier.send(event(job, EventKind::Failure, None, Some(e.to_string())));
+                return;
+            }
+        };
+        let ctx = RunContext {
+            policy,
+            recipients: recipients.as_deref(),
+            notifier: &self.notifier,
+            by: "daemon",
+            cancel,
+        };
+        let tags = vec!["scheduled".to_string()];
+        let report = match job::run_job(&ctx, job, &tags).await {
+            Ok(r) => r,
+            Err(busy) => {
+                tracing::warn!(job, "scheduled backup skipped: {busy}");
+                self.shared.job(job, |j| j.runs_skipped += 1);
+                return;
+            }
+        };
+        let record = crate::state::read_job(&policy.daemon.state_dir, job);
+        let ok = report.ok();
+        self.shared.job(job, |j| {
+            if ok {
+                j.runs_succeeded += 1;
+            } else {
+                j.runs_failed += 1;
+            }
+            j.last_success_at = record.last_success_at;
+            j.last_failure_at = record.last_failure_at;
+            j.last_run = record.last_run.clone();
+            j.last_duration_seconds = Some(started.elapsed().as_secs_f64());
+            if report.verifications.iter().any(|v| !v.ok) {
+                j.verify_failures += report.verifications.iter().filter(|v| !v.ok).count() as u64;
+            } else if let Some(v) = report.verifications.iter().map(|v| v.finished_at).max() {
+                j.last_verified_at = Some(v);
+            }
+        });
+        self.inventory(policy, job).await;
+    }
+
+    async fn verify(&self, policy: &Policy, job: &str) {
+        let _lock = match job::lock::try_lock(&policy.daemon.state_dir, job, "backupd daemon (verification)") {
+            Ok(l) => l,
+            Err(busy) => {
+                tracing::warn!(job, "scheduled verification skipped: {busy}");
+                self.shared.job(job, |j| j.runs_skipped += 1);
+                return;
+            }
+        };
+        let targets = open_targets(policy, job);
+        let which = policy.jobs[job].verify.snapshot.clone();
+        let outcome = crate::verify::verify_snapshots(policy, job, &targets, &which, None).await;
+        let failures: Vec<String> = match &outcome {
+            Ok(records) if records.is_empty() => vec!["no committed snapshot to verify".into()],
+            Ok(records) => records.iter().flat_map(|r| r.failures()).collect(),
+            Err(e) => vec![format!("{e:#}")],
+        };
+        let now = Utc::now();
+        if failures.is_empty() {
+            tracing::info!(job, "scheduled verification passed");
+            self.shared.job(job, |j| j.last_verified_at = Some(now));
+        } else {
+            for f in &failures {
+                tracing::error!(job, "scheduled verification failed: {f}");
+            }
+            self.shared.job(job, |j| j.verify_failures += 1);
+            self.notifier.send(event(
+                job,
+                EventKind::Failure,
+                None,
+                Some(format!("verification failed: {}", failures.join("; "))),
+            ));
+        }
+    }
+
+    /// Lists the job's snapshots on every target: counts, the newest snapshot present
+    /// everywhere, and whether it passed verification. Returns that newest snapshot's
+    /// start, or `None` when some target has none (or could not be listed).
+    pub async fn inventory(&self, policy: &Policy, job: &str) -> Option<DateTime<Utc>> {
+        let targets = open_targets(policy, job);
+        let mut newest: Vec<Option<crate::snapshot::Manifest>> = Vec::new();
+        let mut counts = std::collections::BTreeMap::new();
+        for target in &targets {
+            match crate::snapshot::list(target, Some(job)).await {
+                Ok(list) => {
+                    counts.insert(target.name.clone(), list.len() as u64);
+                    newest.push(list.into_iter().next());
+                }
+                Err(e) => {
+                    tracing::warn!(job, target = %target.name, "cannot list snapshots: {e}");
+                    newest.push(None);
+                }
+            }
+        }
+        let complete = newest.len() == policy.jobs[job].targets.len() && newest.iter().all(Option::is_some);
+        let oldest_newest = if complete {
+            newest.iter().flatten().map(|m| m.started_at).min()
+        } else {
+            None
+        };
+        let mut verified = None;
+        if let (Some(target), Some(Some(m))) = (targets.first(), newest.first()) {
+            verified = crate::verify::latest_record(target, job, &m.snapshot)
+                .await
+                .filter(|r| r.ok)
+                .map(|r| r.finished_at);
+        }
+        self.shared.job(job, |j| {
+            j.snapshots = counts;
+            j.newest_snapshot_at = oldest_newest;
+            if verified > j.last_verified_at {
+                j.last_verified_at = verified;
+            }
+        });
+        oldest_newest
+    }
+
+    /// The freshness alarm: flips `fresh` and notifies once per change.
+    pub fn check_freshness(&self, policy: &Policy, now: DateTime<Utc>) {
+        for (name, job) in &policy.jobs {
+            let Some(limit) = job.alert_if_older_than else {
+                continue;
+            };
+            let limit = chrono::Duration::from_std(limit).unwrap_or(chrono::Duration::MAX);
+            let change = self.shared.update(|s| {
+                let started = s.started_at;
+                let j = s.jobs.get_mut(name)?;
+                // With no snapshot at all, the clock starts with the daemon.
+                let since = j.newest_snapshot_at.unwrap_or(started);
+                let fresh = now - since <= limit;
+                let before = j.fresh.replace(fresh);
+                (before != Some(fresh) && !(before.is_none() && fresh)).then_some((fresh, since))
+            });
+            let Some((fresh, since)) = change else {
+                continue;
+            };
+            if fresh {
+                tracing::info!(job = %name, "freshness recovered: a snapshot is newer than alert_if_older_than");
+                self.notifier.send(event(name, EventKind::Recovered, None, None));
+            } else {
+                let msg = format!(
+                    "no committed snapshot newer than {} (newest: {})",
+                    humantime::format_duration(job.alert_if_older_than.unwrap_or_default()),
+                    if since == self.shared.snapshot().started_at { "none".to_string() } else { since.to_rfc3339() }
+                );
+                tracing::error!(job = %name, "freshness alarm: {msg}");
+                self.notifier.send(event(name, EventKind::Stale, None, Some(msg)));
+            }
+        }
+    }
+}
+
+fn open_targets(policy: &Policy, job: &str) -> Vec<Target> {
+    policy.jobs[job]
+        .targets
+        .iter()
+        .filter_map(|name| match crate::target::open(name, &policy.targets[name].url()) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!(job, target = %name, "{e}");
+                None
+            }
+        })
+        .collect()
+}
+
+fn event(job: &str, kind: EventKind, snapshot: Option<String>, error: Option<String>) -> Event {
+    Event {
+        event: kind,
+        job: job.into(),
+        status: match kind {
+            EventKind::Success => "success",
+            EventKind::Failure => "failure",
+            EventKind::Stale => "stale",
+            EventKind::Recovered => "fresh",
+        }
+        .into(),
+        snapshot,
+        error,
+        host: gethostname::gethostname().to_string_lossy().into_owned(),
+        time: Utc::now(),
+        committed: Vec::new(),
+    }
+}
