@@ -69,7 +69,12 @@ pub async fn run(config: &Path) -> anyhow::Result<ExitCode> {
             started_at: Utc::now(),
         },
     )
-    .with_context(|| format!("cannot write {}", state::daemon_info_path(&state_dir).display()))?;
+    .with_context(|| {
+        format!(
+            "cannot write {}",
+            state::daemon_info_path(&state_dir).display()
+        )
+    })?;
 
     let work = Arc::new(Work {
         shared: shared.clone(),
@@ -77,7 +82,12 @@ pub async fn run(config: &Path) -> anyhow::Result<ExitCode> {
     });
     let grace = Duration::from_secs(policy.daemon.shutdown_timeout_secs);
     let policy = Arc::new(policy);
-    let mut scheduler = Scheduler::new(policy.clone(), shared.clone(), Arc::new(work.clone()), Clock::System);
+    let mut scheduler = Scheduler::new(
+        policy.clone(),
+        shared.clone(),
+        Arc::new(work.clone()),
+        Clock::System,
+    );
     let mut ticker = Systemd::from_env();
     let freshness = work.clone();
     scheduler.on_tick(move |s, now| {
@@ -86,7 +96,12 @@ pub async fn run(config: &Path) -> anyhow::Result<ExitCode> {
     });
 
     let (tx, mut rx) = mpsc::channel(16);
-    spawn_signals(config.to_path_buf(), tx.clone(), work.clone(), scheduler.cancel_token())?;
+    spawn_signals(
+        config.to_path_buf(),
+        tx.clone(),
+        work.clone(),
+        scheduler.cancel_token(),
+    )?;
     spawn_inventory(policy.clone(), work.clone(), tx);
 
     let sd = Systemd::from_env();
@@ -113,7 +128,10 @@ fn check_state_dir(dir: &Path) -> anyhow::Result<()> {
         format!("cannot create daemon.state_dir {}: create it, or point state_dir at a writable directory", dir.display())
     })?;
     tempfile::tempfile_in(dir).with_context(|| {
-        format!("daemon.state_dir {} is not writable by this user", dir.display())
+        format!(
+            "daemon.state_dir {} is not writable by this user",
+            dir.display()
+        )
     })?;
     Ok(())
 }
@@ -152,7 +170,11 @@ fn spawn_signals(
     Ok(())
 }
 
-async fn stop(tx: &mpsc::Sender<Control>, cancel: &tokio_util::sync::CancellationToken, stopping: &mut bool) {
+async fn stop(
+    tx: &mpsc::Sender<Control>,
+    cancel: &tokio_util::sync::CancellationToken,
+    stopping: &mut bool,
+) {
     if *stopping {
         tracing::warn!("second stop signal: cancelling running jobs now");
         cancel.cancel();

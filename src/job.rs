@@ -241,8 +241,7 @@ pub async fn run(
         report.aborted = Some("cancelled (timeout or shutdown); nothing was committed".into());
     }
     // The last check before the commit: after it, the snapshot is whole and stays.
-    let all_sources_ok =
-        report.sources.iter().all(|s| s.result.is_ok()) && !cancel.is_cancelled();
+    let all_sources_ok = report.sources.iter().all(|s| s.result.is_ok()) && !cancel.is_cancelled();
     if all_sources_ok {
         let manifest = Manifest {
             format: snapshot::FORMAT_VERSION,

@@ -18,7 +18,9 @@ fn main() -> ExitCode {
         None => EnvFilter::new("info"),
         Some(Ok(f)) => f,
         Some(Err(e)) => {
-            eprintln!("error: bad log filter (--log-level, RUST_LOG or BACKUPD_LOG): {e}; use e.g. `info`, `debug` or `backupd=debug`");
+            eprintln!(
+                "error: bad log filter (--log-level, RUST_LOG or BACKUPD_LOG): {e}; use e.g. `info`, `debug` or `backupd=debug`"
+            );
             return ExitCode::from(backupd::cli::EXIT_USAGE);
         }
     };

@@ -75,10 +75,7 @@ pub struct Event {
 pub fn check_url(url: &str) -> Result<(), String> {
     let parsed = url::Url::parse(url).map_err(|e| format!("{:?} is not a URL: {e}", shown(url)))?;
     if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(format!(
-            "{} must be an http:// or https:// URL",
-            shown(url)
-        ));
+        return Err(format!("{} must be an http:// or https:// URL", shown(url)));
     }
     Ok(())
 }
@@ -183,8 +180,14 @@ impl Notifier {
     /// Waits for deliveries under way, at most `limit`.
     pub async fn flush(&self, limit: Duration) {
         self.tasks.close();
-        if tokio::time::timeout(limit, self.tasks.wait()).await.is_err() {
-            tracing::warn!("gave up waiting for notifications after {} s", limit.as_secs());
+        if tokio::time::timeout(limit, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "gave up waiting for notifications after {} s",
+                limit.as_secs()
+            );
         }
         self.tasks.reopen();
     }

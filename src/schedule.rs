@@ -44,7 +44,9 @@ impl Schedule {
             .build()
             .parse(expr)
             .map_err(|e| {
-                format!("{expr:?} is not a cron expression ({e}); e.g. \"30 2 * * *\" is 02:30 daily")
+                format!(
+                    "{expr:?} is not a cron expression ({e}); e.g. \"30 2 * * *\" is 02:30 daily"
+                )
             })?;
         let schedule = Schedule {
             cron,

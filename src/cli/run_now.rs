@@ -95,7 +95,9 @@ fn interrupt_token() -> tokio_util::sync::CancellationToken {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
-        tracing::warn!("interrupted: cancelling; nothing of the running snapshot will be committed");
+        tracing::warn!(
+            "interrupted: cancelling; nothing of the running snapshot will be committed"
+        );
         cancel.cancel();
     });
     token

@@ -82,7 +82,11 @@ async fn ask_daemon(addr: &str) -> Option<Status> {
         .timeout(Duration::from_secs(5))
         .build()
         .ok()?;
-    let resp = client.get(format!("http://{addr}/status")).send().await.ok()?;
+    let resp = client
+        .get(format!("http://{addr}/status"))
+        .send()
+        .await
+        .ok()?;
     resp.json::<Status>().await.ok()
 }
 
@@ -93,7 +97,10 @@ fn ago(t: chrono::DateTime<Utc>) -> String {
         60..3600 => secs / 60 * 60,
         _ => secs / 3600 * 3600,
     };
-    format!("{} ago", humantime::format_duration(Duration::from_secs(rounded)))
+    format!(
+        "{} ago",
+        humantime::format_duration(Duration::from_secs(rounded))
+    )
 }
 
 fn print(s: &Status, from_daemon: bool) {
@@ -121,7 +128,9 @@ fn print(s: &Status, from_daemon: bool) {
         if let Some(what) = &j.running {
             println!(
                 "  running    {what}{}",
-                j.running_since.map(|t| format!(" since {}", ago(t))).unwrap_or_default()
+                j.running_since
+                    .map(|t| format!(" since {}", ago(t)))
+                    .unwrap_or_default()
             );
         }
         match &j.last_run {

@@ -33,14 +33,21 @@ pub async fn serve(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<Soc
     Ok(bound)
 }
 
-async fn metrics(axum::extract::State(shared): axum::extract::State<Arc<Shared>>) -> impl IntoResponse {
+async fn metrics(
+    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         super::metrics::render(&shared.snapshot(), Utc::now()),
     )
 }
 
-async fn healthz(axum::extract::State(shared): axum::extract::State<Arc<Shared>>) -> impl IntoResponse {
+async fn healthz(
+    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+) -> impl IntoResponse {
     let age = shared.heartbeat_age_ms(Utc::now());
     if age < STUCK_AFTER_MS {
         (StatusCode::OK, "ok\n".to_string())
@@ -52,6 +59,8 @@ async fn healthz(axum::extract::State(shared): axum::extract::State<Arc<Shared>>
     }
 }
 
-async fn status(axum::extract::State(shared): axum::extract::State<Arc<Shared>>) -> impl IntoResponse {
+async fn status(
+    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+) -> impl IntoResponse {
     axum::Json(shared.snapshot())
 }

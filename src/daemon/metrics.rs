@@ -61,41 +61,97 @@ pub fn render(status: &Status, now: DateTime<Utc>) -> String {
 
     type Pick = fn(&super::status::JobStatus, DateTime<Utc>) -> Option<f64>;
     let per_job: &[(&str, &str, &str, Pick)] = &[
-        ("backupd_job_last_success_timestamp_seconds", "gauge",
-         "End of the last successful run (unix time).", |j, _| ts(j.last_success_at)),
-        ("backupd_job_last_failure_timestamp_seconds", "gauge",
-         "End of the last failed run (unix time).", |j, _| ts(j.last_failure_at)),
-        ("backupd_job_last_run_duration_seconds", "gauge",
-         "Wall time of the last run.", |j, _| j.last_duration_seconds),
-        ("backupd_job_last_plain_bytes", "gauge",
-         "Bytes read from the sources by the last committed run.",
-         |j, _| j.last_run.as_ref().filter(|r| r.ok()).map(|r| r.plain_bytes as f64)),
-        ("backupd_job_last_stored_bytes", "gauge",
-         "Bytes stored (compressed, encrypted) by the last committed run, on each target.",
-         |j, _| j.last_run.as_ref().filter(|r| r.ok()).map(|r| r.stored_bytes as f64)),
-        ("backupd_job_running", "gauge",
-         "1 while a backup or verification of the job runs or waits for its turn.",
-         |j, _| Some(if j.running.is_some() { 1.0 } else { 0.0 })),
-        ("backupd_job_next_run_timestamp_seconds", "gauge",
-         "When the next scheduled backup starts (unix time).", |j, _| ts(j.next_run)),
-        ("backupd_job_skipped_total", "counter",
-         "Scheduled runs not started because the previous one was still running.",
-         |j, _| Some(j.runs_skipped as f64)),
-        ("backupd_last_snapshot_timestamp_seconds", "gauge",
-         "Start of the newest committed snapshot present on every target (unix time).",
-         |j, _| ts(j.newest_snapshot_at)),
-        ("backupd_last_snapshot_age_seconds", "gauge",
-         "Age of that snapshot.",
-         |j, now| j.newest_snapshot_at.map(|t| (now - t).num_milliseconds() as f64 / 1000.0)),
-        ("backupd_job_fresh", "gauge",
-         "0 when no snapshot is newer than alert_if_older_than, else 1 (jobs with that alarm).",
-         |j, _| j.fresh.map(|f| if f { 1.0 } else { 0.0 })),
-        ("backupd_last_verified_timestamp_seconds", "gauge",
-         "When a snapshot of the job last passed verification (unix time).",
-         |j, _| ts(j.last_verified_at)),
-        ("backupd_verify_failures_total", "counter",
-         "Verifications that failed since the daemon started.",
-         |j, _| Some(j.verify_failures as f64)),
+        (
+            "backupd_job_last_success_timestamp_seconds",
+            "gauge",
+            "End of the last successful run (unix time).",
+            |j, _| ts(j.last_success_at),
+        ),
+        (
+            "backupd_job_last_failure_timestamp_seconds",
+            "gauge",
+            "End of the last failed run (unix time).",
+            |j, _| ts(j.last_failure_at),
+        ),
+        (
+            "backupd_job_last_run_duration_seconds",
+            "gauge",
+            "Wall time of the last run.",
+            |j, _| j.last_duration_seconds,
+        ),
+        (
+            "backupd_job_last_plain_bytes",
+            "gauge",
+            "Bytes read from the sources by the last committed run.",
+            |j, _| {
+                j.last_run
+                    .as_ref()
+                    .filter(|r| r.ok())
+                    .map(|r| r.plain_bytes as f64)
+            },
+        ),
+        (
+            "backupd_job_last_stored_bytes",
+            "gauge",
+            "Bytes stored (compressed, encrypted) by the last committed run, on each target.",
+            |j, _| {
+                j.last_run
+                    .as_ref()
+                    .filter(|r| r.ok())
+                    .map(|r| r.stored_bytes as f64)
+            },
+        ),
+        (
+            "backupd_job_running",
+            "gauge",
+            "1 while a backup or verification of the job runs or waits for its turn.",
+            |j, _| Some(if j.running.is_some() { 1.0 } else { 0.0 }),
+        ),
+        (
+            "backupd_job_next_run_timestamp_seconds",
+            "gauge",
+            "When the next scheduled backup starts (unix time).",
+            |j, _| ts(j.next_run),
+        ),
+        (
+            "backupd_job_skipped_total",
+            "counter",
+            "Scheduled runs not started because the previous one was still running.",
+            |j, _| Some(j.runs_skipped as f64),
+        ),
+        (
+            "backupd_last_snapshot_timestamp_seconds",
+            "gauge",
+            "Start of the newest committed snapshot present on every target (unix time).",
+            |j, _| ts(j.newest_snapshot_at),
+        ),
+        (
+            "backupd_last_snapshot_age_seconds",
+            "gauge",
+            "Age of that snapshot.",
+            |j, now| {
+                j.newest_snapshot_at
+                    .map(|t| (now - t).num_milliseconds() as f64 / 1000.0)
+            },
+        ),
+        (
+            "backupd_job_fresh",
+            "gauge",
+            "0 when no snapshot is newer than alert_if_older_than, else 1 (jobs with that alarm).",
+            |j, _| j.fresh.map(|f| if f { 1.0 } else { 0.0 }),
+        ),
+        (
+            "backupd_last_verified_timestamp_seconds",
+            "gauge",
+            "When a snapshot of the job last passed verification (unix time).",
+            |j, _| ts(j.last_verified_at),
+        ),
+        (
+            "backupd_verify_failures_total",
+            "counter",
+            "Verifications that failed since the daemon started.",
+            |j, _| Some(j.verify_failures as f64),
+        ),
     ];
     for (name, kind, help, pick) in per_job {
         f.header(name, kind, help);
@@ -112,8 +168,16 @@ pub fn render(status: &Status, now: DateTime<Utc>) -> String {
         "Runs since the daemon started, by result.",
     );
     for (job, j) in &status.jobs {
-        f.sample("backupd_job_runs_total", &[("job", job), ("result", "success")], j.runs_succeeded as f64);
-        f.sample("backupd_job_runs_total", &[("job", job), ("result", "failure")], j.runs_failed as f64);
+        f.sample(
+            "backupd_job_runs_total",
+            &[("job", job), ("result", "success")],
+            j.runs_succeeded as f64,
+        );
+        f.sample(
+            "backupd_job_runs_total",
+            &[("job", job), ("result", "failure")],
+            j.runs_failed as f64,
+        );
     }
     f.header(
         "backupd_snapshots",
@@ -122,7 +186,11 @@ pub fn render(status: &Status, now: DateTime<Utc>) -> String {
     );
     for (job, j) in &status.jobs {
         for (target, n) in &j.snapshots {
-            f.sample("backupd_snapshots", &[("job", job), ("target", target)], *n as f64);
+            f.sample(
+                "backupd_snapshots",
+                &[("job", job), ("target", target)],
+                *n as f64,
+            );
         }
     }
     out

@@ -63,6 +63,9 @@ impl Clock {
     }
 }
 
+/// Called on every turn of the loop with the loop's current time.
+type TickFn = Box<dyn FnMut(&Scheduler, DateTime<Utc>) + Send>;
+
 /// The longest the loop sleeps: how often it re-reads the clock and feeds the watchdog.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -77,11 +80,16 @@ pub struct Scheduler {
     tasks: JoinSet<(String, Task)>,
     cancel: CancellationToken,
     /// Called every turn (watchdog, freshness); gets the loop's current time.
-    on_tick: Box<dyn FnMut(&Scheduler, DateTime<Utc>) + Send>,
+    on_tick: TickFn,
 }
 
 impl Scheduler {
-    pub fn new(policy: Arc<Policy>, shared: Arc<Shared>, runner: Arc<dyn Runner>, clock: Clock) -> Self {
+    pub fn new(
+        policy: Arc<Policy>,
+        shared: Arc<Shared>,
+        runner: Arc<dyn Runner>,
+        clock: Clock,
+    ) -> Self {
         let now = clock.now();
         let plan = Plan::new(&policy, now);
         let permits = Arc::new(Semaphore::new(policy.daemon.max_concurrent_jobs));
@@ -114,9 +122,7 @@ impl Scheduler {
                 self.start(job, task);
             }
             self.publish_plan();
-            let mut tick = std::mem::replace(&mut self.on_tick, Box::new(|_, _| {}));
-            tick(self, now);
-            self.on_tick = tick;
+            self.tick(now);
 
             let wait = self
                 .plan
@@ -143,11 +149,20 @@ impl Scheduler {
         }
     }
 
+    fn tick(&mut self, now: DateTime<Utc>) {
+        let mut f: TickFn = std::mem::replace(&mut self.on_tick, Box::new(|_, _| {}));
+        f(self, now);
+        self.on_tick = f;
+    }
+
     /// Starts `task` of `job` unless it is already running or waiting.
     pub fn start(&mut self, job: String, task: Task) {
         let key = (job.clone(), task);
         if self.running.contains(&key) {
-            tracing::warn!(job, "scheduled {task} skipped: the previous one is still running");
+            tracing::warn!(
+                job,
+                "scheduled {task} skipped: the previous one is still running"
+            );
             self.shared.job(&job, |j| j.runs_skipped += 1);
             return;
         }
@@ -208,7 +223,11 @@ impl Scheduler {
         tracing::info!(
             jobs = self.policy.jobs.len(),
             "policy reloaded; removed jobs: {}",
-            if removed.is_empty() { "none".into() } else { removed.join(", ") }
+            if removed.is_empty() {
+                "none".into()
+            } else {
+                removed.join(", ")
+            }
         );
     }
 
@@ -253,9 +272,7 @@ impl Scheduler {
         while !self.tasks.is_empty() {
             let now = self.clock.now();
             self.shared.beat(now);
-            let mut tick = std::mem::replace(&mut self.on_tick, Box::new(|_, _| {}));
-            tick(self, now);
-            self.on_tick = tick;
+            self.tick(now);
             if !cancelled && tokio::time::Instant::now() >= deadline {
                 tracing::warn!(
                     running = self.tasks.len(),

@@ -78,7 +78,10 @@ impl Shared {
     }
 
     pub fn snapshot(&self) -> Status {
-        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Changes the status under the lock.
@@ -92,7 +95,8 @@ impl Shared {
     }
 
     pub fn beat(&self, now: DateTime<Utc>) {
-        self.heartbeat.store(now.timestamp_millis(), Ordering::Relaxed);
+        self.heartbeat
+            .store(now.timestamp_millis(), Ordering::Relaxed);
     }
 
     /// Milliseconds since the loop's last turn.

@@ -51,7 +51,8 @@ impl Work {
                     j.runs_failed += 1;
                     j.last_failure_at = Some(Utc::now());
                 });
-                self.notifier.send(event(job, EventKind::Failure, None, Some(e.to_string())));
+                self.notifier
+                    .send(event(job, EventKind::Failure, None, Some(e.to_string())));
                 return;
             }
         };
@@ -93,7 +94,11 @@ impl Work {
     }
 
     async fn verify(&self, policy: &Policy, job: &str) {
-        let _lock = match job::lock::try_lock(&policy.daemon.state_dir, job, "backupd daemon (verification)") {
+        let _lock = match job::lock::try_lock(
+            &policy.daemon.state_dir,
+            job,
+            "backupd daemon (verification)",
+        ) {
             Ok(l) => l,
             Err(busy) => {
                 tracing::warn!(job, "scheduled verification skipped: {busy}");
@@ -146,7 +151,8 @@ impl Work {
                 }
             }
         }
-        let complete = newest.len() == policy.jobs[job].targets.len() && newest.iter().all(Option::is_some);
+        let complete =
+            newest.len() == policy.jobs[job].targets.len() && newest.iter().all(Option::is_some);
         let oldest_newest = if complete {
             newest.iter().flatten().map(|m| m.started_at).min()
         } else {
@@ -190,15 +196,21 @@ impl Work {
             };
             if fresh {
                 tracing::info!(job = %name, "freshness recovered: a snapshot is newer than alert_if_older_than");
-                self.notifier.send(event(name, EventKind::Recovered, None, None));
+                self.notifier
+                    .send(event(name, EventKind::Recovered, None, None));
             } else {
                 let msg = format!(
                     "no committed snapshot newer than {} (newest: {})",
                     humantime::format_duration(job.alert_if_older_than.unwrap_or_default()),
-                    if since == self.shared.snapshot().started_at { "none".to_string() } else { since.to_rfc3339() }
+                    if since == self.shared.snapshot().started_at {
+                        "none".to_string()
+                    } else {
+                        since.to_rfc3339()
+                    }
                 );
                 tracing::error!(job = %name, "freshness alarm: {msg}");
-                self.notifier.send(event(name, EventKind::Stale, None, Some(msg)));
+                self.notifier
+                    .send(event(name, EventKind::Stale, None, Some(msg)));
             }
         }
     }
@@ -208,13 +220,15 @@ fn open_targets(policy: &Policy, job: &str) -> Vec<Target> {
     policy.jobs[job]
         .targets
         .iter()
-        .filter_map(|name| match crate::target::open(name, &policy.targets[name].url()) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                tracing::warn!(job, target = %name, "{e}");
-                None
-            }
-        })
+        .filter_map(
+            |name| match crate::target::open(name, &policy.targets[name].url()) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    tracing::warn!(job, target = %name, "{e}");
+                    None
+                }
+            },
+        )
         .collect()
 }
 

@@ -28,10 +28,18 @@ pub struct RunContext<'a> {
 
 /// Runs `job` once with everything around it. `Err` only when another process holds the
 /// job's lock: then nothing ran at all.
-pub async fn run_job(ctx: &RunContext<'_>, job: &str, tags: &[String]) -> Result<JobReport, LockError> {
+pub async fn run_job(
+    ctx: &RunContext<'_>,
+    job: &str,
+    tags: &[String],
+) -> Result<JobReport, LockError> {
     let policy = ctx.policy;
     let spec = &policy.jobs[job];
-    let _lock = lock::try_lock(&policy.daemon.state_dir, job, &format!("backupd {}", ctx.by))?;
+    let _lock = lock::try_lock(
+        &policy.daemon.state_dir,
+        job,
+        &format!("backupd {}", ctx.by),
+    )?;
     let started_at = Utc::now();
     ctx.notifier
         .ping(spec.healthcheck_url.as_deref(), "/start", String::new());
@@ -64,7 +72,9 @@ pub async fn run_job(ctx: &RunContext<'_>, job: &str, tags: &[String]) -> Result
             tracing::error!(job, "{e}");
             report.after_errors.push(e);
         }
-    } else if let Err(e) = hooks::run("on_failure", &spec.hooks.on_failure, hook_timeout, &env).await {
+    } else if let Err(e) =
+        hooks::run("on_failure", &spec.hooks.on_failure, hook_timeout, &env).await
+    {
         tracing::error!(job, "{e}");
         report.after_errors.push(e);
     }
@@ -83,10 +93,18 @@ pub async fn run_job(ctx: &RunContext<'_>, job: &str, tags: &[String]) -> Result
         by: ctx.by.into(),
     };
     if let Err(e) = state::record_run(&policy.daemon.state_dir, job, record) {
-        tracing::warn!(job, "could not record the run in {}: {e}", policy.daemon.state_dir.display());
+        tracing::warn!(
+            job,
+            "could not record the run in {}: {e}",
+            policy.daemon.state_dir.display()
+        );
     }
     ctx.notifier.send(Event {
-        event: if ok { EventKind::Success } else { EventKind::Failure },
+        event: if ok {
+            EventKind::Success
+        } else {
+            EventKind::Failure
+        },
         job: job.into(),
         status: if ok { "success" } else { "failure" }.into(),
         snapshot: (!report.snapshot.is_empty()).then(|| report.snapshot.clone()),

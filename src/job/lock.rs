@@ -87,7 +87,10 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("job app is already running"), "{msg}");
         assert!(msg.contains("backupd run-now"), "{msg}");
-        assert!(msg.contains(&format!("pid {}", std::process::id())), "{msg}");
+        assert!(
+            msg.contains(&format!("pid {}", std::process::id())),
+            "{msg}"
+        );
         // Another job is independent.
         let _other = try_lock(dir.path(), "db", "backupd run").unwrap();
         drop(first);

@@ -5,9 +5,9 @@ use object_store::memory::InMemory;
 use object_store::{ObjectStore, ObjectStoreExt};
 
 use super::*;
-use tokio_util::sync::CancellationToken;
 use crate::crypto::Identities;
 use crate::snapshot::{Encryption, SourceEntry, SourceStats};
+use tokio_util::sync::CancellationToken;
 
 fn memory_target(name: &str) -> (Target, Arc<InMemory>) {
     let mem = Arc::new(InMemory::new());
@@ -63,9 +63,11 @@ async fn round_trip(compression: Compression) {
     let data = sample(5 * CHUNK_BYTES + 12345);
     let key = ObjectPath::from("job/snap/obj");
     let input = data.clone();
-    let stored = store(&[a, b], &key, &enc, &CancellationToken::new(), move |w| Ok(w.write_all(&input)?))
-        .await
-        .unwrap();
+    let stored = store(&[a, b], &key, &enc, &CancellationToken::new(), move |w| {
+        Ok(w.write_all(&input)?)
+    })
+    .await
+    .unwrap();
     assert!(stored.uploads.iter().all(Result::is_ok));
     assert_eq!(stored.plain.bytes, data.len() as u64);
     assert_eq!(stored.plain.sha256, hex::encode(Sha256::digest(&data)));
@@ -109,10 +111,16 @@ async fn failing_producer_leaves_no_object() {
         threads: 2,
     };
     let key = ObjectPath::from("job/snap/obj");
-    let err = store(&[a], &key, &enc, &CancellationToken::new(), |w| -> anyhow::Result<()> {
-        w.write_all(&sample(3 * CHUNK_BYTES))?;
-        anyhow::bail!("pg_dump exited with status 1")
-    })
+    let err = store(
+        &[a],
+        &key,
+        &enc,
+        &CancellationToken::new(),
+        |w| -> anyhow::Result<()> {
+            w.write_all(&sample(3 * CHUNK_BYTES))?;
+            anyhow::bail!("pg_dump exited with status 1")
+        },
+    )
     .await
     .err()
     .expect("producer error must surface");
@@ -137,16 +145,22 @@ async fn cancelling_aborts_every_upload_and_stops_the_source() {
     let cancel = CancellationToken::new();
     let trigger = cancel.clone();
     // An endless source: only cancelling can end it.
-    let err = store(&[a, b], &key, &enc, &cancel, move |w| -> anyhow::Result<()> {
-        let block = sample(CHUNK_BYTES);
-        for i in 0.. {
-            if i == 20 {
-                trigger.cancel();
+    let err = store(
+        &[a, b],
+        &key,
+        &enc,
+        &cancel,
+        move |w| -> anyhow::Result<()> {
+            let block = sample(CHUNK_BYTES);
+            for i in 0.. {
+                if i == 20 {
+                    trigger.cancel();
+                }
+                w.write_all(&block)?;
             }
-            w.write_all(&block)?;
-        }
-        Ok(())
-    })
+            Ok(())
+        },
+    )
     .await
     .err()
     .expect("a cancelled store fails");
@@ -178,9 +192,13 @@ async fn a_broken_target_does_not_stop_the_others() {
     let key = ObjectPath::from("job/snap/obj");
     let data = sample(3 * CHUNK_BYTES);
     let input = data.clone();
-    let stored = store(&[broken, good], &key, &enc, &CancellationToken::new(), move |w| {
-        Ok(w.write_all(&input)?)
-    })
+    let stored = store(
+        &[broken, good],
+        &key,
+        &enc,
+        &CancellationToken::new(),
+        move |w| Ok(w.write_all(&input)?),
+    )
     .await
     .unwrap();
     assert!(stored.uploads[0].is_err());
@@ -202,9 +220,11 @@ async fn corruption_and_wrong_keys_are_detected() {
     let key = ObjectPath::from("job/snap/obj");
     let data = sample(300_000);
     let input = data.clone();
-    let stored = store(&[a], &key, &enc, &CancellationToken::new(), move |w| Ok(w.write_all(&input)?))
-        .await
-        .unwrap();
+    let stored = store(&[a], &key, &enc, &CancellationToken::new(), move |w| {
+        Ok(w.write_all(&input)?)
+    })
+    .await
+    .unwrap();
     let entry = entry_for(&stored, &enc);
     let bytes = mem.get(&key).await.unwrap().bytes().await.unwrap().to_vec();
 

@@ -155,13 +155,14 @@ pub fn policy(policy: &Policy) -> Vec<Problem> {
     let mut out = Vec::new();
     encryption(policy, &mut out);
     if policy.daemon.max_concurrent_jobs == 0 {
-        out.push(problem(
-            "daemon.max_concurrent_jobs",
-            "must be at least 1",
-        ));
+        out.push(problem("daemon.max_concurrent_jobs", "must be at least 1"));
     }
     if policy.daemon.listen != "off"
-        && policy.daemon.listen.parse::<std::net::SocketAddr>().is_err()
+        && policy
+            .daemon
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .is_err()
     {
         out.push(problem(
             "daemon.listen",

@@ -17,7 +17,11 @@ fn daily_0230_berlin_across_spring_forward_runs_once_at_0300() {
     let a = s.next_after(utc(2026, 3, 27, 12, 0, 0)).unwrap();
     assert_eq!(a, utc(2026, 3, 28, 1, 30, 0), "02:30 CET");
     let b = s.next_after(a).unwrap();
-    assert_eq!(b, utc(2026, 3, 29, 1, 0, 0), "02:30 does not exist: 03:00 CEST");
+    assert_eq!(
+        b,
+        utc(2026, 3, 29, 1, 0, 0),
+        "02:30 does not exist: 03:00 CEST"
+    );
     let c = s.next_after(b).unwrap();
     assert_eq!(c, utc(2026, 3, 30, 0, 30, 0), "02:30 CEST");
 }
@@ -30,7 +34,11 @@ fn daily_0230_berlin_across_fall_back_runs_once() {
     let a = s.next_after(utc(2026, 10, 24, 12, 0, 0)).unwrap();
     assert_eq!(a, utc(2026, 10, 25, 0, 30, 0), "first 02:30 (CEST)");
     let b = s.next_after(a).unwrap();
-    assert_eq!(b, utc(2026, 10, 26, 1, 30, 0), "not again at the second 02:30");
+    assert_eq!(
+        b,
+        utc(2026, 10, 26, 1, 30, 0),
+        "not again at the second 02:30"
+    );
     // Asked from inside the repeated hour, it still does not fire a second time.
     assert_eq!(
         s.next_after(utc(2026, 10, 25, 1, 10, 0)).unwrap(),
@@ -88,7 +96,10 @@ fn five_and_six_fields_and_shortcuts() {
     assert_eq!(five.next_after(from).unwrap(), utc(2026, 6, 2, 2, 30, 0));
 
     let every_second = Schedule::parse("* * * * * *", chrono_tz::UTC).unwrap();
-    assert_eq!(every_second.next_after(from).unwrap(), utc(2026, 6, 1, 10, 0, 1));
+    assert_eq!(
+        every_second.next_after(from).unwrap(),
+        utc(2026, 6, 1, 10, 0, 1)
+    );
 
     let daily = Schedule::parse("@daily", chrono_tz::UTC).unwrap();
     assert_eq!(daily.next_after(from).unwrap(), utc(2026, 6, 2, 0, 0, 0));

@@ -18,8 +18,11 @@ fn policy(jobs: &[(&str, &str)], max_concurrent: usize) -> Policy {
             "[jobs.{name}]\nschedule = \"{schedule}\"\ntargets = [\"t\"]\n[jobs.{name}.sources.d]\nkind = \"directory\"\npath = \"d\"\n"
         ));
     }
-    crate::policy::from_figment(Figment::from(Toml::string(&text)), std::path::Path::new("/x"))
-        .unwrap()
+    crate::policy::from_figment(
+        Figment::from(Toml::string(&text)),
+        std::path::Path::new("/x"),
+    )
+    .unwrap()
 }
 
 /// Sleeps `secs` per run (or until cancelled), recording what ran when.
@@ -34,7 +37,13 @@ struct Sleeper {
 }
 
 impl Runner for Arc<Sleeper> {
-    fn run(&self, _: Arc<Policy>, job: String, _: Task, cancel: CancellationToken) -> BoxFuture<'static, ()> {
+    fn run(
+        &self,
+        _: Arc<Policy>,
+        job: String,
+        _: Task,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'static, ()> {
         let me = self.clone();
         Box::pin(async move {
             {
@@ -48,13 +57,19 @@ impl Runner for Arc<Sleeper> {
                 let mut max = me.max_total.lock().unwrap();
                 *max = (*max).max(total);
             }
-            me.log.lock().unwrap().push((job.clone(), "start", tokio::time::Instant::now()));
+            me.log
+                .lock()
+                .unwrap()
+                .push((job.clone(), "start", tokio::time::Instant::now()));
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_secs(me.secs)) => {}
                 () = cancel.cancelled() => { *me.cancelled.lock().unwrap() += 1; }
             }
             *me.running.lock().unwrap().get_mut(&job).unwrap() -= 1;
-            me.log.lock().unwrap().push((job, "end", tokio::time::Instant::now()));
+            me.log
+                .lock()
+                .unwrap()
+                .push((job, "end", tokio::time::Instant::now()));
         })
     }
 }
@@ -93,7 +108,13 @@ async fn a_slow_job_every_second_never_overlaps_and_counts_skips() {
     });
     let mut s = scheduler(policy(&[("slow", "* * * * * *")], 4), &sleeper);
     serve_for(&mut s, 10, 60).await;
-    let starts = sleeper.log.lock().unwrap().iter().filter(|e| e.1 == "start").count();
+    let starts = sleeper
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e.1 == "start")
+        .count();
     assert_eq!(*sleeper.overlaps.lock().unwrap(), 0);
     // 3 s runs back to back in 10 s: three or four starts, every other second skipped.
     assert!((3..=4).contains(&starts), "{starts} starts");
@@ -116,7 +137,10 @@ async fn max_concurrent_jobs_bounds_parallel_work_and_everyone_gets_a_turn() {
     assert_eq!(*sleeper.max_total.lock().unwrap(), 2);
     let log = sleeper.log.lock().unwrap();
     for (name, _) in &jobs {
-        let starts = log.iter().filter(|e| e.0 == *name && e.1 == "start").count();
+        let starts = log
+            .iter()
+            .filter(|e| e.0 == *name && e.1 == "start")
+            .count();
         assert_eq!(starts, 1, "{name}");
     }
 }
@@ -127,12 +151,18 @@ async fn a_removed_job_stops_being_scheduled_after_reload() {
         secs: 0,
         ..Default::default()
     });
-    let mut s = scheduler(policy(&[("a", "* * * * * *"), ("b", "* * * * * *")], 2), &sleeper);
+    let mut s = scheduler(
+        policy(&[("a", "* * * * * *"), ("b", "* * * * * *")], 2),
+        &sleeper,
+    );
     let (tx, mut rx) = mpsc::channel(8);
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(5)).await;
         let _ = tx
-            .send(Control::Reload(Box::new(policy(&[("a", "* * * * * *")], 2))))
+            .send(Control::Reload(Box::new(policy(
+                &[("a", "* * * * * *")],
+                2,
+            ))))
             .await;
         tokio::time::sleep(Duration::from_secs(5)).await;
         let _ = tx.send(Control::Shutdown).await;
@@ -190,7 +220,13 @@ async fn catch_up_runs_the_job_once_even_when_asked_twice() {
     });
     s.serve(&mut rx).await;
     s.shutdown(Duration::from_secs(60)).await;
-    let starts = sleeper.log.lock().unwrap().iter().filter(|e| e.1 == "start").count();
+    let starts = sleeper
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e.1 == "start")
+        .count();
     assert_eq!(starts, 1);
     assert_eq!(s.shared.snapshot().jobs["daily"].runs_skipped, 1);
 }
