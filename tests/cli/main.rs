@@ -5,6 +5,7 @@
 mod daemon;
 mod daemon_support;
 mod databases;
+mod deploy;
 mod failures;
 mod policy_errors;
 mod round_trip;
