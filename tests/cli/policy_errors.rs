@@ -43,7 +43,9 @@ fn unknown_keys_are_rejected_at_every_level() {
         &format!(
             "{HEAD}[jobs.app]\ntargets = [\"local\"]\nretension = 3\n[jobs.app.sources.s]\nkind = \"directory\"\npath = \"s\"\n"
         ),
-        &["jobs.app.retension: unknown key (expected one of: schedule, targets, compression"],
+        &[
+            "jobs.app.retension: unknown key (expected one of: schedule, jitter_secs, catch_up, timeout_secs",
+        ],
     );
     expect_policy_error(
         &world,
