@@ -92,6 +92,7 @@ pub async fn run(config: &Path) -> anyhow::Result<ExitCode> {
     let freshness = work.clone();
     scheduler.on_tick(move |s, now| {
         ticker.tick(&status::summary(&s.shared.snapshot()));
+        freshness.refresh_from_state(&s.policy);
         freshness.check_freshness(&s.policy, now);
     });
 

@@ -186,8 +186,16 @@ impl Scheduler {
     fn finished(&mut self, done: Result<(String, Task), tokio::task::JoinError>) {
         match done {
             Ok(key) => {
-                self.shared.set_running(&key.0, None, self.clock.now());
                 self.running.remove(&key);
+                let job = key.0;
+                if !self.policy.jobs.contains_key(&job) {
+                    // Removed by a reload while it ran: now it is gone from the status too.
+                    if !self.running.iter().any(|(j, _)| *j == job) {
+                        self.shared.update(|s| s.jobs.remove(&job));
+                    }
+                } else {
+                    self.shared.set_running(&job, None, self.clock.now());
+                }
             }
             // Panics are caught inside the task; this is a task aborted from outside.
             Err(e) => tracing::error!("a job task ended abnormally: {e}"),

@@ -175,6 +175,30 @@ impl Work {
         oldest_newest
     }
 
+    /// Picks up runs recorded by other processes (`run-now` on the same state
+    /// directory): their outcome shows in the status, and a snapshot they committed
+    /// counts for freshness.
+    pub fn refresh_from_state(&self, policy: &Policy) {
+        for name in policy.jobs.keys() {
+            let record = crate::state::read_job(&policy.daemon.state_dir, name);
+            let Some(run) = record.last_run else { continue };
+            self.shared.job(name, |j| {
+                if j.last_run
+                    .as_ref()
+                    .is_some_and(|r| r.finished_at >= run.finished_at)
+                {
+                    return;
+                }
+                if run.ok() && run.committed.len() == policy.jobs[name].targets.len() {
+                    j.newest_snapshot_at = j.newest_snapshot_at.max(Some(run.started_at));
+                }
+                j.last_success_at = record.last_success_at;
+                j.last_failure_at = record.last_failure_at;
+                j.last_run = Some(run);
+            });
+        }
+    }
+
     /// The freshness alarm: flips `fresh` and notifies once per change.
     pub fn check_freshness(&self, policy: &Policy, now: DateTime<Utc>) {
         for (name, job) in &policy.jobs {

@@ -508,3 +508,153 @@ fn bad_schedules_and_daemon_settings_are_policy_errors() {
         assert!(said.contains(words), "{words:?} missing from {said}");
     }
 }
+
+#[test]
+fn freshness_alarm_goes_off_once_and_recovers_when_run_now_lands_a_snapshot() {
+    let world = World::new();
+    let (url, rx) = receiver();
+    let job = files_job(
+        &world,
+        "app",
+        "0 3 1 1 *",
+        "catch_up = false\nalert_if_older_than = \"2s\"\n",
+    );
+    policy(
+        &world,
+        "",
+        &format!("{job}\n[[notify]]\nurl = \"{url}/hook\"\nevents = [\"stale\", \"recovered\"]\n"),
+    );
+    let mut daemon = Daemon::start(&world, &[]);
+    let stale = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("a stale event");
+    let stale: serde_json::Value = serde_json::from_str(&stale.body).unwrap();
+    assert_eq!(
+        (stale["event"].as_str(), stale["job"].as_str()),
+        (Some("stale"), Some("app"))
+    );
+    assert!(
+        stale["error"]
+            .as_str()
+            .unwrap()
+            .contains("no committed snapshot newer than 2s"),
+        "{stale}"
+    );
+    let (_, metrics) = daemon.get("/metrics");
+    assert_eq!(
+        metric(&metrics, "backupd_job_fresh", &[("job", "app")]),
+        0.0
+    );
+    // Once only, not every second.
+    assert!(rx.recv_timeout(Duration::from_secs(2)).is_err());
+
+    let out = world.backupd(&["run-now", "app"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let back = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("a recovered event");
+    let back: serde_json::Value = serde_json::from_str(&back.body).unwrap();
+    assert_eq!(
+        (back["event"].as_str(), back["status"].as_str()),
+        (Some("recovered"), Some("fresh"))
+    );
+    let s = daemon.status();
+    assert_eq!(s["jobs"]["app"]["last_run"]["by"], "run-now", "{s}");
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn scheduled_verification_records_passes_and_reports_a_corrupt_snapshot() {
+    let world = World::new();
+    let (url, rx) = receiver();
+    let job = files_job(
+        &world,
+        "app",
+        "0 3 1 1 *",
+        "catch_up = false\nverify = { schedule = \"*/2 * * * * *\" }\n",
+    );
+    policy(
+        &world,
+        "",
+        &format!("{job}\n[[notify]]\nurl = \"{url}/hook\"\n"),
+    );
+    let out = world.backupd(&["run-now", "app"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let mut daemon = Daemon::start(&world, &[]);
+    daemon.wait_status(30, "a scheduled verification", |s| {
+        !s["jobs"]["app"]["last_verified_at"].is_null()
+    });
+    let (_, metrics) = daemon.get("/metrics");
+    let verified = metric(
+        &metrics,
+        "backupd_last_verified_timestamp_seconds",
+        &[("job", "app")],
+    );
+    assert!(verified > 0.0);
+    assert_eq!(
+        metric(&metrics, "backupd_verify_failures_total", &[("job", "app")]),
+        0.0
+    );
+    let records = world.stored(".json");
+    assert!(
+        records
+            .iter()
+            .any(|p| p.to_string_lossy().contains("/verify/")),
+        "{records:?}"
+    );
+
+    // Flip a byte in the stored object: the next scheduled verification must catch it.
+    let object = world.stored(".tar.gz.age").pop().unwrap();
+    let mut bytes = std::fs::read(&object).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&object, bytes).unwrap();
+    daemon.wait_status(30, "a failed verification", |s| {
+        s["jobs"]["app"]["verify_failures"].as_u64() >= Some(1)
+    });
+    let event = loop {
+        let r = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("a failure event");
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        if v["event"] == "failure" {
+            break v;
+        }
+    };
+    assert!(
+        event["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("verification failed"),
+        "{event}"
+    );
+    let (_, metrics) = daemon.get("/metrics");
+    assert!(metric(&metrics, "backupd_verify_failures_total", &[("job", "app")]) >= 1.0);
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn a_run_past_timeout_secs_is_cancelled_and_commits_nothing() {
+    let world = World::new();
+    let src = world.path("src-big");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("big.bin"), noise(300 << 20, 9)).unwrap();
+    let job = format!(
+        "[jobs.big]\ntargets = [\"local\"]\ncompression_level = 9\nthreads = 1\ntimeout_secs = 1\n[jobs.big.sources.files]\nkind = \"directory\"\npath = \"{}\"\n",
+        src.display()
+    );
+    policy(&world, "", &job);
+    let out = world.backupd(&["run-now", "big"]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("cancelled after timeout_secs = 1; nothing was committed"),
+        "{said}"
+    );
+    assert!(list_json(&world, &[]).is_empty());
+    assert!(
+        super::support::walk(&world.target_dir())
+            .iter()
+            .all(|p| !p.is_file())
+    );
+}
