@@ -251,17 +251,22 @@ fn sighup_applies_a_good_policy_and_keeps_the_old_one_when_the_new_is_bad() {
     assert!(daemon.stop().success());
 }
 
+/// Job `big`: `mib` MiB of incompressible data at gzip -9 on one thread, several seconds
+/// of work to interrupt.
+fn slow_job(world: &World, mib: usize, extra: &str) -> String {
+    let src = world.path("src-big");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("big.bin"), noise(mib << 20, 7)).unwrap();
+    format!(
+        "[jobs.big]\ntargets = [\"local\"]\ncompression_level = 9\nthreads = 1\n{extra}[jobs.big.sources.files]\nkind = \"directory\"\npath = \"{}\"\n",
+        src.display()
+    )
+}
+
 #[test]
 fn sigterm_during_a_long_backup_exits_0_and_commits_nothing() {
     let world = World::new();
-    let src = world.path("src-big");
-    std::fs::create_dir_all(&src).unwrap();
-    // Incompressible data at gzip -9 on one thread: several seconds of work.
-    std::fs::write(src.join("big.bin"), noise(400 << 20, 7)).unwrap();
-    let job = format!(
-        "[jobs.big]\nschedule = \"0 3 1 1 *\"\ntargets = [\"local\"]\ncompression_level = 9\nthreads = 1\n[jobs.big.sources.files]\nkind = \"directory\"\npath = \"{}\"\n",
-        src.display()
-    );
+    let job = slow_job(&world, 400, "schedule = \"0 3 1 1 *\"\n");
     policy(&world, "shutdown_timeout_secs = 1", &job);
     let mut daemon = Daemon::start(&world, &[]);
     daemon.wait_log(30, "backup started");
@@ -636,13 +641,7 @@ fn scheduled_verification_records_passes_and_reports_a_corrupt_snapshot() {
 #[test]
 fn a_run_past_timeout_secs_is_cancelled_and_commits_nothing() {
     let world = World::new();
-    let src = world.path("src-big");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("big.bin"), noise(300 << 20, 9)).unwrap();
-    let job = format!(
-        "[jobs.big]\ntargets = [\"local\"]\ncompression_level = 9\nthreads = 1\ntimeout_secs = 1\n[jobs.big.sources.files]\nkind = \"directory\"\npath = \"{}\"\n",
-        src.display()
-    );
+    let job = slow_job(&world, 300, "timeout_secs = 1\n");
     policy(&world, "", &job);
     let out = world.backupd(&["run-now", "big"]);
     let said = text(&out);
