@@ -106,8 +106,8 @@ fn open_targets(policy: &Policy, names: &[String]) -> anyhow::Result<Vec<Target>
     names
         .iter()
         .map(|name| {
-            let spec = policy.targets.get(name).ok_or_else(|| {
-                UsageError(format!(
+            if !policy.targets.contains_key(name) {
+                return Err(UsageError(format!(
                     "no target named {name:?} in {} (targets: {})",
                     policy.path.display(),
                     policy
@@ -117,8 +117,9 @@ fn open_targets(policy: &Policy, names: &[String]) -> anyhow::Result<Vec<Target>
                         .collect::<Vec<_>>()
                         .join(", ")
                 ))
-            })?;
-            Ok(target::open(name, &spec.url())?)
+                .into());
+            }
+            Ok(target::open_in(policy, name)?)
         })
         .collect()
 }

@@ -13,7 +13,6 @@ use std::io::{self, Write};
 
 use bytes::Bytes;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStoreExt, WriteMultipart};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -29,10 +28,6 @@ const CHUNK_BYTES: usize = 1 << 20;
 const READ_AHEAD_CHUNKS: usize = 4;
 /// Chunks buffered per target before the encoder waits: the back-pressure bound.
 const CHANNEL_CHUNKS: usize = 4;
-/// Multipart part size (S3 needs ≥ 5 MiB for all but the last part).
-const PART_BYTES: usize = 8 << 20;
-/// Parts uploading at once per target.
-const PARTS_IN_FLIGHT: usize = 2;
 
 /// How one stream is encoded.
 #[derive(Clone)]
@@ -268,7 +263,7 @@ where
             for (w, target) in writers.into_iter().zip(targets) {
                 match w {
                     Ok(w) => {
-                        let _ = w.abort().await;
+                        w.abort().await;
                     }
                     Err(msg) => target_errors.push(format!("target {}: {msg}", target.name)),
                 }
@@ -284,11 +279,7 @@ where
     let mut uploads = Vec::new();
     for (w, target) in writers.into_iter().zip(targets) {
         uploads.push(match w {
-            Ok(w) => w
-                .finish()
-                .await
-                .map(|_| ())
-                .map_err(|e| format!("completing upload of {key}: {e}")),
+            Ok(w) => w.finish().await,
             Err(e) => Err(e),
         });
         if let Some(Err(e)) = uploads.last() {
@@ -310,28 +301,22 @@ async fn feed(
     key: ObjectPath,
     mut rx: mpsc::Receiver<Bytes>,
     cancel: CancellationToken,
-) -> Result<WriteMultipart, String> {
-    let upload = target
-        .store
-        .put_multipart(&key)
-        .await
-        .map_err(|e| format!("starting upload of {key}: {e}"))?;
-    let mut w = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
+) -> Result<PartWriter, String> {
+    let mut w = PartWriter::start(&target, &key).await?;
     loop {
         // Cancelling closes the channel, which stops the encoder and the source behind it.
         let chunk = tokio::select! {
             chunk = rx.recv() => chunk,
             () = cancel.cancelled() => {
-                let _ = w.abort().await;
+                w.abort().await;
                 return Err("cancelled".into());
             }
         };
         let Some(chunk) = chunk else { break };
-        if let Err(e) = w.wait_for_capacity(PARTS_IN_FLIGHT).await {
-            let _ = w.abort().await;
-            return Err(format!("uploading {key}: {e}"));
+        if let Err(e) = w.write(chunk).await {
+            w.abort().await;
+            return Err(e);
         }
-        w.put(chunk);
     }
     Ok(w)
 }
@@ -339,6 +324,9 @@ async fn feed(
 mod codec;
 mod decode;
 mod pargzip;
+mod upload;
+
+use upload::PartWriter;
 
 pub use decode::{Decoded, IntegrityError, decode};
 

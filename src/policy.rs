@@ -176,30 +176,7 @@ pub enum EncryptionMode {
     None,
 }
 
-/// Where snapshots are stored: a URL (`file:///abs/path`, later `s3://…`), or `path`, a
-/// local directory relative to the policy file.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TargetPolicy {
-    #[serde(default)]
-    pub url: Option<String>,
-    #[serde(default)]
-    pub path: Option<PathBuf>,
-}
-
-impl TargetPolicy {
-    /// The target as one URL; `path` targets become `file://` URLs.
-    pub fn url(&self) -> String {
-        match (&self.url, &self.path) {
-            (Some(url), _) => url.clone(),
-            // from_file_path escapes spaces, '#' and '%' that a plain format! would not.
-            (None, Some(path)) => url::Url::from_file_path(path)
-                .map(String::from)
-                .unwrap_or_else(|_| format!("file://{}", path.display())),
-            (None, None) => String::new(),
-        }
-    }
-}
+pub use crate::target::TargetPolicy;
 
 /// One backup job: what to back up, where to, and how to encode it.
 #[derive(Debug, Clone, Deserialize)]

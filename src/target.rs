@@ -1,16 +1,28 @@
-//! Storage targets: opening an `object_store` from a policy URL, redacting URLs for logs,
-//! reading objects as streams, and the write/read/delete reachability probe.
+//! Storage targets: opening an `object_store` from a policy target (local directory, S3,
+//! Azure Blob, GCS), redacting URLs for logs, reading objects as streams, and the
+//! write/read/delete reachability probe.
 //!
-//! There is no storage trait of our own: `Arc<dyn ObjectStore>` already is one, and the
-//! local filesystem goes through the same multipart path that S3/GCS/Azure use.
+//! There is no storage trait of our own: `Arc<dyn ObjectStore>` already is one. Remote
+//! targets also carry object_store's `MultipartStore` view, whose upload ids the
+//! pipeline journals (`journal`) so a crash never leaves an upload open for long.
+
+mod cloud;
+mod explain;
+pub mod journal;
+mod options;
 
 use std::sync::Arc;
 
 use futures::TryStreamExt;
 use object_store::local::LocalFileSystem;
+use object_store::multipart::MultipartStore;
 use object_store::path::Path as ObjectPath;
+use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use url::Url;
+
+pub use explain::explain;
+pub use options::TargetPolicy;
 
 /// One opened target.
 #[derive(Debug, Clone)]
@@ -18,10 +30,46 @@ pub struct Target {
     pub name: String,
     /// The URL with credentials and query removed: safe for logs and output.
     pub display_url: String,
+    /// Keys are relative to the target (the URL's prefix is applied underneath).
     pub store: Arc<dyn ObjectStore>,
     /// The directory of a `file://` target, for the few things object_store hides
     /// (unfinished multipart uploads); `None` elsewhere.
     pub local_root: Option<std::path::PathBuf>,
+    /// S3/Azure/GCS: the multipart interface with visible upload ids.
+    pub remote: Option<Remote>,
+    /// Where open multipart uploads are journaled (`state_dir/uploads`), when known.
+    pub journal_dir: Option<std::path::PathBuf>,
+}
+
+/// The remote side of a target.
+#[derive(Clone)]
+pub struct Remote {
+    pub multipart: Arc<dyn MultipartStore>,
+    /// The URL's path, under which every key of the target lives.
+    pub prefix: String,
+    /// `s3`, `azure` or `gcs`.
+    pub kind: &'static str,
+    pub storage_class: Option<String>,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote")
+            .field("kind", &self.kind)
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+impl Remote {
+    /// A target-relative key as the store's own key (prefix added).
+    pub fn full_key(&self, key: &ObjectPath) -> ObjectPath {
+        if self.prefix.is_empty() {
+            key.clone()
+        } else {
+            ObjectPath::from(format!("{}/{}", self.prefix, key))
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,8 +99,21 @@ pub fn check_url(url: &str) -> Result<(), String> {
             }
             Ok(())
         }
+        "s3" | "az" | "azure" | "gs" => {
+            if parsed.host_str().is_none_or(str::is_empty) {
+                return Err(format!(
+                    "{} names no bucket or container: use e.g. \"{}://NAME/optional/prefix\"",
+                    redact(url),
+                    parsed.scheme()
+                ));
+            }
+            if !parsed.username().is_empty() || parsed.password().is_some() {
+                return Err("credentials do not belong in the URL (it is logged): use the cloud's environment variables or the *_file keys".into());
+            }
+            Ok(())
+        }
         other => Err(format!(
-            "scheme {other:?} is not supported by this build yet (supported: file)"
+            "scheme {other:?} is not supported (supported: file, s3, az, gs)"
         )),
     }
 }
@@ -74,17 +135,35 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// Opens the store behind a target URL. Local directories are created when missing.
+/// Opens the store behind a target URL with every option at its default.
 pub fn open(name: &str, url: &str) -> Result<Target, TargetError> {
-    let display_url = redact(url);
+    open_spec(name, &TargetPolicy::from_url(url))
+}
+
+/// Opens a policy's target, journaling its multipart uploads under `state_dir/uploads`.
+pub fn open_in(policy: &crate::policy::Policy, name: &str) -> Result<Target, TargetError> {
+    let spec = policy.targets.get(name).ok_or_else(|| TargetError::Open {
+        name: name.into(),
+        url: String::new(),
+        message: "no such target in the policy".into(),
+    })?;
+    let mut t = open_spec(name, spec)?;
+    t.journal_dir = Some(journal::dir(&policy.daemon.state_dir));
+    Ok(t)
+}
+
+/// Opens the store behind a target. Local directories are created when missing.
+pub fn open_spec(name: &str, spec: &TargetPolicy) -> Result<Target, TargetError> {
+    let url = spec.url();
+    let display_url = redact(&url);
     let fail = |message: String| TargetError::Open {
         name: name.into(),
         url: display_url.clone(),
         message,
     };
-    check_url(url).map_err(&fail)?;
-    let parsed = Url::parse(url).map_err(|e| fail(e.to_string()))?;
-    let (store, local_root): (Arc<dyn ObjectStore>, _) = match parsed.scheme() {
+    check_url(&url).map_err(&fail)?;
+    let parsed = Url::parse(&url).map_err(|e| fail(e.to_string()))?;
+    let (store, local_root, remote): (Arc<dyn ObjectStore>, _, _) = match parsed.scheme() {
         "file" => {
             let dir = parsed
                 .to_file_path()
@@ -98,15 +177,31 @@ pub fn open(name: &str, url: &str) -> Result<Target, TargetError> {
             let fs = LocalFileSystem::new_with_prefix(&dir)
                 .map_err(|e| fail(e.to_string()))?
                 .with_automatic_cleanup(true);
-            (Arc::new(fs), Some(dir))
+            (Arc::new(fs), Some(dir), None)
         }
-        other => return Err(fail(format!("unsupported scheme {other:?}"))),
+        _ => {
+            let opened = cloud::open(&parsed, spec).map_err(&fail)?;
+            let store: Arc<dyn ObjectStore> = if opened.prefix.is_empty() {
+                opened.store
+            } else {
+                Arc::new(PrefixStore::new(opened.store, opened.prefix.as_str()))
+            };
+            let remote = Remote {
+                multipart: opened.multipart,
+                prefix: opened.prefix,
+                kind: opened.kind,
+                storage_class: spec.storage_class.clone(),
+            };
+            (store, None, Some(remote))
+        }
     };
     Ok(Target {
         name: name.into(),
         display_url,
         store,
         local_root,
+        remote,
+        journal_dir: None,
     })
 }
 
@@ -133,26 +228,37 @@ impl Target {
     }
 
     /// Writes, reads back and deletes a small probe object: proof that backups can land.
+    /// Errors say what to fix (credentials, bucket, endpoint), see `explain`.
     pub async fn probe(&self) -> Result<(), String> {
         let key = ObjectPath::from(format!(".backupd-probe-{:016x}", rand::random::<u64>()));
         let body = b"backupd reachability probe".to_vec();
         self.store
             .put(&key, PutPayload::from(body.clone()))
             .await
-            .map_err(|e| format!("cannot write a probe object: {e}"))?;
+            .map_err(|e| format!("cannot write a probe object: {}", explain(self, &e)))?;
         let read = self
             .store
             .get(&key)
             .await
-            .map_err(|e| format!("wrote a probe object but cannot read it back: {e}"))?
+            .map_err(|e| {
+                format!(
+                    "wrote a probe object but cannot read it back: {}",
+                    explain(self, &e)
+                )
+            })?
             .bytes()
             .await
-            .map_err(|e| format!("cannot read the probe object: {e}"))?;
+            .map_err(|e| format!("cannot read the probe object: {}", explain(self, &e)))?;
         let deleted = self.store.delete(&key).await;
         if read.as_ref() != body.as_slice() {
             return Err("the probe object read back differs from what was written".into());
         }
-        deleted.map_err(|e| format!("cannot delete the probe object {key}: {e}"))
+        deleted.map_err(|e| {
+            format!(
+                "cannot delete the probe object {key}: {} (backupd needs delete for retention)",
+                explain(self, &e)
+            )
+        })
     }
 }
 
@@ -178,6 +284,19 @@ mod tests {
             check_url("gopher://x")
                 .unwrap_err()
                 .contains("not supported")
+        );
+        assert!(check_url("s3://bucket/prefix").is_ok());
+        assert!(check_url("az://container").is_ok());
+        assert!(check_url("gs://bucket/a/b").is_ok());
+        assert!(
+            check_url("s3:///prefix")
+                .unwrap_err()
+                .contains("names no bucket")
+        );
+        assert!(
+            check_url("s3://AKIA:secret@bucket/x")
+                .unwrap_err()
+                .contains("credentials do not belong")
         );
     }
 

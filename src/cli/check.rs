@@ -97,8 +97,8 @@ pub async fn run(config: &Path) -> anyhow::Result<ExitCode> {
         }
     }
 
-    for (name, spec) in &policy.targets {
-        let opened = target::open(name, &spec.url());
+    for name in policy.targets.keys() {
+        let opened = target::open_in(&policy, name);
         match opened {
             Err(e) => f.fail(e),
             Ok(t) => match t.probe().await {

@@ -244,15 +244,13 @@ fn open_targets(policy: &Policy, job: &str) -> Vec<Target> {
     policy.jobs[job]
         .targets
         .iter()
-        .filter_map(
-            |name| match crate::target::open(name, &policy.targets[name].url()) {
-                Ok(t) => Some(t),
-                Err(e) => {
-                    tracing::warn!(job, target = %name, "{e}");
-                    None
-                }
-            },
-        )
+        .filter_map(|name| match crate::target::open_in(policy, name) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!(job, target = %name, "{e}");
+                None
+            }
+        })
         .collect()
 }
 

@@ -129,8 +129,7 @@ async fn backup(ctx: &RunContext<'_>, job: &str, tags: &[String]) -> JobReport {
     let mut targets = Vec::new();
     let mut unreachable = BTreeMap::new();
     for name in &spec.targets {
-        let url = policy.targets[name].url();
-        match crate::target::open(name, &url) {
+        match crate::target::open_in(policy, name) {
             Ok(t) => targets.push(t),
             Err(e) => {
                 tracing::error!(job, target = %name, "{e}");

@@ -83,6 +83,9 @@ pub fn from_figment(figment: Figment, base: &Path) -> Result<Policy, Vec<Problem
         match value.deserialize::<TargetPolicy>() {
             Ok(mut t) => {
                 t.path = t.path.map(|p| join(base, p));
+                t.secret_access_key_file = t.secret_access_key_file.map(|p| join(base, p));
+                t.access_key_file = t.access_key_file.map(|p| join(base, p));
+                t.service_account_file = t.service_account_file.map(|p| join(base, p));
                 targets.insert(name, t);
             }
             Err(e) => problems.extend(validate::serde_problems(&key, e)),

@@ -193,6 +193,9 @@ pub fn policy(policy: &Policy) -> Vec<Problem> {
             }
             (None, Some(_)) => {}
         }
+        for (field, message) in target.check() {
+            out.push(problem(format!("{key}.{field}"), message));
+        }
     }
     for (name, job) in &policy.jobs {
         let key = format!("jobs.{name}");
