@@ -96,10 +96,21 @@ pub async fn run(config: &Path) -> anyhow::Result<ExitCode> {
         freshness.check_freshness(&s.policy, now);
     });
 
+    for said in crate::target::journal::abort_orphans(&policy).await {
+        tracing::warn!("{said}");
+    }
+    let (policy_tx, policy_rx) = tokio::sync::watch::channel(policy.clone());
+    if policy.daemon.spool_dir.is_some() {
+        let shared = shared.clone();
+        tokio::spawn(crate::spool::delivery_loop(policy_rx, move |pending| {
+            shared.update(|s| s.spool = pending);
+        }));
+    }
     let (tx, mut rx) = mpsc::channel(16);
     spawn_signals(
         config.to_path_buf(),
         tx.clone(),
+        policy_tx,
         work.clone(),
         scheduler.cancel_token(),
     )?;
@@ -141,6 +152,7 @@ fn check_state_dir(dir: &Path) -> anyhow::Result<()> {
 fn spawn_signals(
     config: std::path::PathBuf,
     tx: mpsc::Sender<Control>,
+    policy_tx: tokio::sync::watch::Sender<Arc<Policy>>,
     work: Arc<Work>,
     cancel: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
@@ -157,6 +169,7 @@ fn spawn_signals(
                     match policy::load(&config) {
                         Ok(p) => {
                             work.notifier.set_hooks(p.notify.clone());
+                            let _ = policy_tx.send(Arc::new(p.clone()));
                             let _ = tx.send(Control::Reload(Box::new(p))).await;
                         }
                         Err(e) => tracing::error!("reload refused, the running policy stays in force: {e}"),

@@ -51,6 +51,9 @@ pub struct JobReport {
     pub after_errors: Vec<String>,
     /// Why the backup did not start (lock, `before` hook, no target) or was cut short.
     pub aborted: Option<String>,
+    /// Targets that were down: their copy is committed in the spool, awaiting delivery
+    /// (target → why it was unreachable). They are also in `committed`.
+    pub spooled: BTreeMap<String, String>,
 }
 
 impl JobReport {
@@ -75,6 +78,7 @@ impl JobReport {
             pruned: Vec::new(),
             after_errors: Vec::new(),
             aborted: None,
+            spooled: BTreeMap::new(),
         }
     }
 
@@ -305,9 +309,10 @@ async fn after_commit(policy: &Policy, job_name: &str, targets: &[Target], repor
     let Some(manifest) = report.manifest.clone() else {
         return;
     };
+    // A spooled copy is verified and pruned once it has reached its real target.
     let committed: Vec<&Target> = targets
         .iter()
-        .filter(|t| report.committed.contains(&t.name))
+        .filter(|t| report.committed.contains(&t.name) && !t.spooled)
         .collect();
     if job.verify.after_backup {
         let encrypted = manifest

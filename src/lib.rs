@@ -26,6 +26,7 @@ pub mod retention;
 pub mod schedule;
 pub mod snapshot;
 pub mod source;
+pub mod spool;
 pub mod state;
 pub mod target;
 pub mod verify;

@@ -326,7 +326,7 @@ mod decode;
 mod pargzip;
 mod upload;
 
-use upload::PartWriter;
+pub use upload::PartWriter;
 
 pub use decode::{Decoded, IntegrityError, decode};
 

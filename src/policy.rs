@@ -84,6 +84,25 @@ pub struct DaemonPolicy {
     /// of a cancelled snapshot is committed).
     #[serde(default = "default_shutdown_timeout_secs")]
     pub shutdown_timeout_secs: u64,
+    /// Where a snapshot waits (encrypted) for a remote target that was down when it was
+    /// taken; delivered later by the daemon and by `run-now`. Off unless set.
+    #[serde(default)]
+    pub spool_dir: Option<PathBuf>,
+    /// Beyond this, the oldest spooled snapshots are dropped (with an error).
+    #[serde(default = "default_spool_max_bytes")]
+    pub spool_max_bytes: u64,
+    /// First delay between the daemon's delivery attempts; doubles while a target stays
+    /// down (up to 60 times this), back to this once everything is delivered.
+    #[serde(default = "default_spool_retry_secs")]
+    pub spool_retry_secs: u64,
+}
+
+fn default_spool_retry_secs() -> u64 {
+    30
+}
+
+fn default_spool_max_bytes() -> u64 {
+    10 << 30
 }
 
 fn default_listen() -> String {
@@ -141,6 +160,9 @@ impl Default for DaemonPolicy {
             listen: default_listen(),
             max_concurrent_jobs: default_max_concurrent_jobs(),
             shutdown_timeout_secs: default_shutdown_timeout_secs(),
+            spool_dir: None,
+            spool_max_bytes: default_spool_max_bytes(),
+            spool_retry_secs: default_spool_retry_secs(),
         }
     }
 }

@@ -157,11 +157,9 @@ pub enum SnapshotError {
         id: String,
         target: String,
     },
-    #[error("target {target}: {source}")]
-    Store {
-        target: String,
-        source: object_store::Error,
-    },
+    /// The store's error, already explained (`target::explain`): what to fix first.
+    #[error("target {target}: {message}")]
+    Store { target: String, message: String },
     #[error("manifest {key} on target {target} is unreadable: {reason}")]
     BadManifest {
         target: String,
@@ -171,6 +169,15 @@ pub enum SnapshotError {
 }
 
 /// Writes the manifest with create-if-absent: the single step that makes a snapshot real.
+impl SnapshotError {
+    pub fn store(target: &Target, e: object_store::Error) -> Self {
+        SnapshotError::Store {
+            target: target.name.clone(),
+            message: crate::target::explain(target, &e),
+        }
+    }
+}
+
 pub async fn commit(target: &Target, manifest: &Manifest) -> Result<(), SnapshotError> {
     let key = manifest_key(&manifest.job, &manifest.snapshot);
     let body = serde_json::to_vec_pretty(manifest).expect("manifest serializes");
@@ -189,10 +196,7 @@ pub async fn commit(target: &Target, manifest: &Manifest) -> Result<(), Snapshot
             id: manifest.snapshot.clone(),
             target: target.name.clone(),
         }),
-        Err(source) => Err(SnapshotError::Store {
-            target: target.name.clone(),
-            source,
-        }),
+        Err(source) => Err(SnapshotError::store(target, source)),
     }
 }
 
@@ -208,10 +212,7 @@ pub async fn read_manifest(
         Err(object_store::Error::NotFound { .. }) => return Ok(None),
         Err(e) => Err(e),
     }
-    .map_err(|source| SnapshotError::Store {
-        target: target.name.clone(),
-        source,
-    })?;
+    .map_err(|source| SnapshotError::store(target, source))?;
     parse_manifest(&bytes)
         .map(Some)
         .map_err(|reason| SnapshotError::BadManifest {
@@ -256,10 +257,7 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, String> {
 /// Committed snapshots of `job` (or of every job) on one target, newest first.
 /// Unreadable manifests are logged and left out rather than hiding the good ones.
 pub async fn list(target: &Target, job: Option<&str>) -> Result<Vec<Manifest>, SnapshotError> {
-    let store_err = |source| SnapshotError::Store {
-        target: target.name.clone(),
-        source,
-    };
+    let store_err = |source| SnapshotError::store(target, source);
     let jobs: Vec<String> = match job {
         Some(j) => vec![j.to_string()],
         None => {

@@ -21,7 +21,7 @@ use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use url::Url;
 
-pub use explain::explain;
+pub use explain::{explain, is_unreachable};
 pub use options::TargetPolicy;
 
 /// One opened target.
@@ -39,6 +39,8 @@ pub struct Target {
     pub remote: Option<Remote>,
     /// Where open multipart uploads are journaled (`state_dir/uploads`), when known.
     pub journal_dir: Option<std::path::PathBuf>,
+    /// A spool stand-in for this target (`spool`): holds the copy until delivery.
+    pub spooled: bool,
 }
 
 /// The remote side of a target.
@@ -202,6 +204,7 @@ pub fn open_spec(name: &str, spec: &TargetPolicy) -> Result<Target, TargetError>
         local_root,
         remote,
         journal_dir: None,
+        spooled: false,
     })
 }
 

@@ -37,6 +37,22 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
             "encryption.mode = \"none\": snapshots are stored in PLAINTEXT; anyone who can read the target can read your data"
         );
     }
+    // Leftovers of earlier runs first: uploads a crash left open, snapshots in the spool.
+    for said in crate::target::journal::abort_orphans(&policy).await {
+        tracing::warn!("{said}");
+    }
+    if policy.daemon.spool_dir.is_some() {
+        let (delivered, errors) = crate::spool::deliver(&policy).await;
+        for p in &delivered {
+            println!(
+                "delivered spooled snapshot {}/{} to {}",
+                p.job, p.snapshot, p.target
+            );
+        }
+        for e in &errors {
+            tracing::warn!("spool: {e}");
+        }
+    }
     let notifier = crate::notify::Notifier::new(policy.notify.clone());
     let ctx = job::RunContext {
         policy: &policy,
@@ -170,6 +186,11 @@ fn print_report(r: &JobReport) {
     }
     for (target, e) in &r.failed_targets {
         println!("  target {target} FAILED: {e}");
+    }
+    for (target, why) in &r.spooled {
+        println!(
+            "  target {target} SPOOLED: unreachable ({why}); the copy waits in the spool and is delivered by the daemon or the next run"
+        );
     }
     for v in &r.verifications {
         super::verify::print_record(v);

@@ -57,6 +57,7 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
                 policy: config.display().to_string(),
                 state: "not running".into(),
                 jobs,
+                spool: crate::spool::pending(&policy).await,
             };
             (status, false)
         }
@@ -65,6 +66,7 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {
         print(&status, from_daemon);
+        print_spool(&status);
     }
     let failing = status
         .jobs
@@ -101,6 +103,25 @@ fn ago(t: chrono::DateTime<Utc>) -> String {
         "{} ago",
         humantime::format_duration(Duration::from_secs(rounded))
     )
+}
+
+fn print_spool(s: &Status) {
+    if s.spool.is_empty() {
+        return;
+    }
+    println!(
+        "\nspool: {} snapshot(s) waiting for their target",
+        s.spool.len()
+    );
+    for p in &s.spool {
+        println!(
+            "  {} {}/{} ({})",
+            p.target,
+            p.job,
+            p.snapshot,
+            human_bytes(p.bytes)
+        );
+    }
 }
 
 fn print(s: &Status, from_daemon: bool) {

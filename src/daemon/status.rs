@@ -22,6 +22,9 @@ pub struct Status {
     /// `running` while the scheduler serves, `stopping` during shutdown.
     pub state: String,
     pub jobs: BTreeMap<String, JobStatus>,
+    /// Snapshots waiting in the spool for their target, oldest first.
+    #[serde(default)]
+    pub spool: Vec<crate::spool::Pending>,
 }
 
 /// One job as the daemon sees it.
@@ -72,6 +75,7 @@ impl Shared {
                 policy: policy_path.into(),
                 state: "running".into(),
                 jobs: BTreeMap::new(),
+                spool: Vec::new(),
             }),
             heartbeat: AtomicI64::new(now.timestamp_millis()),
         }
@@ -140,6 +144,9 @@ pub fn summary(status: &Status) -> String {
     }
     if failing > 0 {
         parts.push(format!("{failing} job(s) failing"));
+    }
+    if !status.spool.is_empty() {
+        parts.push(format!("{} snapshot(s) spooled", status.spool.len()));
     }
     parts.join("; ")
 }

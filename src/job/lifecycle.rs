@@ -128,8 +128,25 @@ async fn backup(ctx: &RunContext<'_>, job: &str, tags: &[String]) -> JobReport {
     // An unreachable target fails the job but does not keep the others from the data.
     let mut targets = Vec::new();
     let mut unreachable = BTreeMap::new();
+    let mut spooled = BTreeMap::new();
     for name in &spec.targets {
-        match crate::target::open_in(policy, name) {
+        let opened = crate::target::open_in(policy, name);
+        // A remote target that is down now gets its copy in the spool, when there is one.
+        if let (Some(spool_dir), Ok(t)) = (&policy.daemon.spool_dir, &opened)
+            && t.remote.is_some()
+            && let Err(why) = crate::spool::reachable(policy, name).await
+        {
+            match crate::spool::open(spool_dir, name) {
+                Ok(stand_in) => {
+                    tracing::warn!(job, target = %name, "target unreachable, spooling its copy: {why}");
+                    spooled.insert(name.clone(), why);
+                    targets.push(stand_in);
+                    continue;
+                }
+                Err(e) => tracing::error!(job, target = %name, "cannot use the spool: {e}"),
+            }
+        }
+        match opened {
             Ok(t) => targets.push(t),
             Err(e) => {
                 tracing::error!(job, target = %name, "{e}");
@@ -163,5 +180,23 @@ async fn backup(ctx: &RunContext<'_>, job: &str, tags: &[String]) -> JobReport {
         }
     }
     report.failed_targets.extend(unreachable);
+    if !spooled.is_empty() {
+        let dropped = crate::spool::enforce_limit(policy).await;
+        for d in dropped.iter().filter(|d| d.job == job) {
+            let why = format!(
+                "spool full (daemon.spool_max_bytes): snapshot {} for target {} was dropped before delivery",
+                d.snapshot, d.target
+            );
+            if d.snapshot == report.snapshot {
+                report.failed_targets.insert(d.target.clone(), why);
+            } else {
+                report.after_errors.push(why);
+            }
+        }
+        report.spooled = spooled
+            .into_iter()
+            .filter(|(name, _)| report.committed.contains(name))
+            .collect();
+    }
     report
 }

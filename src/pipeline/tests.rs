@@ -18,6 +18,9 @@ fn memory_target(name: &str) -> (Target, Arc<InMemory>) {
             display_url: "memory:///".into(),
             store,
             local_root: None,
+            remote: None,
+            journal_dir: None,
+            spooled: false,
         },
         mem,
     )

@@ -122,6 +122,7 @@ pub fn from_figment(figment: Figment, base: &Path) -> Result<Policy, Vec<Problem
     encryption.identity_file = encryption.identity_file.map(|p| join(base, p));
     let mut daemon = raw.daemon;
     daemon.state_dir = join(base, daemon.state_dir);
+    daemon.spool_dir = daemon.spool_dir.map(|p| join(base, p));
     let policy = Policy {
         path: PathBuf::new(),
         daemon,

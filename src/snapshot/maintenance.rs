@@ -12,10 +12,7 @@ use crate::target::Target;
 
 /// Deletes one committed snapshot: manifest, then every other object under it.
 pub async fn delete(target: &Target, job: &str, id: &str) -> Result<(), SnapshotError> {
-    let store_err = |source| SnapshotError::Store {
-        target: target.name.clone(),
-        source,
-    };
+    let store_err = |source| SnapshotError::store(target, source);
     match target.store.delete(&manifest_key(job, id)).await {
         Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
         Err(e) => return Err(store_err(e)),
@@ -31,18 +28,12 @@ async fn remove_prefix(target: &Target, job: &str, id: &str) -> Result<(), Snaps
         .map_ok(|m| m.location)
         .try_collect()
         .await
-        .map_err(|source| SnapshotError::Store {
-            target: target.name.clone(),
-            source,
-        })?;
+        .map_err(|source| SnapshotError::store(target, source))?;
     for key in keys {
         match target.store.delete(&key).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
             Err(source) => {
-                return Err(SnapshotError::Store {
-                    target: target.name.clone(),
-                    source,
-                });
+                return Err(SnapshotError::store(target, source));
             }
         }
     }
@@ -51,12 +42,14 @@ async fn remove_prefix(target: &Target, job: &str, id: &str) -> Result<(), Snaps
     if let Some(root) = &target.local_root {
         let dir = root.join(job).join(id);
         if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(|e| SnapshotError::Store {
-                target: target.name.clone(),
-                source: object_store::Error::Generic {
-                    store: "LocalFileSystem",
-                    source: Box::new(e),
-                },
+            std::fs::remove_dir_all(&dir).map_err(|e| {
+                SnapshotError::store(
+                    target,
+                    object_store::Error::Generic {
+                        store: "LocalFileSystem",
+                        source: Box::new(e),
+                    },
+                )
             })?;
         }
     }
@@ -85,10 +78,7 @@ pub async fn sweep(
         .store
         .list_with_delimiter(Some(&ObjectPath::from(job)))
         .await
-        .map_err(|source| SnapshotError::Store {
-            target: target.name.clone(),
-            source,
-        })?;
+        .map_err(|source| SnapshotError::store(target, source))?;
     let mut ids: Vec<String> = listed
         .common_prefixes
         .iter()
@@ -118,10 +108,7 @@ pub async fn sweep(
             Ok(_) => true,
             Err(object_store::Error::NotFound { .. }) => false,
             Err(source) => {
-                return Err(SnapshotError::Store {
-                    target: target.name.clone(),
-                    source,
-                });
+                return Err(SnapshotError::store(target, source));
             }
         };
         if !committed {

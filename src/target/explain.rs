@@ -92,3 +92,13 @@ fn shorten(s: &str) -> String {
         one_line
     }
 }
+
+/// The server did not answer at all (refused, no route, DNS, connect timeout), as
+/// opposed to answering with an error: the case the spool is for.
+pub fn is_unreachable(err: &object_store::Error) -> bool {
+    let lower = err.to_string().to_ascii_lowercase();
+    lower.contains("error sending request")
+        || lower.contains("connection refused")
+        || lower.contains("dns error")
+        || (lower.contains("connect") && lower.contains("timed out"))
+}
