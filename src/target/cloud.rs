@@ -138,6 +138,9 @@ pub fn open(url: &Url, spec: &TargetPolicy) -> Result<Opened, String> {
             if let Some(f) = &spec.service_account_file {
                 b = b.with_service_account_path(f.display().to_string());
             }
+            if let Some(e) = &spec.endpoint {
+                b = b.with_base_url(e);
+            }
             let gcs = Arc::new(b.build().map_err(|e| e.to_string())?);
             Ok(Opened {
                 store: gcs.clone(),

@@ -20,7 +20,8 @@ pub struct TargetPolicy {
     /// e.g. `"eu-central-1"`; default from `AWS_REGION`/`AWS_DEFAULT_REGION`, else us-east-1.
     #[serde(default)]
     pub region: Option<String>,
-    /// S3-compatible server, e.g. `"https://s3.example.internal:9000"`.
+    /// S3-compatible server, e.g. `"https://s3.example.internal:9000"` (also: a GCS
+    /// emulator's base URL, an Azure Blob endpoint).
     #[serde(default)]
     pub endpoint: Option<String>,
     /// Allow `http://` endpoints (test servers, a TLS-terminating proxy on loopback).
@@ -106,7 +107,7 @@ const AZURE_KEYS: &[&str] = &[
     "endpoint",
     "allow_http",
 ];
-const GCS_KEYS: &[&str] = &["service_account_file"];
+const GCS_KEYS: &[&str] = &["service_account_file", "endpoint", "allow_http"];
 
 impl TargetPolicy {
     /// A target given by URL alone, every option at its default.
