@@ -56,8 +56,13 @@ fn unknown_keys_are_rejected_at_every_level() {
     );
     expect_policy_error(
         &world,
+        &format!("{HEAD}[targets.other]\nurl = \"file:///tmp/x\"\nregoin = \"eu\"\n"),
+        &["targets.other.regoin: unknown key"],
+    );
+    expect_policy_error(
+        &world,
         &format!("{HEAD}[targets.other]\nurl = \"file:///tmp/x\"\nregion = \"eu\"\n"),
-        &["targets.other.region: unknown key"],
+        &["targets.other.region: does not apply to a file:// target"],
     );
 }
 
