@@ -3,12 +3,16 @@
 //! 0 success, 1 a job/restore/check of data failed, 2 usage or policy error.
 
 mod check;
+mod completions;
+mod init;
 mod keygen;
 mod list;
 mod prune;
 mod restore;
 mod run_now;
+mod show_config;
 mod status;
+mod table;
 mod verify;
 
 use std::path::{Path, PathBuf};
@@ -61,6 +65,14 @@ pub enum Command {
     Check,
     /// Generate a new age identity (secret key, mode 0600) and print its public key.
     Keygen(keygen::Args),
+    /// Write a commented starter policy and an age key next to it, and say what to run next.
+    Init(init::Args),
+    /// Print the effective policy (file plus BACKUPD_* overrides), secrets redacted.
+    ShowConfig,
+    /// Print a shell completion script: bash, zsh or fish.
+    Completions(completions::Args),
+    /// Print the man page (roff) on stdout.
+    Man,
 }
 
 /// A mistake in how backupd was called: exit status 2.
@@ -83,6 +95,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Prune(args) => prune::run(&cli.config, args).await,
         Command::Check => check::run(&cli.config).await,
         Command::Keygen(args) => keygen::run(args),
+        Command::Init(args) => init::run(args),
+        Command::ShowConfig => show_config::run(&cli.config).await,
+        Command::Completions(args) => completions::run(args),
+        Command::Man => completions::man(),
     }
 }
 

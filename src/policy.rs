@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use figment::value::Value;
 use serde::Deserialize;
 
-pub use load::{from_figment, load};
+pub use load::{from_figment, load, merged_values};
 pub use validate::{Problem, is_valid_name};
 
 /// Where the policy is read from when neither `--config` nor `BACKUPD_CONFIG` says.

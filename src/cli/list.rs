@@ -82,32 +82,40 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
         println!("no committed snapshots");
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
-        "{:<34} {:<12} {:<20} {:>10} {:<8} {:<16} SOURCES",
-        "SNAPSHOT", "JOB", "TIME (UTC)", "STORED", "VERIFIED", "TAGS"
+    let now = chrono::Utc::now();
+    let rows: Vec<Vec<String>> = listed
+        .iter()
+        .map(|l| {
+            let m = &l.manifest;
+            vec![
+                m.snapshot.clone(),
+                m.job.clone(),
+                super::table::age(m.started_at, now),
+                if m.tags.is_empty() {
+                    "–".into()
+                } else {
+                    m.tags.join(",")
+                },
+                format!(
+                    "{} / {}",
+                    human_bytes(m.stored_bytes()),
+                    human_bytes(m.plain_bytes())
+                ),
+                match &l.last_verification {
+                    Some(v) if v.ok => "✓".into(),
+                    Some(_) => "✗".into(),
+                    None => "–".into(),
+                },
+                l.targets.join(","),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        super::table::render(
+            &["SNAPSHOT", "JOB", "AGE", "TAGS", "STORED / PLAIN", "VERIFIED", "TARGETS"],
+            &rows
+        )
     );
-    for l in &listed {
-        let m = &l.manifest;
-        let sources: Vec<String> = m
-            .sources
-            .iter()
-            .map(|(name, s)| format!("{name} {}", human_bytes(s.stored.bytes)))
-            .collect();
-        println!(
-            "{:<34} {:<12} {:<20} {:>10} {:<8} {:<16} {}  [{}]",
-            m.snapshot,
-            m.job,
-            m.started_at.format("%Y-%m-%d %H:%M:%S"),
-            human_bytes(m.stored_bytes()),
-            match &l.last_verification {
-                Some(v) if v.ok => "ok",
-                Some(_) => "FAILED",
-                None => "-",
-            },
-            m.tags.join(","),
-            sources.join(", "),
-            l.targets.join(",")
-        );
-    }
     Ok(ExitCode::SUCCESS)
 }

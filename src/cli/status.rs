@@ -92,19 +92,6 @@ async fn ask_daemon(addr: &str) -> Option<Status> {
     resp.json::<Status>().await.ok()
 }
 
-fn ago(t: chrono::DateTime<Utc>) -> String {
-    let secs = (Utc::now() - t).num_seconds().max(0) as u64;
-    let rounded = match secs {
-        0..60 => secs,
-        60..3600 => secs / 60 * 60,
-        _ => secs / 3600 * 3600,
-    };
-    format!(
-        "{} ago",
-        humantime::format_duration(Duration::from_secs(rounded))
-    )
-}
-
 fn print_spool(s: &Status) {
     if s.spool.is_empty() {
         return;
@@ -125,64 +112,69 @@ fn print_spool(s: &Status) {
 }
 
 fn print(s: &Status, from_daemon: bool) {
+    let now = Utc::now();
     if from_daemon {
         println!(
-            "daemon: {} (pid {}, backupd {}, up since {})",
+            "daemon: {} (pid {}, backupd {}, up {})",
             s.state,
             s.pid,
             s.version,
-            s.started_at.format("%Y-%m-%d %H:%M:%S UTC")
+            super::table::age(s.started_at, now).trim_end_matches(" ago")
         );
     } else {
         println!("daemon: not running (showing what the state directory remembers)");
     }
+    let when = |t: Option<chrono::DateTime<Utc>>| t.map_or("–".to_string(), |t| super::table::age(t, now));
+    let rows: Vec<Vec<String>> = s
+        .jobs
+        .iter()
+        .map(|(name, j)| {
+            let last = match &j.last_run {
+                Some(r) if r.ok() => format!(
+                    "✓ {} ({})",
+                    super::table::age(r.finished_at, now),
+                    human_bytes(r.stored_bytes)
+                ),
+                Some(r) => format!("✗ {}", super::table::age(r.finished_at, now)),
+                None => "never".into(),
+            };
+            let state = match (&j.running, j.fresh) {
+                (Some(what), _) => format!("running {what}"),
+                (None, Some(false)) => "STALE".into(),
+                _ => "idle".into(),
+            };
+            vec![
+                name.clone(),
+                j.schedule.clone().unwrap_or_else(|| "–".into()),
+                j.next_run.map_or("–".into(), |t| super::table::age(t, now)),
+                last,
+                when(j.last_success_at),
+                when(j.last_verified_at),
+                state,
+            ]
+        })
+        .collect();
+    println!();
+    print!(
+        "{}",
+        super::table::render(
+            &["JOB", "SCHEDULE", "NEXT", "LAST RUN", "LAST OK", "VERIFIED", "STATE"],
+            &rows
+        )
+    );
     for (name, j) in &s.jobs {
-        println!("\njob {name}");
-        match (&j.schedule, j.next_run) {
-            (Some(expr), Some(next)) => println!(
-                "  schedule   {expr} ({}), next {}",
-                j.timezone,
-                next.format("%Y-%m-%d %H:%M:%S UTC")
-            ),
-            _ => println!("  schedule   none (run-now only)"),
-        }
-        if let Some(what) = &j.running {
-            println!(
-                "  running    {what}{}",
-                j.running_since
-                    .map(|t| format!(" since {}", ago(t)))
-                    .unwrap_or_default()
-            );
-        }
-        match &j.last_run {
-            Some(r) if r.ok() => println!(
-                "  last run   success {} ({}, {} → {} stored, by {})",
-                ago(r.finished_at),
-                r.snapshot.as_deref().unwrap_or("-"),
-                human_bytes(r.plain_bytes),
-                human_bytes(r.stored_bytes),
-                r.by
-            ),
-            Some(r) => {
-                println!("  last run   FAILED {} (by {})", ago(r.finished_at), r.by);
-                for e in &r.errors {
-                    println!("             {e}");
-                }
+        if let Some(r) = j.last_run.as_ref().filter(|r| !r.ok()) {
+            println!("\njob {name} failed {} (by {}):", super::table::age(r.finished_at, now), r.by);
+            for e in &r.errors {
+                println!("  {e}");
             }
-            None => println!("  last run   never"),
-        }
-        if let Some(t) = j.last_success_at {
-            println!("  last ok    {}", ago(t));
-        }
-        if let Some(t) = j.last_verified_at {
-            println!("  verified   {}", ago(t));
         }
         if j.fresh == Some(false) {
-            println!("  ALARM      no snapshot newer than alert_if_older_than");
+            println!("\njob {name}: no snapshot newer than alert_if_older_than");
         }
         if from_daemon && (j.runs_skipped > 0 || j.verify_failures > 0) {
             println!(
-                "  counters   {} skipped, {} verification failures",
+                "\njob {name}: {} run(s) skipped, {} verification failure(s) since start",
                 j.runs_skipped, j.verify_failures
             );
         }

@@ -45,6 +45,22 @@ pub fn load(path: &Path) -> Result<Policy, PolicyError> {
     Ok(policy)
 }
 
+/// The merged policy (file + environment) as plain values, before typing: what
+/// `show-config` prints.
+pub fn merged_values(path: &Path) -> Result<Value, PolicyError> {
+    let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Unreadable {
+        path: path.into(),
+        source,
+    })?;
+    Figment::from(Toml::string(&text))
+        .merge(env_overrides())
+        .extract::<Value>()
+        .map_err(|e| PolicyError::Invalid {
+            path: path.into(),
+            problems: validate::serde_problems("", e),
+        })
+}
+
 /// `BACKUPD_JOBS__APP__COMPRESSION=zstd` overrides `jobs.app.compression`. Only the
 /// policy's own sections are taken, so `BACKUPD_CONFIG`/`BACKUPD_LOG` never read as keys.
 fn env_overrides() -> Env {

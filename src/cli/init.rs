@@ -1,0 +1,113 @@
+//! `backupd init [--output FILE] [--source DIR]`: a commented starter policy that works
+//! with no edits — one directory job to a local target, encrypted to an age key generated
+//! beside the policy (0600), verified after each backup, with retention — plus a
+//! commented-out database job, and the next three commands to run.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use super::UsageError;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Where to write the policy (never overwritten).
+    #[arg(long, default_value = "policy.toml", value_name = "FILE")]
+    pub output: PathBuf,
+    /// The directory the starter job backs up (default: the policy's directory).
+    #[arg(long, value_name = "DIR")]
+    pub source: Option<PathBuf>,
+}
+
+const KEY_FILE: &str = "backupd-identity.txt";
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let output = std::path::absolute(&args.output)?;
+    if output.exists() {
+        return Err(UsageError(format!(
+            "{} already exists; pick another --output or remove it first",
+            output.display()
+        ))
+        .into());
+    }
+    let dir = output.parent().unwrap_or(Path::new(".")).to_path_buf();
+    std::fs::create_dir_all(&dir)?;
+    let key = dir.join(KEY_FILE);
+    let recipient = if key.exists() {
+        // An earlier init left its key: reuse it rather than orphan the snapshots it opens.
+        crate::crypto::identity_recipients(&key)?
+            .first()
+            .map(ToString::to_string)
+            .ok_or_else(|| anyhow::anyhow!("{} holds no age identity", key.display()))?
+    } else {
+        crate::crypto::generate_identity(&key)?.to_string()
+    };
+    let source = match &args.source {
+        Some(s) => std::path::absolute(s)?,
+        None => dir.clone(),
+    };
+    if !source.is_dir() {
+        return Err(UsageError(format!("--source {} is not a directory", source.display())).into());
+    }
+    let text = TEMPLATE
+        .replace("{RECIPIENT}", &recipient)
+        .replace("{KEY_FILE}", KEY_FILE)
+        .replace("{SOURCE}", &toml_string(&source));
+    std::fs::write(&output, text)?;
+    let cmd = format!("backupd --config {}", output.display());
+    println!("wrote {} and the age key {} (mode 0600)", output.display(), key.display());
+    println!("keep a copy of the key somewhere safe: without it no snapshot can be restored\n");
+    println!("next:");
+    println!("  {cmd} check      # keys, source, target");
+    println!("  {cmd} run-now    # first backup, verified");
+    println!("  {cmd} list       # what is stored");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn toml_string(p: &Path) -> String {
+    p.display().to_string().replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+const TEMPLATE: &str = r#"# backupd policy, written by `backupd init`. Reference: BACKUP_POLICY.md.
+# Relative paths are taken from this file's directory.
+
+[daemon]
+# Local scratch space and the record of each job's last run.
+state_dir = ".backupd-state"
+
+[encryption]
+# Snapshots are encrypted to this public key; {KEY_FILE} (next to this file, mode 0600)
+# is its secret half, needed to restore and verify. Keep a copy of it off this machine.
+recipients = ["{RECIPIENT}"]
+identity_file = "{KEY_FILE}"
+
+# Where snapshots go. Add an offsite copy with e.g. url = "s3://bucket/prefix".
+[targets.local]
+path = "backups"
+
+[jobs.files]
+targets = ["local"]
+# For `backupd run` (the daemon): every night at 03:00.
+schedule = "0 3 * * *"
+compression = "zstd"
+# Test-restore each new snapshot right after it is committed.
+verify = { after_backup = true }
+# Keep 7 daily, 4 weekly and 6 monthly snapshots, and any tagged pre-migration.
+retention = { keep_daily = 7, keep_weekly = 4, keep_monthly = 6, keep_tags = ["pre-migration"] }
+
+[jobs.files.sources.files]
+kind = "directory"
+path = "{SOURCE}"
+# Never back up the backups, the state or the key.
+exclude = ["backups/", ".backupd-state/", "{KEY_FILE}"]
+
+# A PostgreSQL database (uncomment and adapt; the password file must be mode 0600):
+# [jobs.db]
+# targets = ["local"]
+# schedule = "30 2 * * *"
+# verify = { after_backup = true }
+#
+# [jobs.db.sources.app]
+# kind = "postgres"
+# url = "postgres://backup@127.0.0.1:5432/app"
+# password_file = "pg-password"
+"#;
