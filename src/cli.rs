@@ -39,6 +39,9 @@ pub struct Cli {
     /// else BACKUPD_LOG, else `info`.
     #[arg(long, global = true, value_name = "FILTER")]
     pub log_level: Option<String>,
+    /// No progress display (it is shown only on a terminal anyway).
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -85,13 +88,15 @@ pub const EXIT_USAGE: u8 = 2;
 
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // Bars would interleave with JSON log lines: machine-read logs mean no bars.
+    let quiet = cli.quiet || cli.log_format == "json";
     match cli.command {
         Command::Run => crate::daemon::run(&cli.config).await,
         Command::Status(args) => status::run(&cli.config, args).await,
-        Command::RunNow(args) => run_now::run(&cli.config, args).await,
+        Command::RunNow(args) => run_now::run(&cli.config, args, quiet).await,
         Command::List(args) => list::run(&cli.config, args).await,
-        Command::Restore(args) => restore::run(&cli.config, args).await,
-        Command::Verify(args) => verify::run(&cli.config, args).await,
+        Command::Restore(args) => restore::run(&cli.config, args, quiet).await,
+        Command::Verify(args) => verify::run(&cli.config, args, quiet).await,
         Command::Prune(args) => prune::run(&cli.config, args).await,
         Command::Check => check::run(&cli.config).await,
         Command::Keygen(args) => keygen::run(args),

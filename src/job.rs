@@ -124,6 +124,7 @@ pub async fn run(
     recipients: Option<&[age::x25519::Recipient]>,
     tags: &[String],
     cancel: &CancellationToken,
+    progress: &crate::progress::Progress,
 ) -> JobReport {
     let job: &JobPolicy = &policy.jobs[job_name];
     let started = Instant::now();
@@ -181,17 +182,34 @@ pub async fn run(
         let source_started = Instant::now();
         let spec_owned = spec.clone();
         let ctx = ctx.clone();
+        let estimate = if progress.is_on() {
+            let spec = spec.clone();
+            tokio::task::spawn_blocking(move || source::estimate(&spec))
+                .await
+                .ok()
+                .flatten()
+        } else {
+            None
+        };
+        let names: Vec<String> = live.iter().map(|t| t.name.clone()).collect();
+        let bars = progress.source(name, estimate, &names);
         let result = if cancel.is_cancelled() {
             Err("not attempted: the run was cancelled".to_string())
         } else if live.is_empty() {
             Err("not attempted: every target has failed".to_string())
         } else {
-            pipeline::store(&live, &key, &encoding, cancel, move |w| {
-                Ok(source::dump(&spec_owned, &ctx, w)?)
-            })
+            pipeline::store(
+                &live,
+                &key,
+                &encoding,
+                cancel,
+                bars.meter.clone(),
+                move |w| Ok(source::dump(&spec_owned, &ctx, w)?),
+            )
             .await
             .map_err(|e| format!("{e:#}"))
         };
+        bars.finish().await;
         let result = result.map(|stored| {
             uploaded.push(key.clone());
             for (target, upload) in live.iter().zip(&stored.uploads) {
@@ -332,7 +350,11 @@ async fn after_commit(policy: &Policy, job_name: &str, targets: &[Target], repor
         } else {
             None
         };
-        let verifier = crate::verify::Verifier { policy, identities };
+        let verifier = crate::verify::Verifier {
+            policy,
+            identities,
+            progress: crate::progress::Progress::off(),
+        };
         for target in &committed {
             report
                 .verifications

@@ -21,6 +21,7 @@ pub mod job;
 pub mod notify;
 pub mod pipeline;
 pub mod policy;
+pub mod progress;
 pub mod prune;
 pub mod retention;
 pub mod schedule;

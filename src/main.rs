@@ -26,7 +26,7 @@ fn main() -> ExitCode {
     };
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| backupd::progress::LogWriter)
         .with_target(false);
     if cli.log_format == "json" {
         logs.json().flatten_event(true).init();

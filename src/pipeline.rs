@@ -17,6 +17,9 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::progress::Meter;
+use std::sync::Arc;
+
 use self::codec::{Compressor, Encryptor};
 use crate::policy::Compression;
 use crate::snapshot::Digest;
@@ -83,6 +86,7 @@ impl<W: Write> Write for TallyWriter<W> {
 struct Tee {
     buf: Vec<u8>,
     outs: Vec<Option<mpsc::Sender<Bytes>>>,
+    meter: Arc<Meter>,
 }
 
 impl Tee {
@@ -94,6 +98,7 @@ impl Tee {
             &mut self.buf,
             Vec::with_capacity(CHUNK_BYTES),
         ));
+        Meter::add(&self.meter.stored, chunk.len());
         for out in &mut self.outs {
             // A closed channel means that target's upload failed; its task reports why.
             if out
@@ -128,10 +133,15 @@ impl Write for Tee {
 
 type Chain = Compressor<Encryptor<TallyWriter<Tee>>>;
 
-fn chain(enc: &Encoding, outs: Vec<Option<mpsc::Sender<Bytes>>>) -> io::Result<Chain> {
+fn chain(
+    enc: &Encoding,
+    outs: Vec<Option<mpsc::Sender<Bytes>>>,
+    meter: Arc<Meter>,
+) -> io::Result<Chain> {
     let tee = Tee {
         buf: Vec::with_capacity(CHUNK_BYTES),
         outs,
+        meter,
     };
     let stored = TallyWriter {
         inner: tee,
@@ -152,6 +162,7 @@ fn finish_chain(w: Chain) -> io::Result<Digest> {
 struct ReadAhead {
     buf: Vec<u8>,
     tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+    meter: Arc<Meter>,
 }
 
 impl ReadAhead {
@@ -160,6 +171,7 @@ impl ReadAhead {
             return Ok(());
         }
         let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK_BYTES));
+        Meter::add(&self.meter.read, chunk.len());
         self.tx
             .send(chunk)
             .map_err(|_| io::Error::other("the encoder stopped"))
@@ -198,6 +210,7 @@ pub async fn store<T, F>(
     key: &ObjectPath,
     encoding: &Encoding,
     cancel: &CancellationToken,
+    meter: Arc<Meter>,
     produce: F,
 ) -> anyhow::Result<Stored<T>>
 where
@@ -206,7 +219,7 @@ where
 {
     let mut feeds = Vec::new();
     let mut outs = Vec::new();
-    for target in targets {
+    for (i, target) in targets.iter().enumerate() {
         let (tx, rx) = mpsc::channel::<Bytes>(CHANNEL_CHUNKS);
         outs.push(Some(tx));
         feeds.push(tokio::spawn(feed(
@@ -214,12 +227,14 @@ where
             key.clone(),
             rx,
             cancel.clone(),
+            (meter.clone(), i),
         )));
     }
     let encoding = encoding.clone();
     let (chunk_tx, chunk_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(READ_AHEAD_CHUNKS);
+    let encoder_meter = meter.clone();
     let encoder = tokio::task::spawn_blocking(move || -> anyhow::Result<Digest> {
-        let mut w = chain(&encoding, outs)?;
+        let mut w = chain(&encoding, outs, encoder_meter)?;
         for chunk in chunk_rx {
             w.write_all(&chunk)?;
         }
@@ -230,6 +245,7 @@ where
             inner: ReadAhead {
                 buf: Vec::with_capacity(CHUNK_BYTES),
                 tx: chunk_tx,
+                meter,
             },
             tally: Tally::default(),
         };
@@ -301,6 +317,7 @@ async fn feed(
     key: ObjectPath,
     mut rx: mpsc::Receiver<Bytes>,
     cancel: CancellationToken,
+    (meter, index): (Arc<Meter>, usize),
 ) -> Result<PartWriter, String> {
     let mut w = PartWriter::start(&target, &key).await?;
     loop {
@@ -313,9 +330,13 @@ async fn feed(
             }
         };
         let Some(chunk) = chunk else { break };
+        let len = chunk.len();
         if let Err(e) = w.write(chunk).await {
             w.abort().await;
             return Err(e);
+        }
+        if let Some(n) = meter.uploaded.get(index) {
+            Meter::add(n, len);
         }
     }
     Ok(w)

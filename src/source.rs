@@ -203,6 +203,41 @@ pub fn dump(
     }
 }
 
+/// The expected plain size of a source, when it is cheap to know (for progress ETAs): a
+/// directory's regular files (a quick walk, excludes applied), a SQLite file. `None` for
+/// database servers, whose dump size is not their on-disk size.
+pub fn estimate(spec: &Expanded) -> Option<u64> {
+    let Expanded::Spec(spec) = spec else {
+        return None;
+    };
+    match spec {
+        SourceSpec::Directory(d) => {
+            let excludes = directory::Excludes::new(&d.exclude).ok()?;
+            let mut total = 0u64;
+            let mut walk = walkdir::WalkDir::new(&d.path).into_iter();
+            while let Some(Ok(entry)) = walk.next() {
+                let rel = entry.path().strip_prefix(&d.path).unwrap_or(entry.path());
+                let is_dir = entry.file_type().is_dir();
+                if !rel.as_os_str().is_empty() && excludes.is_excluded(rel, is_dir) {
+                    if is_dir {
+                        walk.skip_current_dir();
+                    }
+                    continue;
+                }
+                if entry.file_type().is_file() {
+                    // tar adds a 512-byte header per entry and pads to 512 bytes.
+                    total += entry
+                        .metadata()
+                        .map_or(0, |m| m.len().div_ceil(512) * 512 + 512);
+                }
+            }
+            Some(total)
+        }
+        SourceSpec::Sqlite(s) => std::fs::metadata(&s.path).ok().map(|m| m.len()),
+        _ => None,
+    }
+}
+
 /// Checks that a source can be backed up, without backing it up: the path exists, the
 /// tools are installed, the server answers and accepts the credentials. Says what it found.
 pub fn probe(spec: &SourceSpec) -> Result<String, SourceError> {

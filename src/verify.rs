@@ -31,6 +31,7 @@ pub async fn verify_snapshots(
     targets: &[Target],
     which: &str,
     identity: Option<&std::path::Path>,
+    progress: &crate::progress::Progress,
 ) -> anyhow::Result<Vec<VerifyRecord>> {
     let mut identities = None;
     let mut records = Vec::new();
@@ -58,6 +59,7 @@ pub async fn verify_snapshots(
             let verifier = Verifier {
                 policy,
                 identities: identities.clone(),
+                progress: progress.clone(),
             };
             records.push(verifier.verify(target, &manifest).await);
         }
@@ -190,6 +192,8 @@ pub struct Verifier<'a> {
     pub policy: &'a Policy,
     /// `None` when no source is encrypted.
     pub identities: Option<Arc<Identities>>,
+    /// Bars on a terminal (`verify`), off elsewhere.
+    pub progress: crate::progress::Progress,
 }
 
 impl Verifier<'_> {
@@ -247,7 +251,7 @@ impl Verifier<'_> {
     ) -> SourceResult {
         let key = crate::snapshot::object_key(&manifest.job, &manifest.snapshot, &entry.object);
         let input = match target.reader(&key).await {
-            Ok(s) => s,
+            Ok(s) => self.progress.reader(name, entry.stored.bytes, s),
             Err(e) => {
                 return SourceResult {
                     ok: false,

@@ -54,7 +54,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .replace("{SOURCE}", &toml_string(&source));
     std::fs::write(&output, text)?;
     let cmd = format!("backupd --config {}", output.display());
-    println!("wrote {} and the age key {} (mode 0600)", output.display(), key.display());
+    println!(
+        "wrote {} and the age key {} (mode 0600)",
+        output.display(),
+        key.display()
+    );
     println!("keep a copy of the key somewhere safe: without it no snapshot can be restored\n");
     println!("next:");
     println!("  {cmd} check      # keys, source, target");
@@ -64,7 +68,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn toml_string(p: &Path) -> String {
-    p.display().to_string().replace('\\', "\\\\").replace('"', "\\\"")
+    p.display()
+        .to_string()
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
 }
 
 const TEMPLATE: &str = r#"# backupd policy, written by `backupd init`. Reference: BACKUP_POLICY.md.

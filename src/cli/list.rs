@@ -113,7 +113,15 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
     print!(
         "{}",
         super::table::render(
-            &["SNAPSHOT", "JOB", "AGE", "TAGS", "STORED / PLAIN", "VERIFIED", "TARGETS"],
+            &[
+                "SNAPSHOT",
+                "JOB",
+                "AGE",
+                "TAGS",
+                "STORED / PLAIN",
+                "VERIFIED",
+                "TARGETS"
+            ],
             &rows
         )
     );

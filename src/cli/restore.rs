@@ -54,7 +54,8 @@ pub struct Args {
     pub force: bool,
 }
 
-pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
+pub async fn run(config: &Path, args: Args, quiet: bool) -> anyhow::Result<ExitCode> {
+    let progress = crate::progress::Progress::for_terminal(quiet || args.dry_run);
     let policy = load_policy(config)?;
     if !crate::policy::is_valid_name(&args.job) {
         return Err(UsageError(format!("invalid job name {:?}", args.job)).into());
@@ -125,7 +126,7 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
         let into = into.clone();
         let key = snapshot::object_key(&manifest.job, &manifest.snapshot, &entry.object);
         let result = async {
-            let input = target.reader(&key).await?;
+            let input = progress.reader(&name, entry.stored.bytes, target.reader(&key).await?);
             let ids = identities.clone();
             let force = args.force;
             let dest = dest.clone();

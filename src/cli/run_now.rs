@@ -16,7 +16,7 @@ pub struct Args {
     pub tags: Vec<String>,
 }
 
-pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
+pub async fn run(config: &Path, args: Args, quiet: bool) -> anyhow::Result<ExitCode> {
     let policy = load_policy(config)?;
     let jobs = policy.select_jobs(&args.jobs).map_err(UsageError)?;
     let mut tags = vec!["manual".to_string()];
@@ -60,6 +60,7 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
         notifier: &notifier,
         by: "run-now",
         cancel: interrupt_token(),
+        progress: crate::progress::Progress::for_terminal(quiet),
     };
     let mut failed = 0;
     for name in &jobs {

@@ -56,9 +56,7 @@ fn redact(v: Value, key: &str) -> Value {
             Value::Array(tag, items.into_iter().map(|v| redact(v, key)).collect())
         }
         Value::String(tag, _) if is_secret_key(key) => Value::String(tag, "<redacted>".into()),
-        Value::String(tag, s) if s.contains("://") => {
-            Value::String(tag, crate::target::redact(&s))
-        }
+        Value::String(tag, s) if s.contains("://") => Value::String(tag, crate::target::redact(&s)),
         other => other,
     }
 }

@@ -124,7 +124,9 @@ fn print(s: &Status, from_daemon: bool) {
     } else {
         println!("daemon: not running (showing what the state directory remembers)");
     }
-    let when = |t: Option<chrono::DateTime<Utc>>| t.map_or("–".to_string(), |t| super::table::age(t, now));
+    let when = |t: Option<chrono::DateTime<Utc>>| {
+        t.map_or("–".to_string(), |t| super::table::age(t, now))
+    };
     let rows: Vec<Vec<String>> = s
         .jobs
         .iter()
@@ -158,13 +160,19 @@ fn print(s: &Status, from_daemon: bool) {
     print!(
         "{}",
         super::table::render(
-            &["JOB", "SCHEDULE", "NEXT", "LAST RUN", "LAST OK", "VERIFIED", "STATE"],
+            &[
+                "JOB", "SCHEDULE", "NEXT", "LAST RUN", "LAST OK", "VERIFIED", "STATE"
+            ],
             &rows
         )
     );
     for (name, j) in &s.jobs {
         if let Some(r) = j.last_run.as_ref().filter(|r| !r.ok()) {
-            println!("\njob {name} failed {} (by {}):", super::table::age(r.finished_at, now), r.by);
+            println!(
+                "\njob {name} failed {} (by {}):",
+                super::table::age(r.finished_at, now),
+                r.by
+            );
             for e in &r.errors {
                 println!("  {e}");
             }

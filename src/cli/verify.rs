@@ -26,7 +26,8 @@ pub struct Args {
     pub json: bool,
 }
 
-pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
+pub async fn run(config: &Path, args: Args, quiet: bool) -> anyhow::Result<ExitCode> {
+    let progress = crate::progress::Progress::for_terminal(quiet || args.json);
     let policy = load_policy(config)?;
     let jobs = policy
         .select_jobs(args.job.as_slice())
@@ -40,6 +41,7 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
             &targets,
             &args.snapshot,
             args.identity.as_deref(),
+            &progress,
         )
         .await?;
         if !args.json {

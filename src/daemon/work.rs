@@ -62,6 +62,7 @@ impl Work {
             notifier: &self.notifier,
             by: "daemon",
             cancel,
+            progress: crate::progress::Progress::off(),
         };
         let tags = vec!["scheduled".to_string()];
         let report = match job::run_job(&ctx, job, &tags).await {
@@ -108,7 +109,15 @@ impl Work {
         };
         let targets = open_targets(policy, job);
         let which = policy.jobs[job].verify.snapshot.clone();
-        let outcome = crate::verify::verify_snapshots(policy, job, &targets, &which, None).await;
+        let outcome = crate::verify::verify_snapshots(
+            policy,
+            job,
+            &targets,
+            &which,
+            None,
+            &crate::progress::Progress::off(),
+        )
+        .await;
         let failures: Vec<String> = match &outcome {
             Ok(records) if records.is_empty() => vec!["no committed snapshot to verify".into()],
             Ok(records) => records.iter().flat_map(|r| r.failures()).collect(),

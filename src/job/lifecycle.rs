@@ -24,6 +24,8 @@ pub struct RunContext<'a> {
     pub by: &'static str,
     /// Cancels the run (shutdown); the job's `timeout_secs` cancels it too.
     pub cancel: CancellationToken,
+    /// Bars on a terminal (`run-now`), off in the daemon.
+    pub progress: crate::progress::Progress,
 }
 
 /// Runs `job` once with everything around it. `Err` only when another process holds the
@@ -169,7 +171,16 @@ async fn backup(ctx: &RunContext<'_>, job: &str, tags: &[String]) -> JobReport {
             cancel.cancel();
         })
     });
-    let mut report = run(policy, job, &targets, ctx.recipients, tags, &cancel).await;
+    let mut report = run(
+        policy,
+        job,
+        &targets,
+        ctx.recipients,
+        tags,
+        &cancel,
+        &ctx.progress,
+    )
+    .await;
     if let Some(timer) = timer {
         timer.abort();
         if cancel.is_cancelled() && !ctx.cancel.is_cancelled() && report.committed.is_empty() {

@@ -6,6 +6,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 
 use super::*;
 use crate::crypto::Identities;
+use crate::progress::Meter;
 use crate::snapshot::{Encryption, SourceEntry, SourceStats};
 use tokio_util::sync::CancellationToken;
 
@@ -66,9 +67,14 @@ async fn round_trip(compression: Compression) {
     let data = sample(5 * CHUNK_BYTES + 12345);
     let key = ObjectPath::from("job/snap/obj");
     let input = data.clone();
-    let stored = store(&[a, b], &key, &enc, &CancellationToken::new(), move |w| {
-        Ok(w.write_all(&input)?)
-    })
+    let stored = store(
+        &[a, b],
+        &key,
+        &enc,
+        &CancellationToken::new(),
+        Arc::new(Meter::default()),
+        move |w| Ok(w.write_all(&input)?),
+    )
     .await
     .unwrap();
     assert!(stored.uploads.iter().all(Result::is_ok));
@@ -119,6 +125,7 @@ async fn failing_producer_leaves_no_object() {
         &key,
         &enc,
         &CancellationToken::new(),
+        Arc::new(Meter::default()),
         |w| -> anyhow::Result<()> {
             w.write_all(&sample(3 * CHUNK_BYTES))?;
             anyhow::bail!("pg_dump exited with status 1")
@@ -153,6 +160,7 @@ async fn cancelling_aborts_every_upload_and_stops_the_source() {
         &key,
         &enc,
         &cancel,
+        Arc::new(Meter::default()),
         move |w| -> anyhow::Result<()> {
             let block = sample(CHUNK_BYTES);
             for i in 0.. {
@@ -200,6 +208,7 @@ async fn a_broken_target_does_not_stop_the_others() {
         &key,
         &enc,
         &CancellationToken::new(),
+        Arc::new(Meter::default()),
         move |w| Ok(w.write_all(&input)?),
     )
     .await
@@ -223,9 +232,14 @@ async fn corruption_and_wrong_keys_are_detected() {
     let key = ObjectPath::from("job/snap/obj");
     let data = sample(300_000);
     let input = data.clone();
-    let stored = store(&[a], &key, &enc, &CancellationToken::new(), move |w| {
-        Ok(w.write_all(&input)?)
-    })
+    let stored = store(
+        &[a],
+        &key,
+        &enc,
+        &CancellationToken::new(),
+        Arc::new(Meter::default()),
+        move |w| Ok(w.write_all(&input)?),
+    )
     .await
     .unwrap();
     let entry = entry_for(&stored, &enc);

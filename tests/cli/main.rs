@@ -9,6 +9,7 @@ mod daemon_support;
 mod databases;
 mod deploy;
 mod failures;
+mod operator;
 mod policy_errors;
 mod round_trip;
 mod support;
