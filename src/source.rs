@@ -204,11 +204,14 @@ pub fn dump(
 }
 
 /// The expected plain size of a source, when it is cheap to know (for progress ETAs): a
-/// directory's regular files (a quick walk, excludes applied), a SQLite file. `None` for
-/// database servers, whose dump size is not their on-disk size.
+/// directory's regular files (a quick walk, excludes applied), a SQLite file, a database's
+/// size as its server reports it (an upper bound: dumps leave indexes out).
 pub fn estimate(spec: &Expanded) -> Option<u64> {
-    let Expanded::Spec(spec) = spec else {
-        return None;
+    let spec = match spec {
+        Expanded::Spec(spec) => spec,
+        Expanded::Postgres(pg) => return postgres::size_estimate(pg),
+        Expanded::Mysql(my) => return mysql::size_estimate(my),
+        Expanded::PostgresGlobals(_) => return None,
     };
     match spec {
         SourceSpec::Directory(d) => {

@@ -179,6 +179,20 @@ fn quote_ident(s: &str) -> String {
     format!("`{}`", s.replace('`', "``"))
 }
 
+/// The database's data size on the server, for a progress ETA.
+pub fn size_estimate(spec: &MysqlSpec) -> Option<u64> {
+    let password = child::password(spec.password_file.as_deref(), "MYSQL_PWD").ok()?;
+    query_url(
+        &spec.url,
+        password.as_deref(),
+        "select coalesce(sum(data_length), 0) from information_schema.tables where table_schema = database()",
+    )
+    .ok()?
+    .trim()
+    .parse()
+    .ok()
+}
+
 /// Tools present, server reachable with these credentials.
 pub fn probe(spec: &MysqlSpec) -> Result<String, SourceError> {
     child::find_tool(&["mariadb-dump", "mysqldump"], "mariadb-client")?;
