@@ -214,7 +214,19 @@ fn metrics_parse_and_match_the_committed_snapshot() {
     let said = text(&out);
     assert!(out.status.success(), "{said}");
     assert!(said.contains("daemon: not running"), "{said}");
-    assert!(said.contains(m["snapshot"].as_str().unwrap()), "{said}");
+    let row = said
+        .lines()
+        .find(|l| l.starts_with("app "))
+        .unwrap_or_else(|| panic!("no row for job app: {said}"));
+    assert!(row.contains("0 3 1 1 *") && row.contains("✓ "), "{row}");
+    // The state directory remembers the committed snapshot.
+    let out = world.backupd(&["status", "--json"]);
+    let remembered: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(remembered["state"], "not running");
+    assert_eq!(
+        remembered["jobs"]["app"]["last_run"]["snapshot"],
+        m["snapshot"]
+    );
 }
 
 #[test]
