@@ -27,6 +27,8 @@ pub const PARTS_IN_FLIGHT: usize = 2;
 const FIRST_PART_BYTES: usize = 8 << 20;
 const PARTS_PER_STEP: usize = 1000;
 const MAX_PART_BYTES: usize = 5 << 30;
+/// S3's limit on parts per upload.
+const MAX_PARTS: usize = 10_000;
 
 /// The size of part `idx` (0-based).
 pub fn part_size(idx: usize) -> usize {
@@ -138,6 +140,12 @@ impl PartWriter {
     }
 
     async fn send_part(&mut self) -> Result<(), String> {
+        if self.next_idx >= MAX_PARTS {
+            return Err(format!(
+                "{} is larger than one object can be ({MAX_PARTS} parts, about 7.8 TiB); split the source into several (e.g. databases or directories)",
+                self.key
+            ));
+        }
         while self.in_flight.len() >= PARTS_IN_FLIGHT {
             self.reap_one().await?;
         }
