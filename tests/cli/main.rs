@@ -9,6 +9,7 @@ mod daemon_support;
 mod databases;
 mod deploy;
 mod failures;
+mod hostile;
 mod operator;
 mod policy_errors;
 mod round_trip;

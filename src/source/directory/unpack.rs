@@ -64,7 +64,12 @@ pub fn restore(
                     .map_err(io_err(dest))?
                     .unwrap_or_default()
                     .into_owned();
-                check_relative(&link)?;
+                if let Err(SourceError::Unsafe { why, .. }) = check_relative(&link) {
+                    return Err(SourceError::Unsafe {
+                        entry: format!("{} (a hard link to {})", path.display(), link.display()),
+                        why,
+                    });
+                }
                 out.files += 1;
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
