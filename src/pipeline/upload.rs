@@ -91,6 +91,7 @@ impl PartWriter {
                             upload_id: id.clone(),
                             started_at: chrono::Utc::now(),
                             pid: std::process::id(),
+                            aborting: false,
                         };
                         match journal::record(dir, &entry) {
                             Ok(h) => Some(h),

@@ -13,6 +13,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
+use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +29,10 @@ pub struct Entry {
     pub upload_id: String,
     pub started_at: DateTime<Utc>,
     pub pid: u32,
+    /// Set just before an abort is sent: if the aborting process dies before it can drop
+    /// the entry, the next one knows a "no such upload" answer means done.
+    #[serde(default)]
+    pub aborting: bool,
 }
 
 /// A journaled upload, locked by this process while it lives.
@@ -38,6 +43,19 @@ pub struct Held {
 }
 
 impl Held {
+    /// Records that an abort is about to be sent (see `Entry::aborting`).
+    pub fn mark_aborting(&mut self, entry: &Entry) {
+        use std::io::Seek;
+        let mut marked = entry.clone();
+        marked.aborting = true;
+        if let Ok(bytes) = serde_json::to_vec_pretty(&marked) {
+            let _ = self._file.set_len(0);
+            let _ = self._file.rewind();
+            let _ = self._file.write_all(&bytes);
+            let _ = self._file.sync_all();
+        }
+    }
+
     /// The upload is over (completed or aborted): drop the entry.
     pub fn forget(self) {
         let _ = std::fs::remove_file(&self.path);
@@ -96,7 +114,7 @@ pub fn orphans(dir: &Path) -> Vec<(Held, Entry)> {
 pub async fn abort_orphans(policy: &crate::policy::Policy) -> Vec<String> {
     let dir = dir(&policy.daemon.state_dir);
     let mut said = Vec::new();
-    for (held, entry) in orphans(&dir) {
+    for (mut held, entry) in orphans(&dir) {
         let Some(spec) = policy.targets.get(&entry.target) else {
             said.push(format!(
                 "forgot an open upload on target {} (no longer in the policy): {}; the bucket's lifecycle rule will remove it",
@@ -120,6 +138,8 @@ pub async fn abort_orphans(policy: &crate::policy::Policy) -> Vec<String> {
             continue;
         };
         let key = ObjectPath::from(entry.key.as_str());
+        let was_aborting = entry.aborting;
+        held.mark_aborting(&entry);
         match remote
             .multipart
             .abort_multipart(&key, &entry.upload_id)
@@ -134,12 +154,32 @@ pub async fn abort_orphans(policy: &crate::policy::Policy) -> Vec<String> {
             }
             // Already gone (completed, aborted, or expired by a lifecycle rule).
             Err(object_store::Error::NotFound { .. }) => held.forget(),
-            Err(e) => said.push(format!(
-                "cannot abort the open upload {} on target {} yet (will retry next start): {}",
-                entry.key,
-                entry.target,
-                super::explain(&target, &e)
-            )),
+            Err(e) => {
+                // Some servers (s3s-fs among them) answer 403 rather than NoSuchUpload for
+                // an upload that no longer exists (completed, then swept; or aborted by a
+                // recoverer that died before dropping the entry). When the same credentials
+                // can ask about a missing object, the refusal is about the upload: it is
+                // gone. Failing for a week: leave it to the bucket's lifecycle rule.
+                let answered = !super::is_unreachable(&e);
+                let credentials_work = matches!(
+                    target
+                        .store
+                        .head(&ObjectPath::from(".backupd-journal-check"))
+                        .await,
+                    Err(object_store::Error::NotFound { .. })
+                );
+                let stale = chrono::Utc::now() - entry.started_at > chrono::Duration::days(7);
+                if answered && (credentials_work || was_aborting) || stale {
+                    held.forget();
+                } else {
+                    said.push(format!(
+                        "cannot abort the open upload {} on target {} yet (will retry next start): {}",
+                        entry.key,
+                        entry.target,
+                        super::explain(&target, &e)
+                    ));
+                }
+            }
         }
     }
     said
@@ -156,6 +196,7 @@ mod tests {
             upload_id: "u1".into(),
             started_at: Utc::now(),
             pid: std::process::id(),
+            aborting: false,
         }
     }
 

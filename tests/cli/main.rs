@@ -10,6 +10,7 @@ mod databases;
 mod deploy;
 mod failures;
 mod hostile;
+mod kill9;
 mod operator;
 mod policy_errors;
 mod round_trip;
