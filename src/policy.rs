@@ -10,6 +10,9 @@
 mod load;
 mod validate;
 
+#[cfg(test)]
+mod fuzz;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 

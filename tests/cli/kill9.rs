@@ -38,7 +38,12 @@ fn kill_9_at_random_moments_never_leaves_a_partial_snapshot() {
         seed ^= seed << 17;
         let delay = Duration::from_millis(seed % 1500);
         let mut child = Command::new(BIN)
-            .args(["--config", world.path("policy.toml").to_str().unwrap(), "run-now", "app"])
+            .args([
+                "--config",
+                world.path("policy.toml").to_str().unwrap(),
+                "run-now",
+                "app",
+            ])
             .env_remove("BACKUPD_CONFIG")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -55,7 +60,12 @@ fn kill_9_at_random_moments_never_leaves_a_partial_snapshot() {
         let s3_after = list_json(&world, &["--target", "s3"]);
         // Each listed snapshot is whole: its manifest lists objects that all exist.
         // A killed run adds nothing; one that finished adds its snapshot (retention keeps 3).
-        assert!(after.len() <= (before + 1).min(3), "trial {trial}: {} -> {}", before, after.len());
+        assert!(
+            after.len() <= (before + 1).min(3),
+            "trial {trial}: {} -> {}",
+            before,
+            after.len()
+        );
         for m in after.iter().chain(&s3_after) {
             assert_eq!(m["sources"].as_object().unwrap().len(), 1, "trial {trial}");
         }
@@ -73,9 +83,17 @@ fn kill_9_at_random_moments_never_leaves_a_partial_snapshot() {
     // Reported, not asserted: whether a kill lands there is timing.
     let unjournaled = s3.open_uploads().len();
     let left: Vec<String> = std::fs::read_dir(world.path("state/uploads"))
-        .map(|d| d.flatten().map(|e| std::fs::read_to_string(e.path()).unwrap_or_default()).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+                .collect()
+        })
         .unwrap_or_default();
-    assert!(left.is_empty(), "journal entries remain: {left:?}\n{}", text(&out));
+    assert!(
+        left.is_empty(),
+        "journal entries remain: {left:?}\n{}",
+        text(&out)
+    );
     // prune sweeps the leftovers of killed runs (orphan_grace = 1s).
     std::thread::sleep(Duration::from_millis(1100));
     let out = world.backupd(&["prune", "app"]);
@@ -86,11 +104,20 @@ fn kill_9_at_random_moments_never_leaves_a_partial_snapshot() {
         .collect();
     for p in walk(&world.target_dir().join("app")) {
         let rel = p.strip_prefix(world.target_dir().join("app")).unwrap();
-        let top = rel.components().next().unwrap().as_os_str().to_string_lossy().into_owned();
+        let top = rel
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_string_lossy()
+            .into_owned();
         assert!(ids.contains(&top), "leftover after prune: {}", p.display());
     }
     eprintln!(
         "kill -9: {TRIALS} trials ({killed_mid_run} killed mid-run), {committed} snapshots committed, 0 losses; {unjournaled} upload(s) left open in the create-to-journal window"
     );
-    assert!(killed_mid_run >= TRIALS / 2, "most trials must hit a running backup");
+    assert!(
+        killed_mid_run >= TRIALS / 2,
+        "most trials must hit a running backup"
+    );
 }

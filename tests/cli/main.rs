@@ -11,6 +11,7 @@ mod deploy;
 mod failures;
 mod hostile;
 mod kill9;
+mod load;
 mod operator;
 mod policy_errors;
 mod round_trip;
