@@ -56,6 +56,10 @@ fn redact(v: Value, key: &str) -> Value {
             Value::Array(tag, items.into_iter().map(|v| redact(v, key)).collect())
         }
         Value::String(tag, _) if is_secret_key(key) => Value::String(tag, "<redacted>".into()),
+        // Webhook and ping URLs carry their token in the path: scheme and host only.
+        Value::String(tag, s) if s.starts_with("http://") || s.starts_with("https://") => {
+            Value::String(tag, crate::notify::shown(&s))
+        }
         Value::String(tag, s) if s.contains("://") => Value::String(tag, crate::target::redact(&s)),
         other => other,
     }

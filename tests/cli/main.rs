@@ -15,5 +15,6 @@ mod load;
 mod operator;
 mod policy_errors;
 mod round_trip;
+mod security;
 mod support;
 mod verification;
