@@ -7,6 +7,12 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    // A file size limit (RLIMIT_FSIZE) must surface as a write error ("File too large")
+    // that fails the run with a message, not as SIGXFSZ killing the process mid-upload.
+    // SAFETY: called before any thread starts; SIG_IGN installs no handler code.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     let cli = backupd::cli::Cli::parse();
     let filter = cli
         .log_level

@@ -51,11 +51,16 @@ pub fn explain(target: &Target, err: &object_store::Error) -> String {
                 credential_hint(target)
             )
         }
-        _ if lower.contains("error sending request")
-            || lower.contains("connection refused")
-            || lower.contains("dns error")
-            || lower.contains("connect") && lower.contains("timed out") =>
+        _ if lower.contains("no space left")
+            || lower.contains("file too large")
+            || lower.contains("quota exceeded") =>
         {
+            format!(
+                "target {} is full (or a file size limit applies): free space there, or prune old snapshots, then run again",
+                target.name
+            )
+        }
+        _ if is_unreachable(err) => {
             format!(
                 "cannot reach the server of target {}: check its endpoint/region and that the server is up",
                 target.name

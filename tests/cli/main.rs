@@ -9,6 +9,7 @@ mod daemon_support;
 mod databases;
 mod deploy;
 mod failures;
+mod faults;
 mod hostile;
 mod kill9;
 mod load;

@@ -11,9 +11,12 @@ use super::support::{BIN, World, list_json, require_tool, text};
 fn the_systemd_unit_scores_below_2_in_systemd_analyze_security() {
     require_tool("systemd-analyze");
     let dir = tempfile::tempdir().unwrap();
-    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/backupd.service"))
-        .unwrap()
-        .replace("/usr/local/bin/backupd", BIN);
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/backupd.service"
+    ))
+    .unwrap()
+    .replace("/usr/local/bin/backupd", BIN);
     let path = dir.path().join("backupd.service");
     std::fs::write(&path, unit).unwrap();
     let out = Command::new("systemd-analyze")
@@ -21,10 +24,14 @@ fn the_systemd_unit_scores_below_2_in_systemd_analyze_security() {
         .arg(&path)
         .output()
         .unwrap();
-    let said = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     let score: f64 = said
         .lines()
-        .find_map(|l| l.split("Overall exposure level for backupd.service: ").nth(1))
+        .find_map(|l| {
+            l.split("Overall exposure level for backupd.service: ")
+                .nth(1)
+        })
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no exposure score in:\n{said}"));
@@ -47,9 +54,15 @@ fn secrets_never_reach_logs_status_metrics_or_webhooks() {
     );
     world.write_policy(&body);
     let identity = std::fs::read_to_string(&world.key).unwrap();
-    let secret_key = identity.lines().find(|l| l.starts_with("AGE-SECRET-KEY-")).unwrap().to_string();
+    let secret_key = identity
+        .lines()
+        .find(|l| l.starts_with("AGE-SECRET-KEY-"))
+        .unwrap()
+        .to_string();
     let mut daemon = Daemon::start(&world, &[("BACKUPD_LOG", "debug")]);
-    daemon.wait_status(30, "the catch-up run", |s| s["jobs"]["app"]["runs_succeeded"] == 1);
+    daemon.wait_status(30, "the catch-up run", |s| {
+        s["jobs"]["app"]["runs_succeeded"] == 1
+    });
     let (_, metrics) = daemon.get("/metrics");
     let (_, status) = daemon.get("/status");
     // Webhook bodies.
@@ -71,7 +84,10 @@ fn secrets_never_reach_logs_status_metrics_or_webhooks() {
         ("show-config", shown),
     ] {
         assert!(!s.contains(token), "{channel} shows the webhook token");
-        assert!(!s.contains(&secret_key), "{channel} shows the age secret key");
+        assert!(
+            !s.contains(&secret_key),
+            "{channel} shows the age secret key"
+        );
     }
 }
 
@@ -79,7 +95,11 @@ fn secrets_never_reach_logs_status_metrics_or_webhooks() {
 fn repeated_sighup_and_a_sigterm_mid_job_leave_no_corruption_and_no_stuck_lock() {
     let world = World::new();
     std::fs::create_dir_all(world.path("src")).unwrap();
-    std::fs::write(world.path("src/big.bin"), super::support::noise(32 << 20, 4)).unwrap();
+    std::fs::write(
+        world.path("src/big.bin"),
+        super::support::noise(32 << 20, 4),
+    )
+    .unwrap();
     let body = format!(
         "[daemon]\nstate_dir = \"state\"\nlisten = \"127.0.0.1:0\"\nshutdown_timeout_secs = 1\n\n[encryption]\nrecipients = [\"{}\"]\nidentity_file = \"identity.txt\"\n\n[targets.local]\nurl = \"file://{}\"\n\n[jobs.app]\nschedule = \"* * * * * *\"\ncatch_up = false\ntargets = [\"local\"]\ncompression_level = 9\nthreads = 1\n[jobs.app.sources.files]\nkind = \"directory\"\npath = \"{}\"\n",
         world.recipient,
@@ -89,13 +109,19 @@ fn repeated_sighup_and_a_sigterm_mid_job_leave_no_corruption_and_no_stuck_lock()
     world.write_policy(&body);
     for round in 0..3 {
         let mut daemon = Daemon::start(&world, &[]);
-        daemon.wait_status(30, "a job running", |s| s["jobs"]["app"]["running"] == "backup");
+        daemon.wait_status(30, "a job running", |s| {
+            s["jobs"]["app"]["running"] == "backup"
+        });
         for _ in 0..5 {
             daemon.signal("HUP");
             std::thread::sleep(Duration::from_millis(150));
         }
         let status = daemon.stop();
-        assert!(status.success(), "round {round}: {status:?}\n{}", daemon.logs());
+        assert!(
+            status.success(),
+            "round {round}: {status:?}\n{}",
+            daemon.logs()
+        );
     }
     // Everything committed verifies; nothing holds the lock.
     if !list_json(&world, &[]).is_empty() {
