@@ -160,7 +160,9 @@ pub enum SnapshotError {
     /// The store's error, already explained (`target::explain`): what to fix first.
     #[error("target {target}: {message}")]
     Store { target: String, message: String },
-    #[error("manifest {key} on target {target} is unreadable: {reason}")]
+    #[error(
+        "manifest {key} on target {target} is unreadable: {reason}; that snapshot is skipped and left in place"
+    )]
     BadManifest {
         target: String,
         key: String,
@@ -213,13 +215,21 @@ pub async fn read_manifest(
         Err(e) => Err(e),
     }
     .map_err(|source| SnapshotError::store(target, source))?;
-    parse_manifest(&bytes)
-        .map(Some)
-        .map_err(|reason| SnapshotError::BadManifest {
-            target: target.name.clone(),
-            key: key.to_string(),
-            reason,
-        })
+    let bad = |reason| SnapshotError::BadManifest {
+        target: target.name.clone(),
+        key: key.to_string(),
+        reason,
+    };
+    let m = parse_manifest(&bytes).map_err(bad)?;
+    // Object keys are derived from the manifest's own job and id: one copied to another
+    // place would send restore to someone else's objects.
+    if m.job != job || m.snapshot != id {
+        return Err(bad(format!(
+            "it names snapshot {}/{} but is stored as {job}/{id} (copied from another job or snapshot?)",
+            m.job, m.snapshot
+        )));
+    }
+    Ok(Some(m))
 }
 
 pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, String> {

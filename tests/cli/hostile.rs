@@ -243,3 +243,92 @@ fn hostile_archives_are_refused_or_neutralised_and_nothing_lands_outside() {
     // Nothing was deleted along the way: every forged snapshot is still listed.
     assert_eq!(list_json(&world, &[]).len(), total + 1);
 }
+
+#[test]
+fn corrupt_manifests_are_skipped_with_a_reason_and_never_deleted() {
+    let world = World::new();
+    std::fs::create_dir_all(world.path("src")).unwrap();
+    std::fs::write(world.path("src/ok.txt"), "fine").unwrap();
+    let policy = world.policy(&format!(
+        "[jobs.app]\ntargets = [\"local\"]\nretention = {{ keep_last = 1 }}\n[jobs.app.sources.files]\nkind = \"directory\"\npath = \"{}\"\n",
+        world.path("src").display()
+    ));
+    let body = std::fs::read_to_string(&policy).unwrap().replacen(
+        "[daemon]\n",
+        "[daemon]\norphan_grace = \"1s\"\n",
+        1,
+    );
+    world.write_policy(&body);
+    let out = world.backupd(&["run-now", "app"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let good = list_json(&world, &[])[0].clone();
+    let good_id = good["snapshot"].as_str().unwrap().to_string();
+    let manifest = std::fs::read_to_string(
+        world
+            .target_dir()
+            .join("app")
+            .join(&good_id)
+            .join("manifest.json"),
+    )
+    .unwrap();
+    let bad: Vec<(&str, String, &str)> = vec![
+        (
+            "2020-01-01T00-00-01.000Z-aaaaa1",
+            "{ not json".into(),
+            "key must be a string",
+        ),
+        (
+            "2020-01-01T00-00-02.000Z-aaaaa2",
+            manifest.replacen("\"format\": 1", "\"format\": 99", 1),
+            "newer than this backupd understands",
+        ),
+        (
+            "2020-01-01T00-00-03.000Z-aaaaa3",
+            manifest.replacen("\"sources\"", "\"sourcez\"", 1),
+            "missing field `sources`",
+        ),
+        (
+            "2020-01-01T00-00-04.000Z-aaaaa4",
+            manifest.clone(),
+            "stored as app/2020-01-01T00-00-04.000Z-aaaaa4",
+        ),
+        (
+            "2020-01-01T00-00-05.000Z-aaaaa5",
+            manifest.replace("\"job\": \"app\"", "\"job\": \"../etc\""),
+            "invalid job name",
+        ),
+    ];
+    for (id, body, _) in &bad {
+        let dir = world.target_dir().join("app").join(id);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("manifest.json"), body).unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let out = world.backupd(&["list"]);
+    let said = text(&out);
+    assert!(
+        out.status.success(),
+        "one bad manifest must not hide the rest: {said}"
+    );
+    assert_eq!(list_json(&world, &[]).len(), 1);
+    for (id, _, words) in &bad {
+        assert!(said.contains(id), "{id} not named: {said}");
+        assert!(said.contains(words), "{words:?} not said: {said}");
+    }
+    // Neither prune (keep_last = 1, orphan sweep at 1 s) nor another run deletes them.
+    let out = world.backupd(&["prune", "app"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = world.backupd(&["run-now", "app"]);
+    assert!(out.status.success(), "{}", text(&out));
+    for (id, _, _) in &bad {
+        assert!(
+            world
+                .target_dir()
+                .join("app")
+                .join(id)
+                .join("manifest.json")
+                .exists(),
+            "{id} was deleted"
+        );
+    }
+}
