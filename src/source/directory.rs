@@ -137,10 +137,28 @@ pub fn dump(spec: &DirectorySpec, out: &mut dyn Write) -> Result<Dumped, SourceE
             .strip_prefix(root)
             .expect("walkdir stays under its root");
         let ft = entry.file_type();
-        let meta = entry.metadata().map_err(|e| SourceError::Io {
-            path: path.into(),
-            source: e.into(),
-        })?;
+        let meta = match entry.metadata() {
+            Ok(meta) => meta,
+            // Listed, then deleted before it could be looked at: the same as a file
+            // deleted before it is opened.
+            Err(e)
+                if e.io_error()
+                    .is_some_and(|io| io.kind() == io::ErrorKind::NotFound) =>
+            {
+                counts.skipped += 1;
+                counts.warn(format!(
+                    "skipped {}: deleted while backing up",
+                    path.display()
+                ));
+                continue;
+            }
+            Err(e) => {
+                return Err(SourceError::Io {
+                    path: path.into(),
+                    source: e.into(),
+                });
+            }
+        };
         let mut header = Header::new_gnu();
         header.set_metadata_in_mode(&meta, HeaderMode::Complete);
         if ft.is_dir() {
@@ -149,7 +167,18 @@ pub fn dump(spec: &DirectorySpec, out: &mut dyn Write) -> Result<Dumped, SourceE
                 .map_err(io_err(path))?;
             counts.dirs += 1;
         } else if ft.is_symlink() {
-            let link = std::fs::read_link(path).map_err(io_err(path))?;
+            let link = match std::fs::read_link(path) {
+                Ok(link) => link,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    counts.skipped += 1;
+                    counts.warn(format!(
+                        "skipped {}: deleted while backing up",
+                        path.display()
+                    ));
+                    continue;
+                }
+                Err(e) => return Err(io_err(path)(e)),
+            };
             header.set_entry_type(EntryType::Symlink);
             header.set_size(0);
             tar.append_link(&mut header, rel, &link)
