@@ -298,7 +298,7 @@ pub async fn list(target: &Target, job: Option<&str>) -> Result<Vec<Manifest>, S
     }
     let reads = futures::stream::iter(ids)
         .map(|(j, id)| async move { read_manifest(target, &j, &id).await })
-        .buffer_unordered(8)
+        .buffer_unordered(16)
         .collect::<Vec<_>>()
         .await;
     let mut out = Vec::new();

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
+use futures::StreamExt;
 use serde::Serialize;
 
 use super::{UsageError, chosen_targets, human_bytes, load_policy};
@@ -47,14 +48,22 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
     let targets = chosen_targets(&policy, args.job.as_deref(), args.target.as_ref())?;
     let mut listed: Vec<Listed> = Vec::new();
     for target in &targets {
-        for m in snapshot::list(target, args.job.as_deref()).await? {
-            let record = crate::verify::latest_record(target, &m.job, &m.snapshot)
-                .await
-                .map(|r| LastVerification {
-                    at: r.finished_at,
-                    ok: r.ok,
-                    target: target.name.clone(),
-                });
+        // One verification lookup per snapshot: overlap them, a target can hold thousands.
+        let manifests = snapshot::list(target, args.job.as_deref()).await?;
+        let records: Vec<Option<LastVerification>> = futures::stream::iter(&manifests)
+            .map(|m| async move {
+                crate::verify::latest_record(target, &m.job, &m.snapshot)
+                    .await
+                    .map(|r| LastVerification {
+                        at: r.finished_at,
+                        ok: r.ok,
+                        target: target.name.clone(),
+                    })
+            })
+            .buffered(16)
+            .collect()
+            .await;
+        for (m, record) in manifests.into_iter().zip(records) {
             match listed
                 .iter_mut()
                 .find(|l| l.manifest.job == m.job && l.manifest.snapshot == m.snapshot)

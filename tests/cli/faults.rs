@@ -264,3 +264,100 @@ fn a_tree_changing_under_the_walk_still_gives_a_snapshot_that_verifies() {
         "tree churn: {changes} changes during 3 runs, {warned} warnings recorded, 3 snapshots verified"
     );
 }
+
+/// A TCP proxy on loopback that passes client→server bytes at `bytes_per_sec`.
+fn throttled_proxy(upstream: u16, bytes_per_sec: u64) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                continue;
+            };
+            let (mut c_read, mut s_write) =
+                (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let (mut s_read, mut c_write) = (server, client);
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 16 << 10];
+                let started = std::time::Instant::now();
+                let mut sent = 0u64;
+                loop {
+                    let n = match std::io::Read::read(&mut c_read, &mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if std::io::Write::write_all(&mut s_write, &buf[..n]).is_err() {
+                        break;
+                    }
+                    sent += n as u64;
+                    let due =
+                        std::time::Duration::from_secs_f64(sent as f64 / bytes_per_sec as f64);
+                    if let Some(wait) = due.checked_sub(started.elapsed()) {
+                        std::thread::sleep(wait);
+                    }
+                }
+                let _ = s_write.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s_read, &mut c_write);
+                let _ = c_write.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn a_slow_target_keeps_memory_bounded_and_both_targets_commit() {
+    let world = World::new();
+    std::fs::create_dir_all(world.path("src")).unwrap();
+    std::fs::write(world.path("src/big.bin"), noise(200 << 20, 12)).unwrap();
+    let mut s3 = super::cloud_support::S3s::new(&world);
+    s3.start();
+    let proxy = throttled_proxy(s3.port, 16 << 20);
+    let secret = super::cloud_support::s3_secret_file(
+        &world,
+        &super::cloud_support::env("BACKUPD_TEST_S3_SECRET"),
+    );
+    let target = super::cloud_support::s3_target(
+        "slow",
+        &format!("http://127.0.0.1:{proxy}"),
+        "bkt/slow",
+        &secret,
+        "",
+    );
+    let policy = world.policy(&format!(
+        "{target}\n[jobs.app]\ntargets = [\"local\", \"slow\"]\ncompression = \"none\"\n[jobs.app.sources.files]\nkind = \"directory\"\npath = \"{}\"\n",
+        world.path("src").display()
+    ));
+    let mut child = Command::new(super::support::BIN)
+        .args(["--config", policy.to_str().unwrap(), "run-now", "app"])
+        .env_remove("BACKUPD_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The peak resident size, sampled while the slow upload holds everything back.
+    let status_path = format!("/proc/{}/status", child.id());
+    let mut peak_kib = 0u64;
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if let Ok(status) = std::fs::read_to_string(&status_path)
+            && let Some(hwm) = status.lines().find(|l| l.starts_with("VmHWM:"))
+        {
+            peak_kib = peak_kib.max(hwm.split_whitespace().nth(1).unwrap().parse().unwrap());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let took = started.elapsed();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(list_json(&world, &["--target", "slow"]).len(), 1);
+    assert_eq!(list_json(&world, &["--target", "local"]).len(), 1);
+    eprintln!(
+        "slow target (16 MiB/s per connection): 200 MiB to local + slow S3 in {:.1} s, peak RSS {} MiB",
+        took.as_secs_f64(),
+        peak_kib / 1024
+    );
+    // Far below the 200 MiB a process buffering for the slow target would hold.
+    assert!(peak_kib < 120 << 10, "peak RSS {} MiB", peak_kib / 1024);
+}
