@@ -28,7 +28,12 @@ fn kill_9_at_random_moments_never_leaves_a_partial_snapshot() {
     );
     world.write_policy(&body);
 
-    // A deterministic spread of delays over the run (0 to ~1.5 s).
+    // One full run first: a snapshot to keep verifying, and how long a run takes here, so
+    // the kill delays (spread over 0..1.2 × that) hit running backups on any machine.
+    let t = std::time::Instant::now();
+    let out = world.backupd(&["run-now", "app"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let span_ms = (t.elapsed().as_millis() as u64 * 6 / 5).max(50);
     let mut seed = 0x9e3779b97f4a7c15u64;
     let mut killed_mid_run = 0;
     for trial in 0..TRIALS {
@@ -36,7 +41,7 @@ fn kill_9_at_random_moments_never_leaves_a_partial_snapshot() {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        let delay = Duration::from_millis(seed % 1500);
+        let delay = Duration::from_millis(seed % span_ms);
         let mut child = Command::new(BIN)
             .args([
                 "--config",
