@@ -1,12 +1,11 @@
 //! Cloud targets against real protocol servers on 127.0.0.1: s3s-fs (S3 with signature
 //! checks), moto (S3) and Azurite (Azure Blob), started by tests/services.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use super::cloud_support::{S3s, azure_target, env, s3_secret_file, s3_target, unique};
 use super::daemon_support::{Daemon, wait_for};
-use super::support::{BIN, World, assert_same_tree, list_json, noise, text, tricky_tree};
+use super::support::{World, assert_same_tree, list_json, noise, text, tricky_tree};
 
 /// A policy with the local target, `targets` (TOML), and job `app` backing up `src` to
 /// `job_targets`.
@@ -231,18 +230,7 @@ fn an_s3_server_stopped_mid_upload_fails_that_target_only_and_the_next_run_abort
     );
 
     let log = world.path("run.log");
-    let run = Command::new(BIN)
-        .args([
-            "--config",
-            world.path("policy.toml").to_str().unwrap(),
-            "run-now",
-            "app",
-        ])
-        .env_remove("BACKUPD_CONFIG")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let run = world.spawn(&["run-now", "app"], Some(&log));
     // Stop the server once parts are arriving.
     wait_for(Duration::from_secs(60), "an upload in progress", || {
         (!s3.open_uploads().is_empty() && std::fs::read_dir(&s3.root).unwrap().count() > 3)

@@ -149,18 +149,7 @@ fn a_database_stopped_mid_dump_fails_clearly_commits_nothing_and_the_next_run_su
         "[jobs.cache]\ntargets = [\"local\"]\ncompression = \"zstd\"\n[jobs.cache.sources.redis]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:{port}\"\n"
     ));
     let log = world.path("run.log");
-    let run = Command::new(super::support::BIN)
-        .args([
-            "--config",
-            world.path("policy.toml").to_str().unwrap(),
-            "run-now",
-            "cache",
-        ])
-        .env_remove("BACKUPD_CONFIG")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let run = world.spawn(&["run-now", "cache"], Some(&log));
     for _ in 0..200 {
         if std::fs::read_to_string(&log)
             .unwrap_or_default()
@@ -326,17 +315,11 @@ fn a_slow_target_keeps_memory_bounded_and_both_targets_commit() {
         &secret,
         "",
     );
-    let policy = world.policy(&format!(
+    world.policy(&format!(
         "{target}\n[jobs.app]\ntargets = [\"local\", \"slow\"]\ncompression = \"none\"\n[jobs.app.sources.files]\nkind = \"directory\"\npath = \"{}\"\n",
         world.path("src").display()
     ));
-    let mut child = Command::new(super::support::BIN)
-        .args(["--config", policy.to_str().unwrap(), "run-now", "app"])
-        .env_remove("BACKUPD_CONFIG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = world.spawn(&["run-now", "app"], None);
     // The peak resident size, sampled while the slow upload holds everything back.
     let status_path = format!("/proc/{}/status", child.id());
     let mut peak_kib = 0u64;

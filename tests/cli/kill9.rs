@@ -2,11 +2,10 @@
 //! manifest for the killed run, every earlier snapshot still verifies, the next run
 //! aborts the upload the killed one left open, and `prune` removes the leftovers.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use super::cloud_support::{S3s, env, s3_secret_file, s3_target};
-use super::support::{BIN, World, list_json, noise, text, walk};
+use super::support::{World, list_json, noise, text, walk};
 
 const TRIALS: usize = 20;
 
@@ -42,18 +41,7 @@ fn kill_9_at_random_moments_never_leaves_a_partial_snapshot() {
         seed ^= seed >> 7;
         seed ^= seed << 17;
         let delay = Duration::from_millis(seed % span_ms);
-        let mut child = Command::new(BIN)
-            .args([
-                "--config",
-                world.path("policy.toml").to_str().unwrap(),
-                "run-now",
-                "app",
-            ])
-            .env_remove("BACKUPD_CONFIG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = world.spawn(&["run-now", "app"], None);
         std::thread::sleep(delay);
         let finished = child.try_wait().unwrap().is_some();
         let _ = child.kill(); // SIGKILL

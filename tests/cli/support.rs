@@ -60,6 +60,23 @@ impl World {
         run(&full)
     }
 
+    /// Starts backupd on the world's policy without waiting: stdout piped, stderr to
+    /// `stderr_to` (or discarded), for tests that interrupt or watch a run.
+    pub fn spawn(&self, args: &[&str], stderr_to: Option<&Path>) -> std::process::Child {
+        Command::new(BIN)
+            .arg("--config")
+            .arg(self.path("policy.toml"))
+            .args(args)
+            .env_remove("BACKUPD_CONFIG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(match stderr_to {
+                Some(p) => std::process::Stdio::from(std::fs::File::create(p).unwrap()),
+                None => std::process::Stdio::null(),
+            })
+            .spawn()
+            .expect("start backupd")
+    }
+
     /// Every file under the target whose name ends with `suffix`.
     pub fn stored(&self, suffix: &str) -> Vec<PathBuf> {
         walk(&self.target_dir())
