@@ -71,6 +71,28 @@ pub struct Event {
     pub committed: Vec<String>,
 }
 
+impl Event {
+    /// An event about `job` now, its `status` word derived from the kind.
+    pub fn new(job: &str, event: EventKind, error: Option<String>) -> Self {
+        Event {
+            event,
+            job: job.into(),
+            status: match event {
+                EventKind::Success => "success",
+                EventKind::Failure => "failure",
+                EventKind::Stale => "stale",
+                EventKind::Recovered => "fresh",
+            }
+            .into(),
+            snapshot: None,
+            error,
+            host: gethostname::gethostname().to_string_lossy().into_owned(),
+            time: Utc::now(),
+            committed: Vec::new(),
+        }
+    }
+}
+
 /// A check of a notification URL at policy load time.
 pub fn check_url(url: &str) -> Result<(), String> {
     let parsed = url::Url::parse(url).map_err(|e| format!("{:?} is not a URL: {e}", shown(url)))?;

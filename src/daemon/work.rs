@@ -52,7 +52,7 @@ impl Work {
                     j.last_failure_at = Some(Utc::now());
                 });
                 self.notifier
-                    .send(event(job, EventKind::Failure, None, Some(e.to_string())));
+                    .send(Event::new(job, EventKind::Failure, Some(e.to_string())));
                 return;
             }
         };
@@ -132,10 +132,9 @@ impl Work {
                 tracing::error!(job, "scheduled verification failed: {f}");
             }
             self.shared.job(job, |j| j.verify_failures += 1);
-            self.notifier.send(event(
+            self.notifier.send(Event::new(
                 job,
                 EventKind::Failure,
-                None,
                 Some(format!("verification failed: {}", failures.join("; "))),
             ));
         }
@@ -230,7 +229,7 @@ impl Work {
             if fresh {
                 tracing::info!(job = %name, "freshness recovered: a snapshot is newer than alert_if_older_than");
                 self.notifier
-                    .send(event(name, EventKind::Recovered, None, None));
+                    .send(Event::new(name, EventKind::Recovered, None));
             } else {
                 let msg = format!(
                     "no committed snapshot newer than {} (newest: {})",
@@ -243,7 +242,7 @@ impl Work {
                 );
                 tracing::error!(job = %name, "freshness alarm: {msg}");
                 self.notifier
-                    .send(event(name, EventKind::Stale, None, Some(msg)));
+                    .send(Event::new(name, EventKind::Stale, Some(msg)));
             }
         }
     }
@@ -261,23 +260,4 @@ fn open_targets(policy: &Policy, job: &str) -> Vec<Target> {
             }
         })
         .collect()
-}
-
-fn event(job: &str, kind: EventKind, snapshot: Option<String>, error: Option<String>) -> Event {
-    Event {
-        event: kind,
-        job: job.into(),
-        status: match kind {
-            EventKind::Success => "success",
-            EventKind::Failure => "failure",
-            EventKind::Stale => "stale",
-            EventKind::Recovered => "fresh",
-        }
-        .into(),
-        snapshot,
-        error,
-        host: gethostname::gethostname().to_string_lossy().into_owned(),
-        time: Utc::now(),
-        committed: Vec::new(),
-    }
 }

@@ -102,18 +102,17 @@ pub async fn run_job(
         );
     }
     ctx.notifier.send(Event {
-        event: if ok {
-            EventKind::Success
-        } else {
-            EventKind::Failure
-        },
-        job: job.into(),
-        status: if ok { "success" } else { "failure" }.into(),
         snapshot: (!report.snapshot.is_empty()).then(|| report.snapshot.clone()),
-        error: (!ok).then(|| errors.join("; ")),
-        host: gethostname::gethostname().to_string_lossy().into_owned(),
-        time: Utc::now(),
         committed: report.committed.clone(),
+        ..Event::new(
+            job,
+            if ok {
+                EventKind::Success
+            } else {
+                EventKind::Failure
+            },
+            (!ok).then(|| errors.join("; ")),
+        )
     });
     ctx.notifier.ping(
         spec.healthcheck_url.as_deref(),
