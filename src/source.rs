@@ -36,7 +36,7 @@ pub enum SourceError {
     #[error(
         "unsafe entry {entry:?} in the archive: {why}; nothing is written outside the restore directory"
     )]
-    Unsafe { entry: String, why: &'static str },
+    Unsafe { entry: String, why: String },
     #[error("{tool} is not installed or not on PATH: install the {package} package")]
     ToolMissing { tool: String, package: String },
     #[error("{tool} {message}")]
@@ -270,7 +270,21 @@ pub struct Restored {
     pub dirs: u64,
     pub symlinks: u64,
     pub bytes: u64,
+    /// Entries not restored (unsupported types), each named in `warnings`.
+    pub skipped: u64,
+    /// Symlinks not restored because they lead outside the directory, each named in `warnings`.
+    pub links_skipped: u64,
     pub warnings: Vec<String>,
+}
+
+/// How a restore treats what is already at the destination and who owns what it writes.
+#[derive(Debug, Clone, Copy)]
+pub struct RestoreOptions {
+    /// Replace existing files (`--force`).
+    pub overwrite: bool,
+    /// As root, give restored entries the archive's numeric owners (GNU tar's default;
+    /// `--no-same-owner` turns it off).
+    pub same_owner: bool,
 }
 
 /// Restores one source's plain stream into `dest` (the source's own directory), by the
@@ -279,10 +293,19 @@ pub fn restore(
     entry: &SourceEntry,
     input: &mut dyn Read,
     dest: &Path,
-    overwrite: bool,
+    options: RestoreOptions,
 ) -> Result<Restored, SourceError> {
+    let overwrite = options.overwrite;
     match &entry.stats {
-        SourceStats::Tree { .. } => directory::restore(input, dest, overwrite),
+        SourceStats::Tree { .. } => directory::restore(
+            input,
+            dest,
+            directory::Unpack {
+                overwrite,
+                same_owner: options.same_owner,
+                data: directory::Data::Write,
+            },
+        ),
         SourceStats::Sqlite { file_name, .. } => sqlite::restore(input, dest, file_name, overwrite),
         SourceStats::Database {
             engine, database, ..
@@ -335,7 +358,7 @@ pub fn restore_file(
     if file_name.is_empty() || file_name.contains('/') || file_name == "." || file_name == ".." {
         return Err(SourceError::Unsafe {
             entry: file_name.into(),
-            why: "a database file name must be a plain name",
+            why: "a database file name must be a plain name".into(),
         });
     }
     std::fs::create_dir_all(dest).map_err(io_err(dest))?;

@@ -52,6 +52,10 @@ pub struct Args {
     /// Restore into a non-empty directory, overwriting files of the same name.
     #[arg(long)]
     pub force: bool,
+    /// As root, leave restored files owned by root instead of the archive's numeric
+    /// owners (setuid/setgid bits are then dropped, as GNU tar does).
+    #[arg(long)]
+    pub no_same_owner: bool,
 }
 
 pub async fn run(config: &Path, args: Args, quiet: bool) -> anyhow::Result<ExitCode> {
@@ -128,14 +132,17 @@ pub async fn run(config: &Path, args: Args, quiet: bool) -> anyhow::Result<ExitC
         let result = async {
             let input = progress.reader(&name, entry.stored.bytes, target.reader(&key).await?);
             let ids = identities.clone();
-            let force = args.force;
+            let options = source::RestoreOptions {
+                overwrite: args.force,
+                same_owner: !args.no_same_owner,
+            };
             let dest = dest.clone();
             let entry = entry.clone();
             tokio::task::spawn_blocking(move || -> anyhow::Result<source::Restored> {
                 let mut decoded = pipeline::decode(input, &entry, ids.as_deref())?;
                 let restored = match &into {
                     Some(into) => source::restore_into(&entry, &mut decoded.reader, into)?,
-                    None => source::restore(&entry, &mut decoded.reader, &dest, force)?,
+                    None => source::restore(&entry, &mut decoded.reader, &dest, options)?,
                 };
                 decoded.finish()?;
                 Ok(restored)
@@ -156,6 +163,12 @@ pub async fn run(config: &Path, args: Args, quiet: bool) -> anyhow::Result<ExitC
                     r.symlinks,
                     human_bytes(r.bytes)
                 );
+                if r.skipped + r.links_skipped > 0 {
+                    println!(
+                        "  not restored: {} entries of unsupported types, {} symlinks leading outside {shown}",
+                        r.skipped, r.links_skipped
+                    );
+                }
                 for w in r.warnings {
                     println!("  warning: {w}");
                 }

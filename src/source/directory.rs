@@ -20,7 +20,7 @@ use super::{Dumped, SourceError, io_err};
 use crate::policy::DirectorySpec;
 use crate::snapshot::SourceStats;
 
-pub use unpack::restore;
+pub use unpack::{Data, Unpack, restore};
 
 /// The `exclude` patterns of a directory source, compiled.
 #[derive(Debug)]
