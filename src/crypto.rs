@@ -1,5 +1,6 @@
-//! age keys: parsing recipients, reading identity files (refusing ones others can read),
-//! generating new identities, and deciding the recipients a backup encrypts to.
+//! Keys: age recipients and identities (parsing, reading identity files while refusing ones
+//! others can read, generating new ones, deciding the recipients a backup encrypts to), and
+//! the Ed25519 signing key that seals manifests (same file rules).
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -101,6 +102,70 @@ fn read_private(path: &Path) -> Result<String, KeyError> {
 /// Writes a new X25519 identity to `path` (mode 0600, never overwriting) and returns its
 /// public key.
 pub fn generate_identity(path: &Path) -> Result<age::x25519::Recipient, KeyError> {
+    let identity = age::x25519::Identity::generate();
+    let recipient = identity.to_public();
+    let body = format!(
+        "# created: {}\n# public key: {recipient}\n{}\n",
+        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        identity.to_string().expose_secret()
+    );
+    write_new_private(path, &body)?;
+    Ok(recipient)
+}
+
+/// Reads a signing key file (`BACKUPD-SIGN-SECRET-<hex>`), refusing one others can read.
+pub fn load_signing_key(path: &Path) -> Result<ed25519_dalek::SigningKey, KeyError> {
+    use crate::snapshot::seal::SECRET_PREFIX;
+    let text = read_private(path)?;
+    let seed: [u8; 32] = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(SECRET_PREFIX))
+        .and_then(|h| hex::decode(h).ok())
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| KeyError::IdentityUnreadable {
+            path: path.into(),
+            reason: format!("it holds no signing key ({SECRET_PREFIX}…, as written by `backupd keygen --signing`)"),
+        })?;
+    Ok(ed25519_dalek::SigningKey::from_bytes(&seed))
+}
+
+/// Writes a new signing key to `path` (mode 0600, never overwriting) and returns its
+/// public key as `backupd-sign-<hex>`.
+pub fn generate_signing_key(path: &Path) -> Result<String, KeyError> {
+    use crate::snapshot::seal::{SECRET_PREFIX, public_string};
+    let seed: [u8; 32] = rand::random();
+    let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+    let public = public_string(&key.verifying_key());
+    let body = format!(
+        "# backupd manifest signing key, created {}\n# public key (put it in signing.trusted_keys): {public}\n{SECRET_PREFIX}{}\n",
+        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        hex::encode(seed)
+    );
+    write_new_private(path, &body)?;
+    Ok(public)
+}
+
+/// The key this host signs its manifests with, created first when the policy asks.
+pub fn signing_key(
+    policy: &crate::snapshot::seal::SigningPolicy,
+) -> Result<Option<ed25519_dalek::SigningKey>, KeyError> {
+    let Some(path) = &policy.key_file else {
+        return Ok(None);
+    };
+    if policy.generate_key && !path.exists() {
+        let public = generate_signing_key(path)?;
+        tracing::warn!(
+            path = %path.display(),
+            public_key = %public,
+            "generated a new manifest signing key because signing.generate_key is set; \
+             put its public key in signing.trusted_keys so restore on another machine trusts it"
+        );
+    }
+    load_signing_key(path).map(Some)
+}
+
+/// Creates `path` with `body`, mode 0600, never over an existing file.
+fn write_new_private(path: &Path, body: &str) -> Result<(), KeyError> {
     let write_err = |source| KeyError::Write {
         path: path.into(),
         source,
@@ -108,8 +173,6 @@ pub fn generate_identity(path: &Path) -> Result<age::x25519::Recipient, KeyError
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(write_err)?;
     }
-    let identity = age::x25519::Identity::generate();
-    let recipient = identity.to_public();
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -119,15 +182,9 @@ pub fn generate_identity(path: &Path) -> Result<age::x25519::Recipient, KeyError
             std::io::ErrorKind::AlreadyExists => KeyError::Exists { path: path.into() },
             _ => write_err(e),
         })?;
-    let body = format!(
-        "# created: {}\n# public key: {recipient}\n{}\n",
-        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        identity.to_string().expose_secret()
-    );
     file.write_all(body.as_bytes())
         .and_then(|_| file.sync_all())
-        .map_err(write_err)?;
-    Ok(recipient)
+        .map_err(write_err)
 }
 
 /// The recipients a backup encrypts to, or `None` for the plaintext opt-out. With no

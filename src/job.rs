@@ -127,6 +127,11 @@ pub async fn run(
     progress: &crate::progress::Progress,
 ) -> JobReport {
     let job: &JobPolicy = &policy.jobs[job_name];
+    // Before anything is dumped: a snapshot this host cannot sign would be refused later.
+    let signing_key = match crate::crypto::signing_key(&policy.signing) {
+        Ok(key) => key,
+        Err(e) => return JobReport::not_run(job_name, &format!("signing key: {e}")),
+    };
     let started = Instant::now();
     let started_at = Utc::now();
     let id = snapshot::new_id(started_at);
@@ -265,7 +270,7 @@ pub async fn run(
     // The last check before the commit: after it, the snapshot is whole and stays.
     let all_sources_ok = report.sources.iter().all(|s| s.result.is_ok()) && !cancel.is_cancelled();
     if all_sources_ok {
-        let manifest = Manifest {
+        let mut manifest = Manifest {
             format: snapshot::FORMAT_VERSION,
             job: job_name.into(),
             snapshot: id.clone(),
@@ -279,7 +284,11 @@ pub async fn run(
                 .iter()
                 .filter_map(|s| s.result.as_ref().ok().map(|e| (s.name.clone(), e.clone())))
                 .collect(),
+            digest: None,
+            signature: None,
+            seal: Default::default(),
         };
+        snapshot::seal::seal(&mut manifest, signing_key.as_ref());
         for target in targets {
             if report.failed_targets.contains_key(&target.name) {
                 continue;
@@ -350,9 +359,19 @@ async fn after_commit(policy: &Policy, job_name: &str, targets: &[Target], repor
         } else {
             None
         };
+        let trust = match crate::snapshot::seal::Trust::new(&policy.signing) {
+            Ok(t) => t,
+            Err(e) => {
+                report.after_errors.push(format!(
+                    "verification after backup could not start: [signing]: {e}"
+                ));
+                return;
+            }
+        };
         let verifier = crate::verify::Verifier {
             policy,
             identities,
+            trust,
             progress: crate::progress::Progress::off(),
         };
         for target in &committed {

@@ -58,6 +58,8 @@ pub struct Policy {
     pub path: PathBuf,
     pub daemon: DaemonPolicy,
     pub encryption: EncryptionPolicy,
+    /// `[signing]`: the manifest signing key and the keys whose snapshots are trusted.
+    pub signing: crate::snapshot::seal::SigningPolicy,
     pub targets: BTreeMap<String, TargetPolicy>,
     pub jobs: BTreeMap<String, JobPolicy>,
     /// `[[notify]]` webhooks told about job outcomes and freshness alarms.

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::policy::Policy;
 use crate::retention::{self, Decision, SnapshotInfo};
+use crate::snapshot::seal::{Judgment, Trust};
 use crate::snapshot::{self, SnapshotError, maintenance};
 use crate::target::Target;
 
@@ -21,6 +22,10 @@ pub struct PruneOutcome {
     pub deleted: Vec<String>,
     /// Snapshot directories without a manifest, older than the grace period.
     pub orphans: Vec<String>,
+    /// Snapshots `[signing]` refuses (`id: why`): neither counted by retention nor deleted,
+    /// so a planted snapshot can neither push real ones out nor be mistaken for one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_alone: Vec<String>,
     pub errors: Vec<String>,
 }
 
@@ -39,10 +44,23 @@ pub async fn prune(
         decisions: None,
         deleted: Vec::new(),
         orphans: Vec::new(),
+        left_alone: Vec::new(),
         errors: Vec::new(),
     };
     if let Some(rules) = job_policy.retention_for(&target.name) {
-        let manifests = snapshot::list(target, Some(job)).await?;
+        let trust = Trust::new(&policy.signing).map_err(|e| SnapshotError::Store {
+            target: target.name.clone(),
+            message: format!("[signing]: {e}"),
+        })?;
+        let mut manifests = snapshot::list(target, Some(job)).await?;
+        manifests.retain(|m| match trust.judge(m) {
+            Judgment::Refused(why) => {
+                tracing::warn!(job, snapshot = %m.snapshot, "left alone by retention: {why}");
+                outcome.left_alone.push(format!("{}: {why}", m.snapshot));
+                false
+            }
+            _ => true,
+        });
         let mut infos = Vec::new();
         for m in &manifests {
             let verified = crate::verify::latest_record(target, job, &m.snapshot)

@@ -13,6 +13,7 @@ use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 
 pub mod maintenance;
+pub mod seal;
 
 use crate::policy::Compression;
 use crate::target::Target;
@@ -51,6 +52,16 @@ pub struct Manifest {
     pub finished_at: DateTime<Utc>,
     pub tags: Vec<String>,
     pub sources: BTreeMap<String, SourceEntry>,
+    /// `sha256:<hex>` of the manifest's canonical JSON without `digest` and `signature`
+    /// (see `seal`); absent in manifests written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// The committing host's Ed25519 signature over `digest`, with `[signing]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<seal::Signature>,
+    /// What reading the manifest found about its seal; never stored.
+    #[serde(skip)]
+    pub seal: seal::Seal,
 }
 
 /// One source's object in a snapshot and everything needed to check it.
@@ -244,7 +255,9 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, String> {
             v.format
         ));
     }
-    let m: Manifest = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    let raw: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    let mut m: Manifest = serde_json::from_value(raw.clone()).map_err(|e| e.to_string())?;
+    m.seal = seal::open(&raw, &m)?;
     // A manifest comes from storage, which is not trusted: its names become paths on
     // restore, so they must be what backupd itself would have written.
     if !crate::policy::is_valid_name(&m.job) {
@@ -262,6 +275,23 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, String> {
         }
     }
     Ok(m)
+}
+
+/// The newest of `snapshots` (newest first) that `trust` does not refuse: `latest` for
+/// restore and verify, so a planted newer snapshot cannot stand in for the real one. Each
+/// refused newer one is logged with the reason.
+pub fn newest_accepted(snapshots: Vec<Manifest>, trust: &seal::Trust) -> Option<Manifest> {
+    for m in snapshots {
+        match trust.judge(&m) {
+            seal::Judgment::Refused(why) => tracing::warn!(
+                job = %m.job,
+                snapshot = %m.snapshot,
+                "passed over for `latest`: {why}"
+            ),
+            _ => return Some(m),
+        }
+    }
+    None
 }
 
 /// Committed snapshots of `job` (or of every job) on one target, newest first.
@@ -315,8 +345,53 @@ pub async fn list(target: &Target, job: Option<&str>) -> Result<Vec<Manifest>, S
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A small valid manifest for tests of what reads and writes manifests.
+    pub(crate) fn sample() -> Manifest {
+        Manifest {
+            format: 1,
+            job: "app".into(),
+            snapshot: "2026-01-02T03-04-05.006Z-abcdef".into(),
+            host: "h".into(),
+            backupd_version: "0".into(),
+            started_at: "2026-01-02T03:04:05.006Z".parse().unwrap(),
+            finished_at: "2026-01-02T03:05:05Z".parse().unwrap(),
+            tags: vec!["manual".into()],
+            sources: BTreeMap::from([(
+                "db".to_string(),
+                SourceEntry {
+                    kind: "sqlite".into(),
+                    group: None,
+                    object: "db.sqlite.gz.age".into(),
+                    compression: Compression::Gzip,
+                    compression_level: 6,
+                    encryption: Encryption::Age {
+                        recipients: vec!["age1xyz".into()],
+                    },
+                    stored: Digest {
+                        bytes: 10,
+                        sha256: "ab".repeat(32),
+                    },
+                    plain: Digest {
+                        bytes: 20,
+                        sha256: "cd".repeat(32),
+                    },
+                    stats: SourceStats::Sqlite {
+                        file_name: "app.db".into(),
+                        sqlite_version: "3".into(),
+                        page_count: 2,
+                        tables: BTreeMap::from([("t".to_string(), 3)]),
+                    },
+                    warnings: vec![],
+                },
+            )]),
+            digest: None,
+            signature: None,
+            seal: seal::Seal::Unsigned,
+        }
+    }
 
     #[test]
     fn ids_sort_by_time_and_are_key_safe() {
@@ -356,6 +431,9 @@ mod tests {
                     warnings: vec![],
                 },
             )]),
+            digest: None,
+            signature: None,
+            seal: seal::Seal::Unsigned,
         };
         let json = serde_json::to_vec(&good).unwrap();
         assert_eq!(parse_manifest(&json).unwrap(), good);

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::Identities;
 use crate::policy::{Policy, SourceSpec};
+use crate::snapshot::seal::{Judgment, Trust};
 use crate::snapshot::{Manifest, SourceEntry};
 use crate::target::Target;
 
@@ -31,14 +32,19 @@ pub async fn verify_snapshots(
     targets: &[Target],
     which: &str,
     identity: Option<&std::path::Path>,
+    allow_unsigned: bool,
     progress: &crate::progress::Progress,
 ) -> anyhow::Result<Vec<VerifyRecord>> {
+    let mut trust = Trust::new(&policy.signing).map_err(|e| anyhow::anyhow!("[signing]: {e}"))?;
+    trust.allow_unsigned = allow_unsigned;
     let mut identities = None;
     let mut records = Vec::new();
     for target in targets {
         let all = crate::snapshot::list(target, Some(job)).await?;
         let chosen: Vec<_> = match which {
-            "latest" => all.into_iter().take(1).collect(),
+            "latest" => crate::snapshot::newest_accepted(all, &trust)
+                .into_iter()
+                .collect(),
             "all" => all,
             prefix => all
                 .into_iter()
@@ -59,6 +65,7 @@ pub async fn verify_snapshots(
             let verifier = Verifier {
                 policy,
                 identities: identities.clone(),
+                trust: trust.clone(),
                 progress: progress.clone(),
             };
             records.push(verifier.verify(target, &manifest).await);
@@ -136,6 +143,9 @@ pub struct VerifyRecord {
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
     pub ok: bool,
+    /// Whether the manifest's seal is trusted (`signing`); absent in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authenticity: Option<Check>,
     pub sources: BTreeMap<String, SourceResult>,
 }
 
@@ -151,6 +161,12 @@ impl VerifyRecord {
     /// One line per failed check, naming job, snapshot, source and check.
     pub fn failures(&self) -> Vec<String> {
         let mut out = Vec::new();
+        if let Some(c) = self.authenticity.as_ref().filter(|c| !c.ok) {
+            out.push(format!(
+                "{}/{} on {}: manifest: {}",
+                self.job, self.snapshot, self.target, c.detail
+            ));
+        }
         for (source, r) in &self.sources {
             for c in r.checks.iter().filter(|c| !c.ok) {
                 out.push(format!(
@@ -192,6 +208,8 @@ pub struct Verifier<'a> {
     pub policy: &'a Policy,
     /// `None` when no source is encrypted.
     pub identities: Option<Arc<Identities>>,
+    /// Whose snapshots count as authentic; a refused one fails without being restored.
+    pub trust: Trust,
     /// Bars on a terminal (`verify`), off elsewhere.
     pub progress: crate::progress::Progress,
 }
@@ -202,8 +220,18 @@ impl Verifier<'_> {
     pub async fn verify(&self, target: &Target, manifest: &Manifest) -> VerifyRecord {
         let started_at = Utc::now();
         tracing::info!(job = %manifest.job, snapshot = %manifest.snapshot, target = %target.name, "verification started");
+        let judgment = self.trust.judge(manifest);
+        let authenticity = match &judgment {
+            Judgment::Trusted => Check::pass("authenticity", "signed by a trusted key"),
+            Judgment::Accepted(why) => Check::pass("authenticity", why.clone()),
+            Judgment::Refused(why) => Check::fail("authenticity", why.clone()),
+        };
         let mut sources = BTreeMap::new();
         for (name, entry) in &manifest.sources {
+            if !authenticity.ok {
+                // An attacker's archive is not worth decrypting: the snapshot fails as it is.
+                break;
+            }
             let result = self.verify_source(target, manifest, name, entry).await;
             if !result.ok {
                 tracing::error!(job = %manifest.job, snapshot = %manifest.snapshot, source = %name, "verification failed");
@@ -219,7 +247,8 @@ impl Verifier<'_> {
             backupd_version: env!("CARGO_PKG_VERSION").into(),
             started_at,
             finished_at: Utc::now(),
-            ok: sources.values().all(|s| s.ok),
+            ok: authenticity.ok && sources.values().all(|s| s.ok),
+            authenticity: Some(authenticity),
             sources,
         };
         let key = ObjectPath::from(format!(

@@ -19,6 +19,7 @@ pub struct Args {
 }
 
 const KEY_FILE: &str = "backupd-identity.txt";
+const SIGNING_KEY_FILE: &str = "backupd-signing.key";
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let output = std::path::absolute(&args.output)?;
@@ -41,6 +42,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         crate::crypto::generate_identity(&key)?.to_string()
     };
+    let signing_key = dir.join(SIGNING_KEY_FILE);
+    let signer = if signing_key.exists() {
+        let key = crate::crypto::load_signing_key(&signing_key)?;
+        crate::snapshot::seal::public_string(&key.verifying_key())
+    } else {
+        crate::crypto::generate_signing_key(&signing_key)?
+    };
     let source = match &args.source {
         Some(s) => std::path::absolute(s)?,
         None => dir.clone(),
@@ -51,13 +59,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let text = TEMPLATE
         .replace("{RECIPIENT}", &recipient)
         .replace("{KEY_FILE}", KEY_FILE)
+        .replace("{SIGNING_KEY_FILE}", SIGNING_KEY_FILE)
+        .replace("{SIGNER}", &signer)
         .replace("{SOURCE}", &toml_string(&source));
     std::fs::write(&output, text)?;
     let cmd = format!("backupd --config {}", output.display());
     println!(
-        "wrote {} and the age key {} (mode 0600)",
+        "wrote {}, the age key {} and the signing key {} (both mode 0600)",
         output.display(),
-        key.display()
+        key.display(),
+        signing_key.display()
     );
     println!("keep a copy of the key somewhere safe: without it no snapshot can be restored\n");
     println!("next:");
@@ -86,6 +97,13 @@ state_dir = ".backupd-state"
 # is its secret half, needed to restore and verify. Keep a copy of it off this machine.
 recipients = ["{RECIPIENT}"]
 identity_file = "{KEY_FILE}"
+
+[signing]
+# Each manifest this host commits is signed with {SIGNING_KEY_FILE} (mode 0600, never in the
+# bucket); restore, verify, list and prune trust only snapshots signed by these keys, so
+# someone who can write to the bucket cannot plant one. Add other hosts' public keys here.
+key_file = "{SIGNING_KEY_FILE}"
+trusted_keys = ["{SIGNER}"]
 
 # Where snapshots go. Add an offsite copy with e.g. url = "s3://bucket/prefix".
 [targets.local]

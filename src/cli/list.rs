@@ -8,6 +8,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use super::{UsageError, chosen_targets, human_bytes, load_policy};
+use crate::snapshot::seal::{Judgment, Trust};
 use crate::snapshot::{self, Manifest};
 
 #[derive(Debug, clap::Args)]
@@ -29,6 +30,35 @@ struct Listed {
     targets: Vec<String>,
     /// The newest verification on any of those targets.
     last_verification: Option<LastVerification>,
+    /// Whether the policy's `[signing]` trusts the snapshot.
+    authenticity: Authenticity,
+}
+
+#[derive(Serialize)]
+struct Authenticity {
+    /// `trusted` (signed by a trusted key), `accepted` (see `detail`) or `refused`.
+    verdict: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
+}
+
+impl From<Judgment> for Authenticity {
+    fn from(j: Judgment) -> Self {
+        match j {
+            Judgment::Trusted => Self {
+                verdict: "trusted",
+                detail: None,
+            },
+            Judgment::Accepted(why) => Self {
+                verdict: "accepted",
+                detail: Some(why),
+            },
+            Judgment::Refused(why) => Self {
+                verdict: "refused",
+                detail: Some(why),
+            },
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -46,6 +76,7 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
         return Err(UsageError(format!("invalid job name {job:?}")).into());
     }
     let targets = chosen_targets(&policy, args.job.as_deref(), args.target.as_ref())?;
+    let trust = Trust::new(&policy.signing).map_err(|e| UsageError(format!("[signing]: {e}")))?;
     let mut listed: Vec<Listed> = Vec::new();
     for target in &targets {
         // One verification lookup per snapshot: overlap them, a target can hold thousands.
@@ -75,6 +106,7 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
                     }
                 }
                 None => listed.push(Listed {
+                    authenticity: trust.judge(&m).into(),
                     manifest: m,
                     targets: vec![target.name.clone()],
                     last_verification: record,
@@ -115,6 +147,11 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
                     Some(_) => "✗".into(),
                     None => "–".into(),
                 },
+                match l.authenticity.verdict {
+                    "trusted" => "✓".into(),
+                    "refused" => "✗".into(),
+                    _ => "unchecked".into(),
+                },
                 l.targets.join(","),
             ]
         })
@@ -129,10 +166,27 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
                 "TAGS",
                 "STORED / PLAIN",
                 "VERIFIED",
+                "SIGNED",
                 "TARGETS"
             ],
             &rows
         )
     );
+    // A refused snapshot is listed (never hidden, never deleted) and explained.
+    for l in listed
+        .iter()
+        .filter(|l| l.authenticity.verdict == "refused")
+    {
+        println!(
+            "✗ {}: {}",
+            l.manifest.snapshot,
+            l.authenticity.detail.as_deref().unwrap_or_default()
+        );
+    }
+    if !trust.is_configured() {
+        println!(
+            "unchecked: no [signing] in the policy, so a snapshot planted by anyone who can write to the bucket looks the same (see BACKUP_POLICY.md, Threat model)"
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

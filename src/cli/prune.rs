@@ -76,6 +76,9 @@ fn print_outcome(o: &PruneOutcome) {
             if o.dry_run { "would remove" } else { "removed" }
         );
     }
+    for why in &o.left_alone {
+        println!("  left alone (not trusted) {why}");
+    }
     for e in &o.errors {
         println!("  ERROR {e}");
     }

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use super::{EXIT_FAILED, UsageError, chosen_targets, human_bytes, load_policy};
 use crate::crypto;
 use crate::pipeline;
+use crate::snapshot::seal::{Judgment, Trust};
 use crate::snapshot::{self, Encryption, Manifest, SourceEntry};
 use crate::source;
 use crate::target::Target;
@@ -56,6 +57,10 @@ pub struct Args {
     /// owners (setuid/setgid bits are then dropped, as GNU tar does).
     #[arg(long)]
     pub no_same_owner: bool,
+    /// Accept an unsigned snapshot although `[signing]` is configured (one made before it
+    /// was). A snapshot signed by an untrusted key is never accepted.
+    #[arg(long)]
+    pub allow_unsigned: bool,
 }
 
 pub async fn run(config: &Path, args: Args, quiet: bool) -> anyhow::Result<ExitCode> {
@@ -65,7 +70,21 @@ pub async fn run(config: &Path, args: Args, quiet: bool) -> anyhow::Result<ExitC
         return Err(UsageError(format!("invalid job name {:?}", args.job)).into());
     }
     let targets = chosen_targets(&policy, Some(&args.job), args.target.as_ref())?;
-    let (target, manifest) = find_snapshot(&targets, &args.job, &args.snapshot).await?;
+    let mut trust = crate::snapshot::seal::Trust::new(&policy.signing)
+        .map_err(|e| UsageError(format!("[signing]: {e}")))?;
+    trust.allow_unsigned = args.allow_unsigned;
+    let (target, manifest) = find_snapshot(&targets, &args.job, &args.snapshot, &trust).await?;
+    match trust.judge(&manifest) {
+        Judgment::Trusted => {}
+        Judgment::Accepted(why) => println!("warning: snapshot {} is {why}", manifest.snapshot),
+        Judgment::Refused(why) => {
+            return Err(anyhow::anyhow!(
+                "refusing to restore snapshot {} of job {}: it is {why}",
+                manifest.snapshot,
+                manifest.job
+            ));
+        }
+    }
     let chosen = select_sources(&manifest, &args.only, &args.skip)?;
 
     println!(
@@ -194,6 +213,7 @@ async fn find_snapshot(
     targets: &[Target],
     job: &str,
     wanted: &str,
+    trust: &Trust,
 ) -> anyhow::Result<(Target, Manifest)> {
     let mut best: Option<(Target, Manifest)> = None;
     for target in targets {
@@ -205,7 +225,7 @@ async fn find_snapshot(
             }
         };
         let found = if wanted == "latest" {
-            snapshots.into_iter().next()
+            snapshot::newest_accepted(snapshots, trust)
         } else {
             let matches: Vec<Manifest> = snapshots
                 .into_iter()

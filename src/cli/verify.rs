@@ -24,6 +24,9 @@ pub struct Args {
     /// Print one JSON array of verification records.
     #[arg(long)]
     pub json: bool,
+    /// Accept unsigned snapshots although `[signing]` is configured (ones made before it was).
+    #[arg(long)]
+    pub allow_unsigned: bool,
 }
 
 pub async fn run(config: &Path, args: Args, quiet: bool) -> anyhow::Result<ExitCode> {
@@ -41,6 +44,7 @@ pub async fn run(config: &Path, args: Args, quiet: bool) -> anyhow::Result<ExitC
             &targets,
             &args.snapshot,
             args.identity.as_deref(),
+            args.allow_unsigned,
             &progress,
         )
         .await?;

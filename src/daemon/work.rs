@@ -115,6 +115,7 @@ impl Work {
             &targets,
             &which,
             None,
+            false,
             &crate::progress::Progress::off(),
         )
         .await;

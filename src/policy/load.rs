@@ -66,7 +66,7 @@ pub fn merged_values(path: &Path) -> Result<Value, PolicyError> {
 fn env_overrides() -> Env {
     Env::prefixed("BACKUPD_").split("__").filter(|key| {
         let first = key.as_str().split('.').next().unwrap_or("");
-        ["daemon", "encryption", "targets", "jobs"]
+        ["daemon", "encryption", "signing", "targets", "jobs"]
             .iter()
             .any(|section| first.eq_ignore_ascii_case(section))
     })
@@ -79,6 +79,8 @@ struct RawPolicy {
     daemon: DaemonPolicy,
     #[serde(default)]
     encryption: EncryptionPolicy,
+    #[serde(default)]
+    signing: crate::snapshot::seal::SigningPolicy,
     #[serde(default)]
     targets: BTreeMap<String, Value>,
     #[serde(default)]
@@ -136,6 +138,8 @@ pub fn from_figment(figment: Figment, base: &Path) -> Result<Policy, Vec<Problem
     }
     let mut encryption = raw.encryption;
     encryption.identity_file = encryption.identity_file.map(|p| join(base, p));
+    let mut signing = raw.signing;
+    signing.key_file = signing.key_file.map(|p| join(base, p));
     let mut daemon = raw.daemon;
     daemon.state_dir = join(base, daemon.state_dir);
     daemon.spool_dir = daemon.spool_dir.map(|p| join(base, p));
@@ -143,6 +147,7 @@ pub fn from_figment(figment: Figment, base: &Path) -> Result<Policy, Vec<Problem
         path: PathBuf::new(),
         daemon,
         encryption,
+        signing,
         targets,
         jobs,
         notify: raw.notify,

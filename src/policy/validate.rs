@@ -154,6 +154,10 @@ pub fn source_spec(key: &str, value: Value) -> Result<SourceSpec, Vec<Problem>> 
 pub fn policy(policy: &Policy) -> Vec<Problem> {
     let mut out = Vec::new();
     encryption(policy, &mut out);
+    for p in policy.signing.check() {
+        let (key, what) = p.split_once(": ").unwrap_or(("signing", p.as_str()));
+        out.push(problem(key, what));
+    }
     if policy.daemon.max_concurrent_jobs == 0 {
         out.push(problem("daemon.max_concurrent_jobs", "must be at least 1"));
     }

@@ -1,0 +1,404 @@
+//! Manifest seals: a digest of the manifest's own content (corruption is detected) and an
+//! Ed25519 signature over that digest (forgery is detected), and the trust decision of
+//! whether a sealed or unsealed snapshot may be restored, verified or pruned.
+//!
+//! Threat model (BACKUP_POLICY.md "Threat model"): anyone who can write to the bucket can
+//! encrypt to the public age recipient and write a manifest with correct sha256 sums, so
+//! neither proves who made a snapshot. The signing key lives only on the hosts that back
+//! up (0600, like the age identity, never in the bucket); its public half is listed in the
+//! policy as `signing.trusted_keys`, which is all restore needs besides the age identity.
+//!
+//! The digest is sha256 over a canonical JSON form of the manifest without `digest` and
+//! `signature`: object keys sorted at every level, no white space. Keys this build does not
+//! know are covered too, so a later version's additions are protected and an older reader
+//! still checks them.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use ed25519_dalek::{Signer, Verifier};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use super::Manifest;
+
+/// What the signature signs: a fixed context, then the digest string.
+const CONTEXT: &[u8] = b"backupd manifest signature v1\n";
+pub const PUBLIC_PREFIX: &str = "backupd-sign-";
+pub const SECRET_PREFIX: &str = "BACKUPD-SIGN-SECRET-";
+
+/// `[signing]`: how this host signs the manifests it commits and whose it trusts.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningPolicy {
+    /// The secret signing key (mode 0600); each manifest this host commits is signed with it.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// Create `key_file` on first use if it does not exist.
+    #[serde(default)]
+    pub generate_key: bool,
+    /// Public keys (`backupd-sign-…`) whose snapshots restore, verify, list and prune
+    /// accept; `key_file`'s own public key is trusted too.
+    #[serde(default)]
+    pub trusted_keys: Vec<String>,
+    /// Unsigned snapshots that started before this time are accepted: the ones made before
+    /// signing was turned on. Later unsigned ones are refused as possible forgeries.
+    #[serde(default)]
+    pub accept_unsigned_before: Option<DateTime<Utc>>,
+}
+
+impl SigningPolicy {
+    /// Pure checks for the policy loader.
+    pub fn check(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for k in &self.trusted_keys {
+            if let Err(e) = parse_public(k) {
+                problems.push(format!("signing.trusted_keys: {e}"));
+            }
+        }
+        if self.generate_key && self.key_file.is_none() {
+            problems.push("signing.generate_key needs signing.key_file (where to write it)".into());
+        }
+        problems
+    }
+}
+
+/// The signature stored in a manifest.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Signature {
+    /// The signer's public key, `backupd-sign-<hex>`.
+    pub key: String,
+    /// Ed25519 over `CONTEXT || digest`, hex.
+    pub ed25519: String,
+}
+
+/// What parsing found; never stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Seal {
+    /// No signature (made before signing existed, without `[signing]`, or forged).
+    #[default]
+    Unsigned,
+    /// A signature that verifies, by this key. Whether the key is trusted is [`Trust`]'s call.
+    Signed { key: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    #[error(
+        "{0:?} is not a backupd signing public key (expected backupd-sign- and 64 hex digits, as printed by `backupd keygen --signing`)"
+    )]
+    BadPublic(String),
+}
+
+pub fn parse_public(s: &str) -> Result<ed25519_dalek::VerifyingKey, SealError> {
+    let bad = || SealError::BadPublic(s.to_string());
+    let hex_part = s.trim().strip_prefix(PUBLIC_PREFIX).ok_or_else(bad)?;
+    let bytes: [u8; 32] = hex::decode(hex_part)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(bad)?;
+    ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|_| bad())
+}
+
+pub fn public_string(key: &ed25519_dalek::VerifyingKey) -> String {
+    format!("{PUBLIC_PREFIX}{}", hex::encode(key.as_bytes()))
+}
+
+/// Canonical JSON: keys sorted at every level, compact. Written here rather than relying
+/// on serde_json's map order, which a dependency's feature flag could change.
+fn canonical(v: &serde_json::Value, out: &mut Vec<u8>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            out.push(b'{');
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend(serde_json::to_vec(k).expect("a string serializes"));
+                out.push(b':');
+                canonical(&map[k], out);
+            }
+            out.push(b'}');
+        }
+        serde_json::Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                canonical(item, out);
+            }
+            out.push(b']');
+        }
+        scalar => out.extend(serde_json::to_vec(scalar).expect("a scalar serializes")),
+    }
+}
+
+/// `sha256:<hex>` of the manifest JSON `v` without its seal.
+fn digest_of(v: &serde_json::Value) -> String {
+    let mut body = v.clone();
+    if let Some(map) = body.as_object_mut() {
+        map.remove("digest");
+        map.remove("signature");
+    }
+    let mut bytes = Vec::new();
+    canonical(&body, &mut bytes);
+    format!("sha256:{}", hex::encode(Sha256::digest(&bytes)))
+}
+
+/// Adds `digest`, and `signature` when a key is given, to a manifest about to be committed.
+pub fn seal(manifest: &mut Manifest, key: Option<&ed25519_dalek::SigningKey>) {
+    manifest.digest = None;
+    manifest.signature = None;
+    manifest.seal = Seal::Unsigned;
+    let value = serde_json::to_value(&*manifest).expect("a manifest serializes");
+    let digest = digest_of(&value);
+    if let Some(key) = key {
+        let mut message = CONTEXT.to_vec();
+        message.extend_from_slice(digest.as_bytes());
+        manifest.signature = Some(Signature {
+            key: public_string(&key.verifying_key()),
+            ed25519: hex::encode(key.sign(&message).to_bytes()),
+        });
+        manifest.seal = Seal::Signed {
+            key: public_string(&key.verifying_key()),
+        };
+    }
+    manifest.digest = Some(digest);
+}
+
+/// Checks the seal of a manifest read from storage (`raw` is its JSON as stored).
+pub fn open(raw: &serde_json::Value, manifest: &Manifest) -> Result<Seal, String> {
+    let Some(stored) = &manifest.digest else {
+        if manifest.signature.is_some() {
+            return Err("it has a signature but no digest: forged or corrupt".into());
+        }
+        // Written before digests existed: nothing to check.
+        return Ok(Seal::Unsigned);
+    };
+    let actual = digest_of(raw);
+    if *stored != actual {
+        return Err(format!(
+            "its content does not match its digest ({stored}, content is {actual}): corrupt or edited"
+        ));
+    }
+    let Some(sig) = &manifest.signature else {
+        return Ok(Seal::Unsigned);
+    };
+    let key = parse_public(&sig.key).map_err(|e| format!("its signature key: {e}"))?;
+    let bytes: [u8; 64] = hex::decode(&sig.ed25519)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or("its signature is not 64 hex-encoded bytes: forged or corrupt")?;
+    // One spelling only (lower-case hex), so a key string compares equal to the policy's.
+    if public_string(&key) != sig.key || hex::encode(bytes) != sig.ed25519 {
+        return Err("its signature is not written in canonical lower-case hex: edited".into());
+    }
+    let mut message = CONTEXT.to_vec();
+    message.extend_from_slice(stored.as_bytes());
+    key.verify(&message, &ed25519_dalek::Signature::from_bytes(&bytes))
+        .map_err(|_| {
+            format!(
+                "its signature by {} does not verify: forged or corrupt",
+                sig.key
+            )
+        })?;
+    Ok(Seal::Signed {
+        key: sig.key.clone(),
+    })
+}
+
+/// Whose snapshots this process accepts.
+#[derive(Debug, Clone, Default)]
+pub struct Trust {
+    keys: BTreeSet<String>,
+    accept_unsigned_before: Option<DateTime<Utc>>,
+    /// `--allow-unsigned`: the operator vouches for unsigned snapshots this once.
+    pub allow_unsigned: bool,
+}
+
+/// The trust decision about one snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Judgment {
+    /// Signed by a trusted key.
+    Trusted,
+    /// Accepted, but the operator should know why it is not simply trusted.
+    Accepted(String),
+    /// Not to be restored, verified as good, or counted by retention.
+    Refused(String),
+}
+
+impl Judgment {
+    pub fn refused(&self) -> Option<&str> {
+        match self {
+            Judgment::Refused(why) => Some(why),
+            _ => None,
+        }
+    }
+
+    /// A short word for tables: `✓`, `unsigned`, `✗`.
+    pub fn word(&self) -> &'static str {
+        match self {
+            Judgment::Trusted => "✓",
+            Judgment::Accepted(_) => "unchecked",
+            Judgment::Refused(_) => "✗",
+        }
+    }
+}
+
+impl Trust {
+    /// From the policy: `trusted_keys` plus the public half of `key_file` when readable.
+    pub fn new(policy: &SigningPolicy) -> Result<Self, String> {
+        let mut keys = BTreeSet::new();
+        for k in &policy.trusted_keys {
+            keys.insert(public_string(&parse_public(k).map_err(|e| e.to_string())?));
+        }
+        if let Some(path) = &policy.key_file
+            && path.exists()
+        {
+            let key = crate::crypto::load_signing_key(path).map_err(|e| e.to_string())?;
+            keys.insert(public_string(&key.verifying_key()));
+        }
+        Ok(Self {
+            keys,
+            accept_unsigned_before: policy.accept_unsigned_before,
+            allow_unsigned: false,
+        })
+    }
+
+    /// Whether any key is trusted: without one, nothing can be told from a forgery.
+    pub fn is_configured(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
+    pub fn judge(&self, m: &Manifest) -> Judgment {
+        match &m.seal {
+            Seal::Signed { key } if self.keys.contains(key) => Judgment::Trusted,
+            Seal::Signed { key } if self.keys.is_empty() => Judgment::Accepted(format!(
+                "signed by {key}, but the policy trusts no key ([signing] trusted_keys), so that proves nothing"
+            )),
+            Seal::Signed { key } => Judgment::Refused(format!(
+                "signed by {key}, which signing.trusted_keys does not list: possibly forged by someone who can write to the bucket"
+            )),
+            Seal::Unsigned if self.keys.is_empty() => Judgment::Accepted(
+                "unsigned, and the policy has no [signing]: anyone who can write to the bucket could have made it".into(),
+            ),
+            Seal::Unsigned if self.allow_unsigned => {
+                Judgment::Accepted("unsigned, accepted by --allow-unsigned".into())
+            }
+            Seal::Unsigned
+                if self
+                    .accept_unsigned_before
+                    .is_some_and(|t| m.started_at < t) =>
+            {
+                Judgment::Accepted(
+                    "unsigned, made before signing.accept_unsigned_before".into(),
+                )
+            }
+            Seal::Unsigned => Judgment::Refused(
+                "unsigned: made before signing was configured, or forged by someone who can write to the bucket; if it is yours, pass --allow-unsigned or set signing.accept_unsigned_before".into(),
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::tests::sample;
+
+    fn key(n: u8) -> ed25519_dalek::SigningKey {
+        ed25519_dalek::SigningKey::from_bytes(&[n; 32])
+    }
+
+    fn stored(m: &Manifest) -> Vec<u8> {
+        serde_json::to_vec_pretty(m).unwrap()
+    }
+
+    fn trust(keys: &[&ed25519_dalek::SigningKey]) -> Trust {
+        Trust {
+            keys: keys
+                .iter()
+                .map(|k| public_string(&k.verifying_key()))
+                .collect(),
+            ..Trust::default()
+        }
+    }
+
+    #[test]
+    fn a_signed_manifest_reads_back_signed_and_trusted() {
+        let mut m = sample();
+        seal(&mut m, Some(&key(1)));
+        let back = crate::snapshot::parse_manifest(&stored(&m)).unwrap();
+        assert_eq!(back.seal, m.seal);
+        assert_eq!(trust(&[&key(1)]).judge(&back), Judgment::Trusted);
+        assert!(trust(&[&key(2)]).judge(&back).refused().is_some());
+    }
+
+    /// Every single-bit flip anywhere in the stored manifest is caught: it no longer parses,
+    /// its digest fails, its signature fails, or (in white space) nothing changed at all.
+    #[test]
+    fn every_bit_flip_is_detected() {
+        let mut m = sample();
+        seal(&mut m, Some(&key(1)));
+        let good = stored(&m);
+        let mut caught = 0;
+        for i in 0..good.len() {
+            for bit in 0..8 {
+                let mut bad = good.clone();
+                bad[i] ^= 1 << bit;
+                match crate::snapshot::parse_manifest(&bad) {
+                    Err(_) => caught += 1,
+                    Ok(parsed) => {
+                        let v: serde_json::Value = serde_json::from_slice(&bad).unwrap();
+                        let g: serde_json::Value = serde_json::from_slice(&good).unwrap();
+                        assert_eq!(v, g, "flip at byte {i} bit {bit} went unnoticed");
+                        assert_eq!(parsed.seal, m.seal);
+                    }
+                }
+            }
+        }
+        assert!(caught > good.len() * 7, "{caught}");
+    }
+
+    #[test]
+    fn a_forgery_with_a_valid_digest_but_no_signature_is_refused_once_signing_is_on() {
+        let mut m = sample();
+        seal(&mut m, None);
+        let back = crate::snapshot::parse_manifest(&stored(&m)).unwrap();
+        assert_eq!(back.seal, Seal::Unsigned);
+        let mut t = trust(&[&key(1)]);
+        assert!(t.judge(&back).refused().is_some());
+        t.accept_unsigned_before = Some(back.started_at + chrono::Duration::seconds(1));
+        assert!(matches!(t.judge(&back), Judgment::Accepted(_)));
+        // Without [signing] it is accepted, with the reason that this proves nothing.
+        assert!(matches!(
+            Trust::default().judge(&back),
+            Judgment::Accepted(_)
+        ));
+    }
+
+    #[test]
+    fn a_signature_moved_to_another_manifest_fails() {
+        let mut a = sample();
+        seal(&mut a, Some(&key(1)));
+        let mut b = sample();
+        b.host = "elsewhere".into();
+        seal(&mut b, None);
+        b.signature = a.signature.clone();
+        let err = crate::snapshot::parse_manifest(&stored(&b)).unwrap_err();
+        assert!(err.contains("does not verify"), "{err}");
+    }
+
+    #[test]
+    fn canonical_form_ignores_key_order_and_white_space() {
+        let a: serde_json::Value =
+            serde_json::from_str(r#"{"b": [1, {"y": 2, "x": "s"}], "a": null}"#).unwrap();
+        let mut out = Vec::new();
+        canonical(&a, &mut out);
+        assert_eq!(out, br#"{"a":null,"b":[1,{"x":"s","y":2}]}"#);
+    }
+}
