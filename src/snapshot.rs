@@ -257,7 +257,6 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, String> {
     }
     let raw: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     let mut m: Manifest = serde_json::from_value(raw.clone()).map_err(|e| e.to_string())?;
-    m.seal = seal::open(&raw, &m)?;
     // A manifest comes from storage, which is not trusted: its names become paths on
     // restore, so they must be what backupd itself would have written.
     if !crate::policy::is_valid_name(&m.job) {
@@ -274,6 +273,8 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, String> {
             ));
         }
     }
+    // After the checks above, so a hostile name is reported as that, not as a bad digest.
+    m.seal = seal::open(&raw, &m)?;
     Ok(m)
 }
 

@@ -81,6 +81,21 @@ pub(super) fn print_record(r: &VerifyRecord) {
             r.target,
             r.sources.len()
         );
+        // What an operator should know although nothing failed.
+        if let Some(a) = r
+            .authenticity
+            .as_ref()
+            .filter(|a| a.detail != "signed by a trusted key")
+        {
+            println!("  note: manifest: {}", a.detail);
+        }
+        for (source, result) in &r.sources {
+            for c in result.checks.iter().filter(|c| c.name == "restore rules") {
+                if c.detail.starts_with("restore would leave out") {
+                    println!("  note: {source}: {}", c.detail);
+                }
+            }
+        }
     } else {
         println!("verified {}/{} on {}: FAILED", r.job, r.snapshot, r.target);
         for f in r.failures() {

@@ -12,6 +12,8 @@ pub struct World {
     pub dir: tempfile::TempDir,
     pub key: PathBuf,
     pub recipient: String,
+    /// The public half of `signing.key`, trusted by `policy()`'s `[signing]`.
+    pub signer: String,
 }
 
 impl World {
@@ -22,10 +24,16 @@ impl World {
         assert!(out.status.success(), "keygen: {}", text(&out));
         let recipient = String::from_utf8(out.stdout).unwrap().trim().to_string();
         assert!(recipient.starts_with("age1"), "{recipient}");
+        let signing = dir.path().join("signing.key");
+        let out = run(&["keygen", "--signing", "--output", signing.to_str().unwrap()]);
+        assert!(out.status.success(), "keygen --signing: {}", text(&out));
+        let signer = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        assert!(signer.starts_with("backupd-sign-"), "{signer}");
         World {
             dir,
             key,
             recipient,
+            signer,
         }
     }
 
@@ -37,11 +45,13 @@ impl World {
         self.path("target")
     }
 
-    /// Writes `policy.toml` with the standard encryption and target sections plus `jobs`.
+    /// Writes `policy.toml` with the standard encryption, signing and target sections plus
+    /// `jobs`.
     pub fn policy(&self, jobs: &str) -> PathBuf {
         let body = format!(
-            "[daemon]\nstate_dir = \"state\"\n\n[encryption]\nrecipients = [\"{}\"]\nidentity_file = \"identity.txt\"\n\n[targets.local]\nurl = \"file://{}\"\n\n{jobs}",
+            "[daemon]\nstate_dir = \"state\"\n\n[encryption]\nrecipients = [\"{}\"]\nidentity_file = \"identity.txt\"\n\n[signing]\nkey_file = \"signing.key\"\ntrusted_keys = [\"{}\"]\n\n[targets.local]\nurl = \"file://{}\"\n\n{jobs}",
             self.recipient,
+            self.signer,
             self.target_dir().display()
         );
         self.write_policy(&body)

@@ -460,6 +460,15 @@ impl Tree {
             path: path.clone(),
             source: e,
         })?;
+        if copied != size {
+            return Err(SourceError::Io {
+                path,
+                source: io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("the archive ends inside this file ({copied} of {size} bytes)"),
+                ),
+            });
+        }
         let mode = self.mode_for(parts, mode);
         self.finish_node(file.as_fd(), parts, mode, mtime, owner)?;
         self.out.files += 1;
