@@ -74,6 +74,8 @@ pub async fn run(config: &Path) -> anyhow::Result<ExitCode> {
         }
     }
 
+    check_signing(&policy.signing, &mut f);
+
     let can_decrypt = enc.mode == EncryptionMode::None
         || enc
             .identity_file
@@ -117,5 +119,42 @@ pub async fn run(config: &Path) -> anyhow::Result<ExitCode> {
     } else {
         println!("{} fatal finding(s)", f.fatal);
         Ok(ExitCode::from(EXIT_USAGE))
+    }
+}
+
+/// The signing key is readable and private, and its public half is trusted, so the
+/// snapshots this host makes will be accepted by restore here and elsewhere.
+fn check_signing(signing: &crate::snapshot::seal::SigningPolicy, f: &mut Findings) {
+    use crate::snapshot::seal::{Trust, public_string};
+    match &signing.key_file {
+        None if signing.trusted_keys.is_empty() => f.warn(
+            "no [signing]: a snapshot planted by anyone who can write to a target cannot be told from a real one (see `backupd keygen --signing`)",
+        ),
+        None => f.ok(format!(
+            "{} trusted signing key(s); this host does not sign (no signing.key_file)",
+            signing.trusted_keys.len()
+        )),
+        Some(path) if !path.exists() && signing.generate_key => f.warn(format!(
+            "signing key {} does not exist yet; it will be generated on the first backup",
+            path.display()
+        )),
+        Some(path) => match crypto::load_signing_key(path) {
+            Ok(key) => {
+                let public = public_string(&key.verifying_key());
+                f.ok(format!(
+                    "signing key {} is private and readable ({public})",
+                    path.display()
+                ));
+                if !signing.trusted_keys.iter().any(|k| k.trim() == public) {
+                    f.warn(format!(
+                        "{public} is not in signing.trusted_keys: restore on another machine will refuse this host's snapshots until it is"
+                    ));
+                }
+            }
+            Err(e) => f.fail(format!("signing key: {e}")),
+        },
+    }
+    if let Err(e) = Trust::new(signing) {
+        f.fail(format!("[signing]: {e}"));
     }
 }

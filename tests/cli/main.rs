@@ -13,6 +13,7 @@ mod faults;
 mod hostile;
 mod kill9;
 mod load;
+mod old_format;
 mod operator;
 mod policy_errors;
 mod round_trip;

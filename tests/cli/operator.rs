@@ -94,6 +94,7 @@ fn list_is_an_aligned_table_and_json_keeps_its_shape() {
         "TAGS",
         "STORED / PLAIN",
         "VERIFIED",
+        "SIGNED",
         "TARGETS",
     ];
     let at: Vec<usize> = cols.iter().map(|c| header.find(c).unwrap()).collect();
@@ -128,7 +129,8 @@ fn list_is_an_aligned_table_and_json_keeps_its_shape() {
             "{row}"
         );
         assert_eq!(cell(4), "✓");
-        assert_eq!(cell(5), "local");
+        assert_eq!(cell(5), "✓", "signed by the world's trusted key: {row}");
+        assert_eq!(cell(6), "local");
     }
 
     // --json is an interface: the keys stay.

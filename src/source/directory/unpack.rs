@@ -101,11 +101,19 @@ pub fn restore(input: &mut dyn Read, dest: &Path, how: Unpack) -> Result<Restore
 /// A path inside the restore directory, as checked components.
 type Parts = Vec<OsString>;
 
+/// What the archive says about a node beyond its name.
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    mode: u32,
+    /// Seconds since the epoch; negative for "leave the time alone".
+    mtime: i64,
+    /// Numeric uid and gid, when owners are restored.
+    owner: Option<(u32, u32)>,
+}
+
 struct DirFix {
     parts: Parts,
-    mode: u32,
-    mtime: i64,
-    owner: Option<(u32, u32)>,
+    meta: Meta,
 }
 
 struct Tree {
@@ -266,20 +274,22 @@ impl Tree {
     }
 
     /// Remembers a directory this restore created, with its archive metadata if explicit.
-    fn record_dir(&mut self, parts: &[OsString], meta: Option<(u32, i64, Option<(u32, u32)>)>) {
+    fn record_dir(&mut self, parts: &[OsString], meta: Option<Meta>) {
         let k = key(parts);
-        let (mode, mtime, owner) = meta.unwrap_or((0o755, -1, None));
+        // A parent the archive never named gets the usual 0755 and keeps its time.
+        let meta = meta.unwrap_or(Meta {
+            mode: 0o755,
+            mtime: -1,
+            owner: None,
+        });
         if let Some(&i) = self.dir_index.get(&k) {
-            let d = &mut self.created_dirs[i];
-            (d.mode, d.mtime, d.owner) = (mode, mtime, owner);
+            self.created_dirs[i].meta = meta;
             return;
         }
         self.dir_index.insert(k, self.created_dirs.len());
         self.created_dirs.push(DirFix {
             parts: parts.to_vec(),
-            mode,
-            mtime,
-            owner,
+            meta,
         });
     }
 
@@ -423,7 +433,7 @@ impl Tree {
             Err(e) => return Err(self.io(parts)(e)),
         }
         let mode = self.mode_for(parts, mode);
-        self.record_dir(parts, Some((mode, mtime, owner)));
+        self.record_dir(parts, Some(Meta { mode, mtime, owner }));
         self.out.dirs += 1;
         Ok(())
     }
@@ -634,7 +644,8 @@ impl Tree {
                 break;
             }
             let fd = self.open_dir_for_metadata(&d.parts)?;
-            self.finish_node(&fd, &d.parts, d.mode, d.mtime, d.owner)?;
+            let Meta { mode, mtime, owner } = d.meta;
+            self.finish_node(&fd, &d.parts, mode, mtime, owner)?;
         }
         if !self.dropped_bits.is_empty() {
             let n = self.dropped_bits.len();

@@ -392,11 +392,11 @@ proptest! {
         if sb.restore(&entries).is_ok() {
             for e in walkdir::WalkDir::new(sb.dest()).follow_links(false) {
                 let e = e.unwrap();
-                if e.path_is_symlink() {
-                    if let Ok(real) = std::fs::canonicalize(e.path()) {
-                        let dest = std::fs::canonicalize(sb.dest()).unwrap();
-                        prop_assert!(real.starts_with(&dest), "{} -> {}", e.path().display(), real.display());
-                    }
+                if e.path_is_symlink()
+                    && let Ok(real) = std::fs::canonicalize(e.path())
+                {
+                    let dest = std::fs::canonicalize(sb.dest()).unwrap();
+                    prop_assert!(real.starts_with(&dest), "{} -> {}", e.path().display(), real.display());
                 }
             }
         }
