@@ -122,8 +122,8 @@ retention = { keep_daily = 7, keep_weekly = 4, keep_monthly = 6, keep_tags = ["p
 [jobs.files.sources.files]
 kind = "directory"
 path = "{SOURCE}"
-# Never back up the backups, the state or the key.
-exclude = ["backups/", ".backupd-state/", "{KEY_FILE}"]
+# Never back up the backups, the state or the keys.
+exclude = ["backups/", ".backupd-state/", "{KEY_FILE}", "{SIGNING_KEY_FILE}"]
 
 # A PostgreSQL database (uncomment and adapt; the password file must be mode 0600):
 # [jobs.db]

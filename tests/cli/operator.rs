@@ -152,6 +152,9 @@ fn list_is_an_aligned_table_and_json_keeps_its_shape() {
         "sources",
         "targets",
         "last_verification",
+        "digest",
+        "signature",
+        "authenticity",
     ]
     .into();
     assert_eq!(keys, expected);

@@ -41,6 +41,7 @@ fn a_good_snapshot_verifies_and_the_result_is_recorded() {
         names,
         [
             "decrypt",
+            "restore rules",
             "file count",
             "directory count",
             "symlink count",
@@ -180,6 +181,8 @@ fn verify_after_backup_runs_and_a_failure_fails_the_run() {
 }
 
 /// Writes a committed snapshot of `job` with the given start time straight into the target.
+/// Like a snapshot from before signing it has no seal: worlds that use these accept
+/// unsigned snapshots started before December 2026 (`accept_unsigned_before`).
 fn synthetic(world: &World, job: &str, time: &str, tags: &[&str]) -> String {
     let t: chrono::DateTime<chrono::Utc> = format!("{time}:00Z").parse().unwrap();
     let id = format!("{}-abcdef", t.format("%Y-%m-%dT%H-%M-%S%.3fZ"));
@@ -193,6 +196,16 @@ fn synthetic(world: &World, job: &str, time: &str, tags: &[&str]) -> String {
     id
 }
 
+/// Lets the world's `[signing]` accept `synthetic` (unsigned, older) snapshots.
+fn accept_legacy(world: &World) {
+    let body = std::fs::read_to_string(world.path("policy.toml")).unwrap();
+    world.write_policy(&body.replacen(
+        "[signing]\n",
+        "[signing]\naccept_unsigned_before = \"2026-12-01T00:00:00Z\"\n",
+        1,
+    ));
+}
+
 #[test]
 fn prune_applies_the_plan_and_sweeps_leftovers() {
     let world = World::new();
@@ -200,6 +213,7 @@ fn prune_applies_the_plan_and_sweeps_leftovers() {
     world.policy(
         "[jobs.app]\ntargets = [\"local\"]\nretention = { keep_daily = 2, keep_tags = [\"pre-migration\"] }\n\n[jobs.app.sources.s]\nkind = \"directory\"\npath = \"src\"\nallow_empty = true\n",
     );
+    accept_legacy(&world);
     let old_tagged = synthetic(
         &world,
         "app",
