@@ -13,6 +13,7 @@ mod run_now;
 mod show_config;
 mod status;
 mod table;
+pub use table::printable;
 mod verify;
 
 use std::path::{Path, PathBuf};

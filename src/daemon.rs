@@ -38,6 +38,9 @@ pub async fn run(config: &Path) -> anyhow::Result<ExitCode> {
     let policy = policy::load(config)?;
     let state_dir = policy.daemon.state_dir.clone();
     check_state_dir(&state_dir)?;
+    if let Some(spool) = &policy.daemon.spool_dir {
+        state::check_private_dir(spool, "daemon.spool_dir").map_err(anyhow::Error::msg)?;
+    }
     // Fail at start, not at 03:00: the keys must be usable.
     crate::crypto::backup_recipients(&policy.encryption)?;
 
@@ -136,9 +139,7 @@ pub async fn run(config: &Path) -> anyhow::Result<ExitCode> {
 }
 
 fn check_state_dir(dir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| {
-        format!("cannot create daemon.state_dir {}: create it, or point state_dir at a writable directory", dir.display())
-    })?;
+    state::check_private_dir(dir, "daemon.state_dir").map_err(anyhow::Error::msg)?;
     tempfile::tempfile_in(dir).with_context(|| {
         format!(
             "daemon.state_dir {} is not writable by this user",

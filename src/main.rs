@@ -53,7 +53,8 @@ fn main() -> ExitCode {
     match runtime.block_on(backupd::cli::run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Errors quote what a target or a policy held: never raw escape sequences.
+            eprintln!("error: {}", backupd::cli::printable(&format!("{e:#}")));
             ExitCode::from(backupd::cli::exit_status(&e))
         }
     }

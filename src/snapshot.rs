@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 
 pub mod maintenance;
@@ -21,6 +21,8 @@ use crate::target::Target;
 /// The manifest format this build writes and the newest it can read.
 pub const FORMAT_VERSION: u32 = 1;
 pub const MANIFEST_FILE: &str = "manifest.json";
+/// A manifest of 10,000 databases is about 10 MiB; anything larger is not one of ours.
+pub const MAX_MANIFEST_BYTES: u64 = 16 << 20;
 
 /// `YYYY-MM-DDTHH-MM-SS.mmmZ-xxxxxx`: sorts by time, is safe in every store, and the
 /// random suffix keeps two hosts starting in the same millisecond apart.
@@ -220,16 +222,23 @@ pub async fn read_manifest(
     id: &str,
 ) -> Result<Option<Manifest>, SnapshotError> {
     let key = manifest_key(job, id);
-    let bytes = match target.store.get(&key).await {
-        Ok(got) => got.bytes().await,
-        Err(object_store::Error::NotFound { .. }) => return Ok(None),
-        Err(e) => Err(e),
-    }
-    .map_err(|source| SnapshotError::store(target, source))?;
     let bad = |reason| SnapshotError::BadManifest {
         target: target.name.clone(),
         key: key.to_string(),
         reason,
+    };
+    let bytes = match target
+        .get_small(&key, MAX_MANIFEST_BYTES)
+        .await
+        .map_err(|source| SnapshotError::store(target, source))?
+    {
+        crate::target::Small::Found(bytes) => bytes,
+        crate::target::Small::Missing => return Ok(None),
+        crate::target::Small::TooLarge { bytes } => {
+            return Err(bad(format!(
+                "it is {bytes} bytes, more than any manifest backupd writes ({MAX_MANIFEST_BYTES})"
+            )));
+        }
     };
     let m = parse_manifest(&bytes).map_err(bad)?;
     // Object keys are derived from the manifest's own job and id: one copied to another
@@ -295,36 +304,68 @@ pub fn newest_accepted(snapshots: Vec<Manifest>, trust: &seal::Trust) -> Option<
     None
 }
 
+/// The names of the "directories" right under `prefix`. A key the store cannot even
+/// name (a control character, invalid UTF-8: anyone who can write to the bucket can make
+/// one) fails the store's one-call listing; then the objects are listed one by one and
+/// the unnameable ones are skipped with a warning, so one odd key cannot hide a job.
+pub(crate) async fn child_names(
+    target: &Target,
+    prefix: &ObjectPath,
+) -> Result<Vec<String>, object_store::Error> {
+    let under = (!prefix.as_ref().is_empty()).then_some(prefix);
+    match target.store.list_with_delimiter(under).await {
+        Ok(listed) => Ok(listed
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_string))
+            .collect()),
+        Err(object_store::Error::InvalidPath { .. }) => {
+            let mut names = std::collections::BTreeSet::new();
+            let mut skipped = 0u64;
+            let mut all = target.store.list(under);
+            while let Some(item) = all.next().await {
+                match item {
+                    Ok(meta) => {
+                        let parts: Vec<_> = meta.location.parts().collect();
+                        let depth = prefix.parts().count();
+                        if parts.len() > depth + 1 {
+                            names.insert(parts[depth].as_ref().to_string());
+                        }
+                    }
+                    Err(object_store::Error::InvalidPath { .. }) => skipped += 1,
+                    Err(e) => return Err(e),
+                }
+            }
+            tracing::warn!(
+                target = %target.name,
+                prefix = %prefix,
+                skipped,
+                "skipped keys that are not valid object names (not made by backupd)"
+            );
+            Ok(names.into_iter().collect())
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Committed snapshots of `job` (or of every job) on one target, newest first.
 /// Unreadable manifests are logged and left out rather than hiding the good ones.
 pub async fn list(target: &Target, job: Option<&str>) -> Result<Vec<Manifest>, SnapshotError> {
     let store_err = |source| SnapshotError::store(target, source);
     let jobs: Vec<String> = match job {
         Some(j) => vec![j.to_string()],
-        None => {
-            let top = target
-                .store
-                .list_with_delimiter(None)
-                .await
-                .map_err(store_err)?;
-            top.common_prefixes
-                .iter()
-                .filter_map(|p| p.filename().map(str::to_string))
-                .collect()
-        }
+        None => child_names(target, &ObjectPath::from(""))
+            .await
+            .map_err(store_err)?
+            .into_iter()
+            .filter(|j| crate::policy::is_valid_name(j))
+            .collect(),
     };
     let mut ids = Vec::new();
     for j in &jobs {
         let prefix = ObjectPath::from(j.as_str());
-        let listed = target
-            .store
-            .list_with_delimiter(Some(&prefix))
-            .await
-            .map_err(store_err)?;
-        for p in listed.common_prefixes {
-            if let Some(id) = p.filename() {
-                ids.push((j.clone(), id.to_string()));
-            }
+        for id in child_names(target, &prefix).await.map_err(store_err)? {
+            ids.push((j.clone(), id));
         }
     }
     let reads = futures::stream::iter(ids)

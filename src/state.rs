@@ -4,6 +4,7 @@
 //! the source of truth for snapshots; this is only what `status` shows when no daemon
 //! answers, and it is fine to delete.
 
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -91,6 +92,42 @@ pub fn write_daemon_info(state_dir: &Path, info: &DaemonInfo) -> std::io::Result
 pub fn read_daemon_info(state_dir: &Path) -> Option<DaemonInfo> {
     let bytes = std::fs::read(daemon_info_path(state_dir)).ok()?;
     serde_json::from_slice(&bytes).ok()
+}
+
+/// Creates `dir` (0700) if missing, then refuses it unless this user owns it and no other
+/// user can write to it: backupd trusts what it finds there (locks, upload journals,
+/// spooled snapshots, scratch copies), so another user who can write there could steer it.
+/// `key` names the policy key in the message.
+pub fn check_private_dir(dir: &Path, key: &str) -> Result<(), String> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| {
+            format!(
+                "cannot create {key} {}: {e}; create it, or point {key} at a writable directory",
+                dir.display()
+            )
+        })?;
+    let meta = std::fs::metadata(dir).map_err(|e| format!("{key} {}: {e}", dir.display()))?;
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(format!(
+            "{key} {} belongs to uid {}, not to this user (uid {me}): another user could plant files backupd trusts there; run `chown {me} {}` or choose another directory",
+            dir.display(),
+            meta.uid(),
+            dir.display()
+        ));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(format!(
+            "{key} {} is writable by other users (mode {mode:04o}): run `chmod 700 {}`",
+            dir.display(),
+            dir.display()
+        ));
+    }
+    Ok(())
 }
 
 /// Write to a temporary sibling, then rename: a reader (or a crash) never sees half a file.

@@ -109,7 +109,10 @@ pub fn check_url(url: &str) -> Result<(), String> {
                     parsed.scheme()
                 ));
             }
-            if !parsed.username().is_empty() || parsed.password().is_some() {
+            if !parsed.username().is_empty()
+                || parsed.password().is_some()
+                || crate::source::child::secret_in_url(&parsed).is_some()
+            {
                 return Err("credentials do not belong in the URL (it is logged): use the cloud's environment variables or the *_file keys".into());
             }
             Ok(())
@@ -208,7 +211,35 @@ pub fn open_spec(name: &str, spec: &TargetPolicy) -> Result<Target, TargetError>
     })
 }
 
+/// What [`Target::get_small`] found.
+#[derive(Debug)]
+pub enum Small {
+    Found(bytes::Bytes),
+    Missing,
+    /// Larger than the caller allows: never read, so a forged giant costs nothing.
+    TooLarge {
+        bytes: u64,
+    },
+}
+
 impl Target {
+    /// A small object (a manifest, a verification record) read whole, unless the store
+    /// says it is larger than `max_bytes`: what is read from a target is untrusted, and
+    /// listing reads many at once.
+    pub async fn get_small(&self, key: &ObjectPath, max_bytes: u64) -> object_store::Result<Small> {
+        use object_store::ObjectStoreExt;
+        let got = match self.store.get(key).await {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => return Ok(Small::Missing),
+            Err(e) => return Err(e),
+        };
+        if got.meta.size > max_bytes {
+            return Ok(Small::TooLarge {
+                bytes: got.meta.size,
+            });
+        }
+        Ok(Small::Found(got.bytes().await?))
+    }
     /// The object's bytes as a blocking reader, for use on a blocking thread. A local
     /// target hands over the open file itself (object_store would stream it in 8 KiB
     /// blocking tasks, the slowest stage of a restore); others stream through a bridge.

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::Identities;
@@ -198,10 +198,37 @@ pub async fn latest_record(target: &Target, job: &str, id: &str) -> Option<Verif
         .try_collect()
         .await
         .ok()?;
-    let newest = keys.into_iter().max_by(|a, b| a.as_ref().cmp(b.as_ref()))?;
-    let bytes = target.store.get(&newest).await.ok()?.bytes().await.ok()?;
-    serde_json::from_slice(&bytes).ok()
+    // Records are named by the time they were written; a name that is no time, or lies in
+    // the future, is someone else's (a forged "9999-…" must not win by its name).
+    let latest_allowed = Utc::now() + chrono::Duration::minutes(10);
+    let mut named: Vec<(DateTime<Utc>, ObjectPath)> = keys
+        .into_iter()
+        .filter_map(|k| {
+            let stamp = k.filename()?.strip_suffix(".json")?;
+            let t = chrono::NaiveDateTime::parse_from_str(stamp, "%Y-%m-%dT%H-%M-%S%.3fZ").ok()?;
+            Some((t.and_utc(), k))
+        })
+        .filter(|(t, _)| *t <= latest_allowed)
+        .collect();
+    named.sort_by_key(|n| std::cmp::Reverse(n.0));
+    for (_, key) in named {
+        let Ok(crate::target::Small::Found(bytes)) = target.get_small(&key, MAX_RECORD_BYTES).await
+        else {
+            continue;
+        };
+        match serde_json::from_slice::<VerifyRecord>(&bytes) {
+            // A record counts only for the snapshot it lies beside.
+            Ok(r) if r.job == job && r.snapshot == id => return Some(r),
+            _ => {
+                tracing::warn!(key = %key, "ignored a verification record that is not this snapshot's or does not parse")
+            }
+        }
+    }
+    None
 }
+
+/// A record lists each check of each source; far below this.
+const MAX_RECORD_BYTES: u64 = 4 << 20;
 
 /// Everything a verification needs besides the snapshot itself.
 pub struct Verifier<'a> {
@@ -345,6 +372,40 @@ impl Verifier<'_> {
 
 /// Scratch space for a verification: a private directory removed on drop.
 pub(crate) fn scratch_dir(base: &std::path::Path) -> std::io::Result<tempfile::TempDir> {
-    std::fs::create_dir_all(base)?;
-    tempfile::Builder::new().prefix("verify-").tempdir_in(base)
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(base)?;
+    // Decrypted data lands here: 0700 whatever the umask or the tempfile crate's default.
+    let dir = tempfile::Builder::new()
+        .prefix("verify-")
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir_in(base)?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
+    Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A decrypted database copy is never readable by another local user.
+    #[test]
+    fn scratch_space_is_private_whatever_the_umask() {
+        let base = tempfile::tempdir().unwrap();
+        let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0));
+        let scratch = super::scratch_dir(&base.path().join("tmp"));
+        let file = scratch.as_ref().map(|s| {
+            let mut reader: &[u8] = b"secret rows";
+            super::checks::to_scratch(&mut reader, s.path(), "restore.sqlite")
+        });
+        rustix::process::umask(old);
+        let file = file.unwrap().unwrap();
+        let scratch = scratch.unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(scratch.path()), 0o700);
+        assert_eq!(mode(&base.path().join("tmp")), 0o700);
+        assert_eq!(mode(&file), 0o600);
+    }
 }

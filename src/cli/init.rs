@@ -23,7 +23,8 @@ const SIGNING_KEY_FILE: &str = "backupd-signing.key";
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let output = std::path::absolute(&args.output)?;
-    if output.exists() {
+    // symlink_metadata: a dangling link planted at --output "does not exist" to exists().
+    if output.symlink_metadata().is_ok() {
         return Err(UsageError(format!(
             "{} already exists; pick another --output or remove it first",
             output.display()
@@ -33,6 +34,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let dir = output.parent().unwrap_or(Path::new(".")).to_path_buf();
     std::fs::create_dir_all(&dir)?;
     let key = dir.join(KEY_FILE);
+    for existing in [&key, &dir.join(SIGNING_KEY_FILE)] {
+        adoptable(existing)?;
+    }
     let recipient = if key.exists() {
         // An earlier init left its key: reuse it rather than orphan the snapshots it opens.
         crate::crypto::identity_recipients(&key)?
@@ -62,7 +66,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .replace("{SIGNING_KEY_FILE}", SIGNING_KEY_FILE)
         .replace("{SIGNER}", &signer)
         .replace("{SOURCE}", &toml_string(&source));
-    std::fs::write(&output, text)?;
+    // create_new never follows a link and never replaces a file someone put there since.
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&output)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", output.display()))?;
+        f.write_all(text.as_bytes())?;
+    }
     let cmd = format!("backupd --config {}", output.display());
     println!(
         "wrote {}, the age key {} and the signing key {} (both mode 0600)",
@@ -76,6 +89,25 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     println!("  {cmd} run-now    # first backup, verified");
     println!("  {cmd} list       # what is stored");
     Ok(ExitCode::SUCCESS)
+}
+
+/// A key file left by an earlier `init` is reused only if it is a plain file this user
+/// owns: in a directory others can write, a planted key would make every backup readable
+/// by whoever planted it.
+fn adoptable(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = path.symlink_metadata() else {
+        return Ok(());
+    };
+    let me = rustix::process::geteuid().as_raw();
+    if !meta.file_type().is_file() || meta.uid() != me {
+        return Err(UsageError(format!(
+            "{} exists but is not a file owned by you (uid {me}); refusing to adopt a key someone else could hold: remove it, or init elsewhere",
+            path.display()
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 fn toml_string(p: &Path) -> String {

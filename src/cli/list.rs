@@ -180,7 +180,7 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
         println!(
             "✗ {}: {}",
             l.manifest.snapshot,
-            l.authenticity.detail.as_deref().unwrap_or_default()
+            super::table::printable(l.authenticity.detail.as_deref().unwrap_or_default())
         );
     }
     if !trust.is_configured() {

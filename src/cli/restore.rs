@@ -92,8 +92,8 @@ pub async fn run(config: &Path, args: Args, quiet: bool) -> anyhow::Result<ExitC
         manifest.snapshot,
         manifest.job,
         manifest.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
-        manifest.host,
-        manifest.tags.join(","),
+        super::printable(&manifest.host),
+        super::printable(&manifest.tags.join(",")),
         target.name
     );
     let into = into_server(&args, &chosen)?;

@@ -31,6 +31,7 @@ pub async fn run(config: &Path, args: Args, quiet: bool) -> anyhow::Result<ExitC
             tags.push(tag);
         }
     }
+    check_dirs(&policy)?;
     let recipients = crate::crypto::backup_recipients(&policy.encryption)?;
     if recipients.is_none() {
         tracing::warn!(
@@ -214,4 +215,14 @@ fn print_report(r: &JobReport) {
     for e in &r.after_errors {
         println!("  ERROR {e}");
     }
+}
+
+/// The local directories backupd trusts are its own (see `state::check_private_dir`).
+pub(super) fn check_dirs(policy: &crate::policy::Policy) -> anyhow::Result<()> {
+    crate::state::check_private_dir(&policy.daemon.state_dir, "daemon.state_dir")
+        .map_err(UsageError)?;
+    if let Some(spool) = &policy.daemon.spool_dir {
+        crate::state::check_private_dir(spool, "daemon.spool_dir").map_err(UsageError)?;
+    }
+    Ok(())
 }

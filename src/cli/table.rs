@@ -6,6 +6,13 @@ use chrono::{DateTime, Utc};
 /// Columns padded to their widest cell (by characters, so ✓ counts as one); the last
 /// column is not padded.
 pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
+    // Cells come from targets (tags, ids, reasons): a terminal must never get their
+    // escape sequences.
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| printable(c)).collect())
+        .collect();
+    let rows = &rows;
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
@@ -52,6 +59,22 @@ pub fn age(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
     } else {
         format!("{short} ago")
     }
+}
+
+/// `text` with control characters (ESC, CR, BEL, …) shown as `\u{…}` escapes.
+pub fn printable(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_string();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -1,7 +1,11 @@
 //! Per-job hook commands (`before`, `after`, `on_failure`): run without a shell (argv as
-//! written; ask for one with `["sh", "-c", "…"]`), with `BACKUPD_JOB`, `BACKUPD_SNAPSHOT`
-//! and `BACKUPD_STATUS` in the environment, a timeout, and the tail of their output in
-//! the error when they fail.
+//! written; ask for one with `["sh", "-c", "…"]`), with a timeout and the tail of their
+//! output in the error when they fail.
+//!
+//! A hook's environment is minimal: PATH, HOME, locale, time zone and user, then
+//! `BACKUPD_JOB`, `BACKUPD_SNAPSHOT`, `BACKUPD_STATUS`, and only the variables the policy
+//! names in `pass_env`: never the target credentials or database passwords backupd holds.
+//! Logs name the program, not its arguments, which may hold tokens.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -26,6 +30,9 @@ pub struct HooksPolicy {
     /// Each hook is killed after this long and counts as failed.
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
+    /// Variables of backupd's own environment that hooks may see (by name).
+    #[serde(default)]
+    pub pass_env: Vec<String>,
 }
 
 fn default_timeout_secs() -> u64 {
@@ -39,6 +46,7 @@ impl Default for HooksPolicy {
             after: Vec::new(),
             on_failure: Vec::new(),
             timeout_secs: default_timeout_secs(),
+            pass_env: Vec::new(),
         }
     }
 }
@@ -69,6 +77,8 @@ pub struct HookEnv<'a> {
     pub snapshot: &'a str,
     /// `running` (before), `success`, or `failure`.
     pub status: &'a str,
+    /// `pass_env`: names of variables handed through.
+    pub pass_env: &'a [String],
 }
 
 /// How much of a hook's output is kept for its error message.
@@ -84,9 +94,17 @@ pub async fn run(
     let Some((program, args)) = argv.split_first() else {
         return Ok(());
     };
-    let shown = format!("{which} hook `{}`", argv.join(" "));
-    tracing::info!(job = env.job, "running {shown}");
-    let mut child = tokio::process::Command::new(program)
+    let shown = format!("{which} hook `{program}`");
+    tracing::info!(job = env.job, args = args.len(), "running {shown}");
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.env_clear()
+        .envs(crate::source::child::minimal_env(&[]))
+        .envs(
+            env.pass_env
+                .iter()
+                .filter_map(|k| std::env::var_os(k).map(|v| (k.clone(), v))),
+        );
+    let mut child = cmd
         .args(args)
         .env("BACKUPD_JOB", env.job)
         .env("BACKUPD_SNAPSHOT", env.snapshot)

@@ -55,6 +55,7 @@ pub async fn run_job(
             job,
             snapshot: "",
             status: "running",
+            pass_env: &spec.hooks.pass_env,
         },
     )
     .await;
@@ -68,6 +69,7 @@ pub async fn run_job(
         job,
         snapshot: &report.snapshot,
         status,
+        pass_env: &spec.hooks.pass_env,
     };
     if report.ok() {
         if let Err(e) = hooks::run("after", &spec.hooks.after, hook_timeout, &env).await {

@@ -5,6 +5,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// A held job lock; dropping it releases the lock.
@@ -39,11 +40,14 @@ pub fn try_lock(state_dir: &Path, job: &str, who: &str) -> Result<JobLock, LockE
         source,
     };
     std::fs::create_dir_all(&dir).map_err(io)?;
+    // Never through a link: a planted `<job>.lock -> /etc/shadow` would be truncated.
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
         .map_err(io)?;
     match file.try_lock() {

@@ -74,24 +74,22 @@ pub async fn sweep(
     now: DateTime<Utc>,
     dry_run: bool,
 ) -> Result<Vec<String>, SnapshotError> {
-    let listed = target
-        .store
-        .list_with_delimiter(Some(&ObjectPath::from(job)))
-        .await
-        .map_err(|source| SnapshotError::store(target, source))?;
-    let mut ids: Vec<String> = listed
-        .common_prefixes
-        .iter()
-        .filter_map(|p| p.filename().map(str::to_string))
-        .collect();
+    // A set: a local target with 200,000 junk directories must not cost n² comparisons.
+    let mut ids: std::collections::BTreeSet<String> =
+        super::child_names(target, &ObjectPath::from(job))
+            .await
+            .map_err(|source| SnapshotError::store(target, source))?
+            .into_iter()
+            .collect();
     // Local directories holding only hidden upload parts do not show up in the listing.
     if let Some(root) = &target.local_root
         && let Ok(entries) = std::fs::read_dir(root.join(job))
     {
         for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if e.path().is_dir() && !ids.contains(&name) {
-                ids.push(name);
+            if e.file_type().is_ok_and(|t| t.is_dir())
+                && let Some(name) = e.file_name().to_str()
+            {
+                ids.insert(name.to_string());
             }
         }
     }

@@ -43,6 +43,59 @@ pub struct Running {
     secret: Option<String>,
 }
 
+/// Why a URL must not be used, if it carries a secret: a password in its user info or a
+/// query parameter that names one (`?password=`, `sslpassword`, `token`, …). URLs end up in
+/// logs, `/status`, error messages and child argv, which every local user can read.
+pub fn secret_in_url(url: &url::Url) -> Option<String> {
+    if url.password().is_some() {
+        return Some("contains a password: remove it and set `password_file` (URLs end up in logs and process lists)".into());
+    }
+    let secret_key = |k: &str| {
+        let k = k.to_ascii_lowercase();
+        k.contains("pass")
+            || k.contains("secret")
+            || k.contains("token")
+            || k == "pwd"
+            || k == "auth"
+    };
+    url.query_pairs().find(|(k, _)| secret_key(k)).map(|(k, _)| {
+        format!(
+            "carries a secret in its query (`{k}=`): remove it and set `password_file` (URLs end up in logs and process lists)"
+        )
+    })
+}
+
+/// A command for a dump or restore tool with a minimal environment: the basics a program
+/// needs (PATH, HOME, locale, time zone, temp dir, user) plus the variables starting with
+/// one of `keep_prefixes` (e.g. `PG` for libpq's settings), never another tool's or a
+/// target's credentials. The caller adds the tool's own secret.
+pub fn command(program: impl AsRef<std::ffi::OsStr>, keep_prefixes: &[&str]) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.env_clear();
+    for (k, v) in minimal_env(keep_prefixes) {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// The variables of this process a child may see (see [`command`]); secrets are dropped
+/// even when a prefix would keep them.
+pub fn minimal_env(keep_prefixes: &[&str]) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    const BASICS: &[&str] = &[
+        "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "SHELL", "TERM",
+    ];
+    const SECRETS: &[&str] = &["PGPASSWORD", "MYSQL_PWD", "REDISCLI_AUTH"];
+    std::env::vars_os()
+        .filter(|(k, _)| {
+            let Some(k) = k.to_str() else { return false };
+            !SECRETS.contains(&k)
+                && (BASICS.contains(&k)
+                    || k.starts_with("LC_")
+                    || keep_prefixes.iter().any(|p| k.starts_with(p)))
+        })
+        .collect()
+}
+
 /// Starts `cmd` with the given stdin, stdout piped, stderr collected.
 pub fn spawn(cmd: Command, stdin: Stdio, secret: Option<&str>) -> Result<Running, SourceError> {
     spawn_with(cmd, stdin, Stdio::piped(), secret)

@@ -185,7 +185,7 @@ pub fn dump(spec: &DirectorySpec, out: &mut dyn Write) -> Result<Dumped, SourceE
                 .map_err(io_err(path))?;
             counts.symlinks += 1;
         } else if ft.is_file() {
-            append_file(&mut tar, &mut header, path, rel, &mut counts)?;
+            append_file(&mut tar, &mut header, path, rel, &meta, &mut counts)?;
         } else {
             counts.skipped += 1;
             counts.warn(format!(
@@ -210,15 +210,46 @@ pub fn dump(spec: &DirectorySpec, out: &mut dyn Write) -> Result<Dumped, SourceE
     })
 }
 
+/// Appends the regular file the walk saw at `path` (`seen`: its metadata then). Opened
+/// without following a link and without blocking, then checked through the open handle:
+/// whatever is at `path` now must still be a regular file with the same device and inode,
+/// so a file swapped for a FIFO, a device or a symlink to a secret between listing and
+/// opening is skipped with a warning, never read.
 fn append_file(
     tar: &mut tar::Builder<&mut dyn Write>,
     header: &mut Header,
     path: &Path,
     rel: &Path,
+    seen: &std::fs::Metadata,
     counts: &mut Counts,
 ) -> Result<(), SourceError> {
-    let file = match File::open(path) {
-        Ok(f) => f,
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path);
+    let file = match opened {
+        Ok(f) => match f.metadata() {
+            Ok(now) if now.is_file() && now.dev() == seen.dev() && now.ino() == seen.ino() => f,
+            Ok(_) => {
+                counts.skipped += 1;
+                counts.warn(format!(
+                    "skipped {}: replaced by something else while backing up",
+                    path.display()
+                ));
+                return Ok(());
+            }
+            Err(e) => return Err(io_err(path)(e)),
+        },
+        // O_NOFOLLOW on a symlink that took the file's place.
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            counts.skipped += 1;
+            counts.warn(format!(
+                "skipped {}: replaced by a symlink while backing up",
+                path.display()
+            ));
+            return Ok(());
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             counts.skipped += 1;
             counts.warn(format!(
@@ -328,6 +359,63 @@ mod tests {
         );
         assert!(excluded(&["/top"], "top", true));
         assert!(!excluded(&[], "anything", false));
+    }
+
+    /// What the walk listed, swapped before it is opened: each is skipped by name, and
+    /// nothing blocks (a FIFO would hang a plain open forever).
+    #[test]
+    fn a_file_swapped_after_listing_is_skipped_not_followed_or_blocked_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "root only").unwrap();
+        for swap in ["fifo", "symlink", "other file"] {
+            let path = dir.path().join("f");
+            std::fs::write(&path, "listed").unwrap();
+            let seen = std::fs::metadata(&path).unwrap();
+            // Made while the listed one still exists, so the inode number differs.
+            let other = dir.path().join("f.new");
+            std::fs::write(&other, "a new inode").unwrap();
+            std::fs::remove_file(&path).unwrap();
+            match swap {
+                "fifo" => rustix::fs::mknodat(
+                    rustix::fs::CWD,
+                    &path,
+                    rustix::fs::FileType::Fifo,
+                    rustix::fs::Mode::from_raw_mode(0o600),
+                    0,
+                )
+                .unwrap(),
+                "symlink" => std::os::unix::fs::symlink(&secret, &path).unwrap(),
+                _ => std::fs::rename(&other, &path).unwrap(),
+            }
+            let _ = std::fs::remove_file(&other);
+            let mut out: Vec<u8> = Vec::new();
+            let sink: &mut dyn Write = &mut out;
+            let mut tar = tar::Builder::new(sink);
+            let mut counts = Counts::default();
+            let mut header = Header::new_gnu();
+            append_file(
+                &mut tar,
+                &mut header,
+                &path,
+                Path::new("f"),
+                &seen,
+                &mut counts,
+            )
+            .unwrap();
+            assert_eq!((counts.files, counts.skipped), (0, 1), "{swap}");
+            assert!(
+                counts.warnings[0].contains("skipped"),
+                "{swap}: {:?}",
+                counts.warnings
+            );
+            drop(tar);
+            assert!(
+                !String::from_utf8_lossy(&out).contains("root only"),
+                "{swap}"
+            );
+            std::fs::remove_file(&path).unwrap();
+        }
     }
 
     #[test]

@@ -96,8 +96,8 @@ pub fn check_url(url: &str) -> Result<(), String> {
     if !matches!(parsed.scheme(), "mysql" | "mariadb") {
         return Err("must start with mysql://".into());
     }
-    if parsed.password().is_some() {
-        return Err("contains a password: remove it and set `password_file` (URLs end up in logs and process lists)".into());
+    if let Some(why) = super::child::secret_in_url(&parsed) {
+        return Err(why);
     }
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err("names no host".into());
@@ -136,7 +136,7 @@ fn parse(url: &str) -> Result<Conn, SourceError> {
 
 /// A client-tool command with connection options; the password goes to the environment.
 fn command(tool: &Path, conn: &Conn, password: Option<&str>) -> Command {
-    let mut cmd = Command::new(tool);
+    let mut cmd = child::command(tool, &["MYSQL_"]);
     // --no-defaults first: a stray ~/.my.cnf must not change what gets dumped or where.
     cmd.arg("--no-defaults")
         .arg(format!("--host={}", conn.host))
@@ -218,7 +218,7 @@ pub fn dump(spec: &MysqlSpec, out: &mut dyn Write) -> Result<Dumped, SourceError
     let pw = password.as_deref();
     let tool_version = child::output(
         {
-            let mut c = Command::new(&dump_tool);
+            let mut c = child::command(&dump_tool, &["MYSQL_"]);
             c.arg("--version");
             c
         },

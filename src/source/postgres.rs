@@ -66,8 +66,8 @@ pub fn check_url(url: &str) -> Result<(), String> {
     if !matches!(parsed.scheme(), "postgres" | "postgresql") {
         return Err("must start with postgres://".into());
     }
-    if parsed.password().is_some() {
-        return Err("contains a password: remove it and set `password_file` (URLs end up in logs and process lists)".into());
+    if let Some(why) = super::child::secret_in_url(&parsed) {
+        return Err(why);
     }
     if parsed.path().trim_start_matches('/').is_empty() {
         return Err(
@@ -144,7 +144,7 @@ pub fn dump_globals(spec: &PostgresSpec, out: &mut dyn Write) -> Result<Dumped, 
     let tool = child::find_tool(&["pg_dumpall"], "postgresql-client")?;
     let password = child::password(spec.password_file.as_deref(), "PGPASSWORD")?;
     let tool_version = child::output(version_cmd(&tool), None)?.trim().to_string();
-    let mut cmd = Command::new(tool);
+    let mut cmd = super::child::command(tool, &["PG"]);
     cmd.arg("--globals-only")
         .arg(format!("--dbname={}", spec.url));
     cmd.env_remove("PGPASSWORD");
@@ -289,7 +289,7 @@ pub fn dump(spec: &PostgresSpec, out: &mut dyn Write) -> Result<Dumped, SourceEr
         .get(0);
     let tables = row_counts(&mut tx, spec).map_err(&err)?;
 
-    let mut cmd = Command::new(&pg_dump);
+    let mut cmd = super::child::command(&pg_dump, &["PG"]);
     cmd.arg("--format=custom")
         .arg("--compress=0")
         .arg(format!("--snapshot={snapshot}"))
@@ -325,7 +325,7 @@ pub fn dump(spec: &PostgresSpec, out: &mut dyn Write) -> Result<Dumped, SourceEr
 }
 
 fn version_cmd(tool: &Path) -> Command {
-    let mut cmd = Command::new(tool);
+    let mut cmd = super::child::command(tool, &["PG"]);
     cmd.arg("--version");
     cmd
 }
@@ -376,7 +376,7 @@ pub fn restore_into(input: &mut dyn Read, into: &IntoServer) -> Result<Restored,
     if into.create {
         create_database(into)?;
     }
-    let mut cmd = Command::new(pg_restore);
+    let mut cmd = super::child::command(pg_restore, &["PG"]);
     cmd.arg("--exit-on-error")
         .arg("--no-owner")
         .arg(format!("--dbname={}", into.url));

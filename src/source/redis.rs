@@ -36,8 +36,8 @@ pub fn check_url(url: &str) -> Result<(), String> {
     if parsed.scheme() != "redis" {
         return Err("must start with redis://".into());
     }
-    if parsed.password().is_some() {
-        return Err("contains a password: remove it and set `password_file`".into());
+    if let Some(why) = super::child::secret_in_url(&parsed) {
+        return Err(why);
     }
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err("names no host".into());
@@ -51,7 +51,7 @@ fn command(tool: &Path, url: &str, password: Option<&str>) -> Result<Command, So
         what,
     })?;
     let u = url::Url::parse(url).expect("checked");
-    let mut cmd = Command::new(tool);
+    let mut cmd = child::command(tool, &[]);
     cmd.arg("-h")
         .arg(u.host_str().unwrap_or("127.0.0.1"))
         .arg("-p")

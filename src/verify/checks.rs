@@ -167,9 +167,17 @@ fn tree(reader: &mut dyn Read, expected: [u64; 4], scratch: &Path) -> Result<Vec
     ])
 }
 
-fn to_scratch(reader: &mut dyn Read, dir: &Path, name: &str) -> Result<PathBuf, String> {
+pub(super) fn to_scratch(reader: &mut dyn Read, dir: &Path, name: &str) -> Result<PathBuf, String> {
+    use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join(name);
-    let mut file = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // A decrypted copy of a database: readable by this user alone, never through a link.
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     io::copy(reader, &mut file).map_err(|e| format!("reading the object: {e}"))?;
     Ok(path)
 }
@@ -211,7 +219,7 @@ fn redis(
 ) -> Result<Vec<Check>, String> {
     let path = to_scratch(reader, dir, "dump.rdb")?;
     let tool = child::find_tool(&["redis-check-rdb"], "redis-tools").map_err(|e| e.to_string())?;
-    let mut cmd = std::process::Command::new(tool);
+    let mut cmd = child::command(tool, &[]);
     cmd.arg(&path);
     let out = child::output(cmd, None);
     let mut checks = Vec::new();

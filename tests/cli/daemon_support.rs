@@ -19,8 +19,23 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `backupd run` on the world's policy, with extra environment.
     pub fn start(world: &World, env: &[(&str, &str)]) -> Daemon {
+        Self::start_cmd(world, env, Command::new(BIN))
+    }
+
+    /// Starts `backupd run` with at most `nofile` open descriptors (systemd's default is
+    /// 1024), as `ulimit -n` in a shell that then execs it.
+    pub fn start_with_nofile(world: &World, nofile: u32) -> Daemon {
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            &format!("ulimit -n {nofile} && exec \"$0\" \"$@\""),
+            BIN,
+        ]);
+        Self::start_cmd(world, &[], cmd)
+    }
+
+    fn start_cmd(world: &World, env: &[(&str, &str)], mut cmd: Command) -> Daemon {
         let log = world.path(&format!("daemon-{}.log", rand_suffix()));
-        let mut cmd = Command::new(BIN);
         cmd.arg("--config")
             .arg(world.path("policy.toml"))
             .arg("run")
