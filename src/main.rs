@@ -50,7 +50,11 @@ fn main() -> ExitCode {
             return ExitCode::from(backupd::cli::EXIT_FAILED);
         }
     };
-    match runtime.block_on(backupd::cli::run(cli)) {
+    let outcome = runtime.block_on(backupd::cli::run(cli));
+    // A source thread still blocked in a read after a cancelled run must not keep the
+    // process alive: blocking threads get a moment, then the process exits anyway.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    match outcome {
         Ok(code) => code,
         Err(e) => {
             // Errors quote what a target or a policy held: never raw escape sequences.

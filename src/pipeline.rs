@@ -255,8 +255,21 @@ where
     });
     let thread_failed =
         |e: tokio::task::JoinError| anyhow::anyhow!("a pipeline thread failed: {e}");
-    let produced = producer.await.map_err(thread_failed).and_then(|r| r);
-    let stored = encoder.await.map_err(thread_failed).and_then(|r| r);
+    let joined = async {
+        let produced = producer.await.map_err(thread_failed).and_then(|r| r);
+        let stored = encoder.await.map_err(thread_failed).and_then(|r| r);
+        (produced, stored)
+    };
+    // A producer blocked in a read (a hung network mount, a device) must not hold the run
+    // past its timeout or a shutdown: on cancellation its thread is left behind, never
+    // awaited, and the uploads are aborted below.
+    let (produced, stored) = tokio::select! {
+        both = joined => both,
+        () = cancel.cancelled() => {
+            let cancelled = || anyhow::anyhow!("cancelled (timeout or shutdown) while the source was still being read");
+            (Err(cancelled()), Err(cancelled()))
+        }
+    };
     // When the encoder failed first (every target gone), its error is the cause.
     let produced = match (produced, stored) {
         (Ok((p, plain)), Ok(stored)) => Ok((p, plain, stored)),

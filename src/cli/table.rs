@@ -61,14 +61,16 @@ pub fn age(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
     }
 }
 
-/// `text` with control characters (ESC, CR, BEL, …) shown as `\u{…}` escapes.
+/// `text` with control characters (ESC, CR, BEL, …) shown as `\u{…}` escapes; line
+/// breaks and tabs stay.
 pub fn printable(text: &str) -> String {
-    if !text.chars().any(char::is_control) {
+    let bad = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if !text.chars().any(bad) {
         return text.to_string();
     }
     text.chars()
         .map(|c| {
-            if c.is_control() {
+            if bad(c) {
                 c.escape_unicode().to_string()
             } else {
                 c.to_string()

@@ -3,7 +3,7 @@
 //! bound to loopback unless `daemon.listen` says otherwise.
 //!
 //! No client can starve the daemon of file descriptors: at most [`MAX_CONNECTIONS`] are
-//! open at once (one more is closed as soon as it is accepted), and a connection that
+//! open at once (one more waits a second for a slot, then is closed), and a connection that
 //! sends nothing for [`IDLE`] or lives longer than [`MAX_AGE`] is closed. Every answer is small,
 //! so an honest scraper never comes near either limit.
 
@@ -72,8 +72,17 @@ async fn metrics(
 async fn healthz(
     axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
 ) -> impl IntoResponse {
-    let age = shared.heartbeat_age_ms(Utc::now());
-    if age < STUCK_AFTER_MS {
+    let now = Utc::now();
+    let age = shared.heartbeat_age_ms(now);
+    let stuck = shared.snapshot().stuck_jobs(now);
+    if let Some((job, ran)) = stuck.first() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "job {job} has been running for {ran} s, far past its timeout_secs: it is stuck\n"
+            ),
+        )
+    } else if age < STUCK_AFTER_MS {
         (StatusCode::OK, "ok\n".to_string())
     } else {
         (
@@ -110,11 +119,23 @@ impl axum::serve::Listener for Limited {
                     continue;
                 }
             };
-            // Full: close the newcomer at once rather than queue it behind idle ones, so
-            // the backlog never holds a flood and a scraper's retry soon finds a slot.
-            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-                drop(io);
-                continue;
+            // Full: give a slot a moment to free up (a connection just finishing), then
+            // close the newcomer rather than queue it behind idle ones, so the backlog never
+            // holds a flood and a scraper's retry soon finds a slot.
+            let permit = match self.permits.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => match tokio::time::timeout(
+                    Duration::from_secs(1),
+                    self.permits.clone().acquire_owned(),
+                )
+                .await
+                {
+                    Ok(Ok(p)) => p,
+                    _ => {
+                        drop(io);
+                        continue;
+                    }
+                },
             };
             let born = Instant::now();
             return (

@@ -250,6 +250,7 @@ impl Scheduler {
                 j.verify_schedule = job.verify.schedule.clone();
                 j.next_verify = next_verify;
                 j.alert_if_older_than_seconds = job.alert_if_older_than.map(|d| d.as_secs());
+                j.timeout_seconds = job.timeout_secs;
             });
         }
     }

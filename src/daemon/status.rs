@@ -56,6 +56,29 @@ pub struct JobStatus {
     pub alert_if_older_than_seconds: Option<u64>,
     /// `false` while the alarm is on; `None` without an alarm or before the first listing.
     pub fresh: Option<bool>,
+    /// The job's `timeout_secs`, when set: `/healthz` fails for a run far past it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<u64>,
+}
+
+/// How long past its `timeout_secs` a run may still be winding down (aborting uploads)
+/// before `/healthz` calls the job stuck.
+pub const STUCK_PAST_TIMEOUT_SECS: i64 = 120;
+
+impl Status {
+    /// Jobs whose current run has gone on far past their timeout: cancellation did not
+    /// end them, so something is blocked. `(job, seconds running)`.
+    pub fn stuck_jobs(&self, now: DateTime<Utc>) -> Vec<(String, i64)> {
+        self.jobs
+            .iter()
+            .filter_map(|(name, j)| {
+                let since = j.running_since?;
+                let limit = j.timeout_seconds? as i64 + STUCK_PAST_TIMEOUT_SECS;
+                let ran = (now - since).num_seconds();
+                (ran > limit).then(|| (name.clone(), ran))
+            })
+            .collect()
+    }
 }
 
 /// Shared between the loop and the listener.
@@ -149,4 +172,40 @@ pub fn summary(status: &Status) -> String {
         parts.push(format!("{} snapshot(s) spooled", status.spool.len()));
     }
     parts.join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_far_past_its_timeout_is_stuck_and_one_without_a_timeout_is_not() {
+        let now: DateTime<Utc> = "2026-12-01T12:00:00Z".parse().unwrap();
+        let running = |secs_ago: i64, timeout: Option<u64>| JobStatus {
+            running: Some("backup".into()),
+            running_since: Some(now - chrono::Duration::seconds(secs_ago)),
+            timeout_seconds: timeout,
+            ..JobStatus::default()
+        };
+        let status = Status {
+            version: "0".into(),
+            pid: 1,
+            started_at: now,
+            policy: "p".into(),
+            state: "running".into(),
+            jobs: BTreeMap::from([
+                (
+                    "stuck".to_string(),
+                    running(60 + STUCK_PAST_TIMEOUT_SECS + 1, Some(60)),
+                ),
+                ("winding-down".to_string(), running(100, Some(60))),
+                ("no-timeout".to_string(), running(100_000, None)),
+                ("idle".to_string(), JobStatus::default()),
+            ]),
+            spool: Vec::new(),
+        };
+        let stuck = status.stuck_jobs(now);
+        assert_eq!(stuck.len(), 1);
+        assert_eq!(stuck[0].0, "stuck");
+    }
 }

@@ -184,6 +184,47 @@ async fn cancelling_aborts_every_upload_and_stops_the_source() {
     }
 }
 
+/// A source blocked in a read forever (a hung mount, a device) cannot hold the run past
+/// a cancellation: the store returns, commits nothing, and leaves the thread behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_blocked_forever_does_not_outlive_cancellation() {
+    let (a, mem_a) = memory_target("a");
+    let enc = Encoding {
+        compression: Compression::None,
+        level: 0,
+        recipients: None,
+        threads: 1,
+    };
+    let key = ObjectPath::from("job/snap/obj");
+    let cancel = CancellationToken::new();
+    let trigger = cancel.clone();
+    let (_never_tx, never) = std::sync::mpsc::channel::<()>();
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        trigger.cancel();
+    });
+    let err = store(
+        &[a],
+        &key,
+        &enc,
+        &cancel,
+        Arc::new(Meter::default()),
+        move |w| -> anyhow::Result<()> {
+            w.write_all(b"a little, then a read that never returns")?;
+            let _ = never.recv();
+            Ok(())
+        },
+    )
+    .await
+    .err()
+    .expect("a cancelled store fails");
+    assert!(err.to_string().contains("cancelled"), "{err:#}");
+    assert!(matches!(
+        mem_a.head(&key).await,
+        Err(object_store::Error::NotFound { .. })
+    ));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broken_target_does_not_stop_the_others() {
     let dir = tempfile::tempdir().unwrap();

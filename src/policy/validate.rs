@@ -88,11 +88,28 @@ pub fn serde_problems(prefix: &str, err: figment::Error) -> Vec<Problem> {
                     "unknown value {found:?} (expected one of: {})",
                     expected.join(", ")
                 ),
-                other => other.to_string(),
+                other => without_source_lines(&other.to_string()),
             };
             problem(key, message)
         })
         .collect()
+}
+
+/// A TOML syntax error without the quoted source line: the line may hold a secret (a
+/// webhook token), and the message is logged and shown on every SIGHUP. Line and column
+/// stay, which is what the operator needs to find it.
+fn without_source_lines(message: &str) -> String {
+    message
+        .lines()
+        .filter(|l| {
+            let t = l.trim_start();
+            let numbered = t
+                .split_once('|')
+                .is_some_and(|(n, _)| n.trim().chars().all(|c| c.is_ascii_digit()));
+            !t.starts_with('|') && !numbered
+        })
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 pub fn no_jobs() -> Problem {
@@ -362,6 +379,16 @@ fn names<'a>(it: impl Iterator<Item = &'a String>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_syntax_error_keeps_its_place_but_not_the_line() {
+        let m = "TOML parse error at line 4, column 49\n  |\n4 | url = \"https://h/T0/secret-token\n  |                                                 ^\ninvalid basic string\n";
+        let shown = without_source_lines(m);
+        assert_eq!(
+            shown,
+            "TOML parse error at line 4, column 49: invalid basic string"
+        );
+    }
 
     #[test]
     fn names_are_safe_for_object_keys() {

@@ -461,10 +461,7 @@ fn a_failing_before_hook_aborts_the_backup_and_runs_on_failure() {
     let out = world.backupd(&["run-now", "app"]);
     let said = text(&out);
     assert_eq!(out.status.code(), Some(1), "{said}");
-    assert!(
-        said.contains("before hook `sh -c echo freezing failed >&2; exit 3` failed"),
-        "{said}"
-    );
+    assert!(said.contains("before hook `sh` failed"), "{said}");
     assert!(said.contains("freezing failed"), "{said}");
     assert!(list_json(&world, &[]).is_empty());
     assert!(
