@@ -56,6 +56,22 @@ async fn remove_prefix(target: &Target, job: &str, id: &str) -> Result<(), Snaps
     Ok(())
 }
 
+/// When the newest object under a snapshot's prefix was written (for ids whose own time
+/// cannot be believed); a local directory's mtime when it holds only hidden parts.
+async fn newest_write(target: &Target, job: &str, id: &str) -> Option<DateTime<Utc>> {
+    let prefix = ObjectPath::from(format!("{job}/{id}"));
+    let listed: Vec<_> = target.store.list(Some(&prefix)).try_collect().await.ok()?;
+    let newest = listed.iter().map(|m| m.last_modified).max();
+    newest.or_else(|| {
+        let root = target.local_root.as_ref()?;
+        let modified = std::fs::metadata(root.join(job).join(id))
+            .ok()?
+            .modified()
+            .ok()?;
+        Some(DateTime::<Utc>::from(modified))
+    })
+}
+
 /// The start time encoded in a snapshot id, if it is one of ours.
 pub fn id_time(id: &str) -> Option<DateTime<Utc>> {
     let stamp = id.get(..24)?;
@@ -98,6 +114,16 @@ pub async fn sweep(
     for id in ids {
         let Some(started) = id_time(&id) else {
             continue;
+        };
+        // An id dated in the future (a bad clock, or junk planted to live forever) is aged
+        // by when its objects were written instead.
+        let started = if started > now {
+            match newest_write(target, job, &id).await {
+                Some(written) => written,
+                None => continue,
+            }
+        } else {
+            started
         };
         if now - started < grace {
             continue;

@@ -315,3 +315,32 @@ fn eleven_hundred_idle_connections_do_not_stop_backups_or_healthz() {
     assert_eq!(code, 200, "{}", daemon.logs());
     assert!(daemon.stop().success(), "{}", daemon.logs());
 }
+
+#[test]
+fn future_dated_junk_is_swept_once_its_objects_are_older_than_the_grace() {
+    let world = files_world();
+    let out = world.backupd(&["run-now", "app"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let app = world.target_dir().join("app");
+    let old = app.join("2999-01-01T00-00-00.000Z-aaaaa1");
+    let fresh = app.join("2999-01-01T00-00-00.000Z-aaaaa2");
+    for dir in [&old, &fresh] {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("files.tar.gz.age"), "junk").unwrap();
+    }
+    let two_days_ago =
+        filetime::FileTime::from_unix_time(chrono::Utc::now().timestamp() - 2 * 86_400, 0);
+    filetime::set_file_mtime(old.join("files.tar.gz.age"), two_days_ago).unwrap();
+    let out = world.backupd(&["prune", "app", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        plan[0]["orphans"],
+        serde_json::json!(["2999-01-01T00-00-00.000Z-aaaaa1"])
+    );
+    assert!(!old.exists(), "junk older than orphan_grace is removed");
+    assert!(
+        fresh.exists(),
+        "junk written just now may be a run in progress: kept"
+    );
+}
