@@ -449,34 +449,7 @@ pub(crate) mod tests {
 
     #[test]
     fn manifests_naming_paths_are_refused() {
-        let good = Manifest {
-            format: 1,
-            job: "app".into(),
-            snapshot: "s".into(),
-            host: "h".into(),
-            backupd_version: "0".into(),
-            started_at: Utc::now(),
-            finished_at: Utc::now(),
-            tags: vec![],
-            sources: BTreeMap::from([(
-                "db".to_string(),
-                SourceEntry {
-                    kind: "sqlite".into(),
-                    group: None,
-                    object: "db.sqlite.gz.age".into(),
-                    compression: Compression::Gzip,
-                    compression_level: 6,
-                    encryption: Encryption::None,
-                    stored: Digest::default(),
-                    plain: Digest::default(),
-                    stats: SourceStats::empty_tree(),
-                    warnings: vec![],
-                },
-            )]),
-            digest: None,
-            signature: None,
-            seal: seal::Seal::Unsigned,
-        };
+        let good = sample();
         let json = serde_json::to_vec(&good).unwrap();
         assert_eq!(parse_manifest(&json).unwrap(), good);
         let mut evil = good.clone();

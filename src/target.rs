@@ -111,7 +111,7 @@ pub fn check_url(url: &str) -> Result<(), String> {
             }
             if !parsed.username().is_empty()
                 || parsed.password().is_some()
-                || crate::source::child::secret_in_url(&parsed).is_some()
+                || secret_in_url(&parsed).is_some()
             {
                 return Err("credentials do not belong in the URL (it is logged): use the cloud's environment variables or the *_file keys".into());
             }
@@ -121,6 +121,28 @@ pub fn check_url(url: &str) -> Result<(), String> {
             "scheme {other:?} is not supported (supported: file, s3, az, gs)"
         )),
     }
+}
+
+/// Why a URL must not be used, if it carries a secret: a password in its user info or a
+/// query parameter that names one (`?password=`, `sslpassword`, `token`, …). URLs end up in
+/// logs, `/status`, error messages and child argv, which every local user can read.
+pub fn secret_in_url(url: &url::Url) -> Option<String> {
+    if url.password().is_some() {
+        return Some("contains a password: remove it and set `password_file` (URLs end up in logs and process lists)".into());
+    }
+    let secret_key = |k: &str| {
+        let k = k.to_ascii_lowercase();
+        k.contains("pass")
+            || k.contains("secret")
+            || k.contains("token")
+            || k == "pwd"
+            || k == "auth"
+    };
+    url.query_pairs().find(|(k, _)| secret_key(k)).map(|(k, _)| {
+        format!(
+            "carries a secret in its query (`{k}=`): remove it and set `password_file` (URLs end up in logs and process lists)"
+        )
+    })
 }
 
 /// The URL without userinfo and query string, which is where credentials hide.

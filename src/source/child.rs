@@ -43,28 +43,6 @@ pub struct Running {
     secret: Option<String>,
 }
 
-/// Why a URL must not be used, if it carries a secret: a password in its user info or a
-/// query parameter that names one (`?password=`, `sslpassword`, `token`, …). URLs end up in
-/// logs, `/status`, error messages and child argv, which every local user can read.
-pub fn secret_in_url(url: &url::Url) -> Option<String> {
-    if url.password().is_some() {
-        return Some("contains a password: remove it and set `password_file` (URLs end up in logs and process lists)".into());
-    }
-    let secret_key = |k: &str| {
-        let k = k.to_ascii_lowercase();
-        k.contains("pass")
-            || k.contains("secret")
-            || k.contains("token")
-            || k == "pwd"
-            || k == "auth"
-    };
-    url.query_pairs().find(|(k, _)| secret_key(k)).map(|(k, _)| {
-        format!(
-            "carries a secret in its query (`{k}=`): remove it and set `password_file` (URLs end up in logs and process lists)"
-        )
-    })
-}
-
 /// A command for a dump or restore tool with a minimal environment: the basics a program
 /// needs (PATH, HOME, locale, time zone, temp dir, user) plus the variables starting with
 /// one of `keep_prefixes` (e.g. `PG` for libpq's settings), never another tool's or a

@@ -66,7 +66,7 @@ pub fn check_url(url: &str) -> Result<(), String> {
     if !matches!(parsed.scheme(), "postgres" | "postgresql") {
         return Err("must start with postgres://".into());
     }
-    if let Some(why) = super::child::secret_in_url(&parsed) {
+    if let Some(why) = crate::target::secret_in_url(&parsed) {
         return Err(why);
     }
     if parsed.path().trim_start_matches('/').is_empty() {

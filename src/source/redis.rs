@@ -36,7 +36,7 @@ pub fn check_url(url: &str) -> Result<(), String> {
     if parsed.scheme() != "redis" {
         return Err("must start with redis://".into());
     }
-    if let Some(why) = super::child::secret_in_url(&parsed) {
+    if let Some(why) = crate::target::secret_in_url(&parsed) {
         return Err(why);
     }
     if parsed.host_str().is_none_or(str::is_empty) {
