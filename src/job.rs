@@ -275,6 +275,7 @@ pub async fn run(
             job: job_name.into(),
             snapshot: id.clone(),
             host: gethostname::gethostname().to_string_lossy().into_owned(),
+            instance: Some(policy.daemon.instance()),
             backupd_version: env!("CARGO_PKG_VERSION").into(),
             started_at,
             finished_at: Utc::now(),
@@ -387,7 +388,16 @@ async fn after_commit(policy: &Policy, job_name: &str, targets: &[Target], repor
         }
     }
     for target in committed {
-        match crate::prune::prune(policy, job_name, target, false, Utc::now()).await {
+        match crate::prune::prune(
+            policy,
+            job_name,
+            target,
+            &policy.daemon.instance(),
+            false,
+            Utc::now(),
+        )
+        .await
+        {
             Ok(outcome) => {
                 report.after_errors.extend(outcome.errors.iter().cloned());
                 report.pruned.push(outcome);

@@ -100,6 +100,30 @@ pub struct DaemonPolicy {
     /// down (up to 60 times this), back to this once everything is delivered.
     #[serde(default = "default_spool_retry_secs")]
     pub spool_retry_secs: u64,
+    /// Who this backupd is among the hosts sharing a bucket: recorded in every manifest;
+    /// retention, `latest` and `list` act on this instance's snapshots unless told
+    /// otherwise. Default: the host name. In Kubernetes set a stable name
+    /// (`BACKUPD_DAEMON__INSTANCE`), not the pod's random one.
+    #[serde(default)]
+    pub instance: Option<String>,
+}
+
+impl DaemonPolicy {
+    /// This process's instance name: `instance`, else the host name.
+    pub fn instance(&self) -> String {
+        self.instance
+            .clone()
+            .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned())
+    }
+}
+
+/// An instance name is printed and compared, never a path; host names fit.
+pub fn is_valid_instance(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 fn default_spool_retry_secs() -> u64 {
@@ -168,6 +192,7 @@ impl Default for DaemonPolicy {
             spool_dir: None,
             spool_max_bytes: default_spool_max_bytes(),
             spool_retry_secs: default_spool_retry_secs(),
+            instance: None,
         }
     }
 }

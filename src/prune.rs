@@ -16,6 +16,8 @@ use crate::target::Target;
 pub struct PruneOutcome {
     pub job: String,
     pub target: String,
+    /// Whose snapshots the plan covered.
+    pub instance: String,
     pub dry_run: bool,
     /// `None` when the job has no retention rules: every snapshot is kept.
     pub decisions: Option<Vec<Decision>>,
@@ -29,10 +31,13 @@ pub struct PruneOutcome {
     pub errors: Vec<String>,
 }
 
+/// Applies the job's retention to `instance`'s snapshots of `job` on `target` (another
+/// instance's are never counted nor deleted; an operator names one to prune it).
 pub async fn prune(
     policy: &Policy,
     job: &str,
     target: &Target,
+    instance: &str,
     dry_run: bool,
     now: DateTime<Utc>,
 ) -> Result<PruneOutcome, SnapshotError> {
@@ -40,6 +45,7 @@ pub async fn prune(
     let mut outcome = PruneOutcome {
         job: job.into(),
         target: target.name.clone(),
+        instance: instance.into(),
         dry_run,
         decisions: None,
         deleted: Vec::new(),
@@ -53,6 +59,7 @@ pub async fn prune(
             message: format!("[signing]: {e}"),
         })?;
         let mut manifests = snapshot::list(target, Some(job)).await?;
+        manifests.retain(|m| m.instance() == instance);
         manifests.retain(|m| match trust.judge(m) {
             Judgment::Refused(why) => {
                 tracing::warn!(job, snapshot = %m.snapshot, "left alone by retention: {why}");

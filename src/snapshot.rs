@@ -49,6 +49,10 @@ pub struct Manifest {
     pub job: String,
     pub snapshot: String,
     pub host: String,
+    /// The instance that made it (`daemon.instance`); absent in manifests written before
+    /// instances existed, which count as their `host` (see [`Manifest::instance`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
     pub backupd_version: String,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
@@ -153,6 +157,11 @@ impl SourceStats {
 }
 
 impl Manifest {
+    /// The instance that made the snapshot: `instance`, or `host` for older manifests.
+    pub fn instance(&self) -> &str {
+        self.instance.as_deref().unwrap_or(&self.host)
+    }
+
     pub fn stored_bytes(&self) -> u64 {
         self.sources.values().map(|s| s.stored.bytes).sum()
     }
@@ -271,6 +280,11 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, String> {
     if !crate::policy::is_valid_name(&m.job) {
         return Err(format!("invalid job name {:?}", m.job));
     }
+    if let Some(i) = &m.instance
+        && !crate::policy::is_valid_instance(i)
+    {
+        return Err(format!("invalid instance name {i:?}"));
+    }
     for (name, entry) in &m.sources {
         let object_ok = !entry.object.is_empty()
             && !entry.object.starts_with('.')
@@ -348,6 +362,13 @@ pub(crate) async fn child_names(
     }
 }
 
+/// The instances that have snapshots among `snapshots`, sorted, for messages that say
+/// where else to look.
+pub fn instances_in(snapshots: &[Manifest]) -> Vec<String> {
+    let set: std::collections::BTreeSet<&str> = snapshots.iter().map(Manifest::instance).collect();
+    set.into_iter().map(str::to_string).collect()
+}
+
 /// Committed snapshots of `job` (or of every job) on one target, newest first.
 /// Unreadable manifests are logged and left out rather than hiding the good ones.
 pub async fn list(target: &Target, job: Option<&str>) -> Result<Vec<Manifest>, SnapshotError> {
@@ -397,6 +418,7 @@ pub(crate) mod tests {
             job: "app".into(),
             snapshot: "2026-01-02T03-04-05.006Z-abcdef".into(),
             host: "h".into(),
+            instance: None,
             backupd_version: "0".into(),
             started_at: "2026-01-02T03:04:05.006Z".parse().unwrap(),
             finished_at: "2026-01-02T03:05:05Z".parse().unwrap(),

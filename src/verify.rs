@@ -39,16 +39,25 @@ pub async fn verify_snapshots(
     trust.allow_unsigned = allow_unsigned;
     let mut identities = None;
     let mut records = Vec::new();
+    let me = policy.daemon.instance();
     for target in targets {
         let all = crate::snapshot::list(target, Some(job)).await?;
+        // `latest` and `all` are this instance's; an id names any instance's snapshot.
+        let own = || {
+            all.iter()
+                .filter(|m| m.instance() == me)
+                .cloned()
+                .collect::<Vec<_>>()
+        };
         let chosen: Vec<_> = match which {
-            "latest" => crate::snapshot::newest_accepted(all, &trust)
+            "latest" => crate::snapshot::newest_accepted(own(), &trust)
                 .into_iter()
                 .collect(),
-            "all" => all,
+            "all" => own(),
             prefix => all
-                .into_iter()
+                .iter()
                 .filter(|m| m.snapshot.starts_with(prefix))
+                .cloned()
                 .collect(),
         };
         for manifest in chosen {

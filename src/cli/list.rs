@@ -21,6 +21,12 @@ pub struct Args {
     /// Print one JSON array instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Another instance's snapshots instead of this instance's.
+    #[arg(long, value_name = "NAME", conflicts_with = "all_instances")]
+    pub instance: Option<String>,
+    /// Every instance's snapshots (the whole bucket, e.g. on a new host after a disaster).
+    #[arg(long)]
+    pub all_instances: bool,
 }
 
 #[derive(Serialize)]
@@ -77,10 +83,33 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
     }
     let targets = chosen_targets(&policy, args.job.as_deref(), args.target.as_ref())?;
     let trust = Trust::new(&policy.signing).map_err(|e| UsageError(format!("[signing]: {e}")))?;
+    if let Some(i) = &args.instance
+        && !crate::policy::is_valid_instance(i)
+    {
+        return Err(UsageError(format!("invalid instance name {i:?}")).into());
+    }
+    let wanted = args
+        .instance
+        .clone()
+        .unwrap_or_else(|| policy.daemon.instance());
+    let mut hidden: std::collections::BTreeMap<String, usize> = Default::default();
     let mut listed: Vec<Listed> = Vec::new();
     for target in &targets {
         // One verification lookup per snapshot: overlap them, a target can hold thousands.
-        let manifests = snapshot::list(target, args.job.as_deref()).await?;
+        let mut manifests = snapshot::list(target, args.job.as_deref()).await?;
+        // Older manifests name no instance: they count as their host's.
+        for m in &mut manifests {
+            m.instance = Some(m.instance().to_string());
+        }
+        if !args.all_instances {
+            manifests.retain(|m| {
+                let keep = m.instance() == wanted;
+                if !keep {
+                    *hidden.entry(m.instance().to_string()).or_default() += 1;
+                }
+                keep
+            });
+        }
         let records: Vec<Option<LastVerification>> = futures::stream::iter(&manifests)
             .map(|m| async move {
                 crate::verify::latest_record(target, &m.job, &m.snapshot)
@@ -119,8 +148,17 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&listed)?);
         return Ok(ExitCode::SUCCESS);
     }
+    let hidden_note = (!hidden.is_empty()).then(|| {
+        format!(
+            "other instances' snapshots are not shown ({}): --all-instances or --instance NAME",
+            hidden.keys().cloned().collect::<Vec<_>>().join(", ")
+        )
+    });
     if listed.is_empty() {
-        println!("no committed snapshots");
+        println!("no committed snapshots of instance {wanted}");
+        if let Some(n) = &hidden_note {
+            println!("{n}");
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let now = chrono::Utc::now();
@@ -131,6 +169,7 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
             vec![
                 m.snapshot.clone(),
                 m.job.clone(),
+                m.instance().to_string(),
                 super::table::age(m.started_at, now),
                 if m.tags.is_empty() {
                     "–".into()
@@ -162,6 +201,7 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
             &[
                 "SNAPSHOT",
                 "JOB",
+                "INSTANCE",
                 "AGE",
                 "TAGS",
                 "STORED / PLAIN",
@@ -182,6 +222,9 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
             l.manifest.snapshot,
             super::table::printable(l.authenticity.detail.as_deref().unwrap_or_default())
         );
+    }
+    if let Some(n) = &hidden_note {
+        println!("{n}");
     }
     if !trust.is_configured() {
         println!(

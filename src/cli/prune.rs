@@ -20,6 +20,10 @@ pub struct Args {
     /// Print one JSON array of outcomes.
     #[arg(long)]
     pub json: bool,
+    /// Apply retention to this instance's snapshots (a retired host's) instead of this
+    /// instance's own. Try it with --dry-run first.
+    #[arg(long, value_name = "NAME")]
+    pub instance: Option<String>,
 }
 
 pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
@@ -27,10 +31,27 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
     let jobs = policy
         .select_jobs(args.job.as_slice())
         .map_err(UsageError)?;
+    let instance = match &args.instance {
+        Some(i) if !crate::policy::is_valid_instance(i) => {
+            return Err(UsageError(format!("invalid instance name {i:?}")).into());
+        }
+        Some(i) => i.clone(),
+        None => policy.daemon.instance(),
+    };
     let mut outcomes = Vec::new();
     for job in &jobs {
         for target in chosen_targets(&policy, Some(job), args.target.as_ref())? {
-            outcomes.push(prune(&policy, job, &target, args.dry_run, chrono::Utc::now()).await?);
+            outcomes.push(
+                prune(
+                    &policy,
+                    job,
+                    &target,
+                    &instance,
+                    args.dry_run,
+                    chrono::Utc::now(),
+                )
+                .await?,
+            );
         }
     }
     if args.json {
@@ -51,9 +72,10 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
 fn print_outcome(o: &PruneOutcome) {
     let verb = if o.dry_run { "would delete" } else { "deleted" };
     println!(
-        "job {} on target {}{}:",
+        "job {} on target {}, instance {}{}:",
         o.job,
         o.target,
+        o.instance,
         if o.dry_run { " (dry run)" } else { "" }
     );
     match &o.decisions {

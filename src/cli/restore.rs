@@ -61,6 +61,10 @@ pub struct Args {
     /// was). A snapshot signed by an untrusted key is never accepted.
     #[arg(long)]
     pub allow_unsigned: bool,
+    /// With `latest`: another instance's latest snapshot (disaster recovery on a new host).
+    /// Default: this instance's (`daemon.instance`, else the host name).
+    #[arg(long, value_name = "NAME")]
+    pub instance: Option<String>,
 }
 
 pub async fn run(config: &Path, args: Args, quiet: bool) -> anyhow::Result<ExitCode> {
@@ -73,7 +77,15 @@ pub async fn run(config: &Path, args: Args, quiet: bool) -> anyhow::Result<ExitC
     let mut trust = crate::snapshot::seal::Trust::new(&policy.signing)
         .map_err(|e| UsageError(format!("[signing]: {e}")))?;
     trust.allow_unsigned = args.allow_unsigned;
-    let (target, manifest) = find_snapshot(&targets, &args.job, &args.snapshot, &trust).await?;
+    let instance = match &args.instance {
+        Some(i) if !crate::policy::is_valid_instance(i) => {
+            return Err(UsageError(format!("invalid instance name {i:?}")).into());
+        }
+        Some(i) => i.clone(),
+        None => policy.daemon.instance(),
+    };
+    let (target, manifest) =
+        find_snapshot(&targets, &args.job, &args.snapshot, &instance, &trust).await?;
     match trust.judge(&manifest) {
         Judgment::Trusted => {}
         Judgment::Accepted(why) => println!("warning: snapshot {} is {why}", manifest.snapshot),
@@ -208,14 +220,16 @@ pub async fn run(config: &Path, args: Args, quiet: bool) -> anyhow::Result<ExitC
 }
 
 /// The snapshot named by `wanted` (id, unique prefix or `latest`), from the first target
-/// that has it.
+/// that has it. `latest` is `instance`'s newest; an id names one snapshot of any instance.
 async fn find_snapshot(
     targets: &[Target],
     job: &str,
     wanted: &str,
+    instance: &str,
     trust: &Trust,
 ) -> anyhow::Result<(Target, Manifest)> {
     let mut best: Option<(Target, Manifest)> = None;
+    let mut others: std::collections::BTreeSet<String> = Default::default();
     for target in targets {
         let snapshots = match snapshot::list(target, Some(job)).await {
             Ok(s) => s,
@@ -225,7 +239,12 @@ async fn find_snapshot(
             }
         };
         let found = if wanted == "latest" {
-            snapshot::newest_accepted(snapshots, trust)
+            others.extend(snapshot::instances_in(&snapshots));
+            let own: Vec<Manifest> = snapshots
+                .into_iter()
+                .filter(|m| m.instance() == instance)
+                .collect();
+            snapshot::newest_accepted(own, trust)
         } else {
             let matches: Vec<Manifest> = snapshots
                 .into_iter()
@@ -249,11 +268,23 @@ async fn find_snapshot(
             break;
         }
     }
+    let shown_targets = targets
+        .iter()
+        .map(|t| t.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
     best.ok_or_else(|| {
-        anyhow::anyhow!(
-            "no committed snapshot {wanted:?} of job {job} on target(s) {}; see `backupd list {job}`",
-            targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
-        )
+        others.remove(instance);
+        if wanted == "latest" && !others.is_empty() {
+            anyhow::anyhow!(
+                "instance {instance} has no committed snapshot of job {job} on target(s) {shown_targets}; instances that have: {} (restore one with --instance NAME)",
+                others.into_iter().collect::<Vec<_>>().join(", ")
+            )
+        } else {
+            anyhow::anyhow!(
+                "no committed snapshot {wanted:?} of job {job} on target(s) {shown_targets}; see `backupd list {job} --all-instances`"
+            )
+        }
     })
 }
 

@@ -150,7 +150,11 @@ impl Work {
         let mut counts = std::collections::BTreeMap::new();
         for target in &targets {
             match crate::snapshot::list(target, Some(job)).await {
-                Ok(list) => {
+                // Freshness and catch-up are about this instance's own snapshots: another
+                // host's backups must not hide that this one stopped.
+                Ok(mut list) => {
+                    let me = policy.daemon.instance();
+                    list.retain(|m| m.instance() == me);
                     counts.insert(target.name.clone(), list.len() as u64);
                     newest.push(list.into_iter().next());
                 }

@@ -175,6 +175,14 @@ pub fn policy(policy: &Policy) -> Vec<Problem> {
         let (key, what) = p.split_once(": ").unwrap_or(("signing", p.as_str()));
         out.push(problem(key, what));
     }
+    if let Some(i) = &policy.daemon.instance
+        && !crate::policy::is_valid_instance(i)
+    {
+        out.push(problem(
+            "daemon.instance",
+            format!("{i:?}: use letters, digits, '-', '_' and '.' (a host name fits)"),
+        ));
+    }
     if policy.daemon.max_concurrent_jobs == 0 {
         out.push(problem("daemon.max_concurrent_jobs", "must be at least 1"));
     }

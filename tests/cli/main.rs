@@ -10,6 +10,7 @@ mod databases;
 mod deploy;
 mod failures;
 mod faults;
+mod fleet;
 mod hardening;
 mod hostile;
 mod kill9;

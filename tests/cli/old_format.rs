@@ -34,7 +34,7 @@ fn legacy_world(signing: &str) -> World {
     std::fs::create_dir_all(world.path("src")).unwrap();
     std::fs::write(world.path("src/new.txt"), "made by this build").unwrap();
     world.write_policy(&format!(
-        "[daemon]\nstate_dir = \"state\"\n[encryption]\nrecipients = [\"{RECIPIENT}\"]\nidentity_file = \"legacy-identity.txt\"\n{signing}\n[targets.local]\nurl = \"file://{}\"\n[jobs.legacy]\ntargets = [\"local\"]\nretention = {{ keep_last = 1 }}\nverify = {{ after_backup = true }}\n[jobs.legacy.sources.files]\nkind = \"directory\"\npath = \"{}\"\n",
+        "[daemon]\nstate_dir = \"state\"\n# The fixture was made on host vm: this is that host, whatever machine runs the test.\ninstance = \"vm\"\n[encryption]\nrecipients = [\"{RECIPIENT}\"]\nidentity_file = \"legacy-identity.txt\"\n{signing}\n[targets.local]\nurl = \"file://{}\"\n[jobs.legacy]\ntargets = [\"local\"]\nretention = {{ keep_last = 1 }}\nverify = {{ after_backup = true }}\n[jobs.legacy.sources.files]\nkind = \"directory\"\npath = \"{}\"\n",
         world.target_dir().display(),
         world.path("src").display()
     ));

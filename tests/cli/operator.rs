@@ -90,6 +90,7 @@ fn list_is_an_aligned_table_and_json_keeps_its_shape() {
     assert!(header.starts_with("SNAPSHOT "), "{header}");
     let cols = [
         "JOB",
+        "INSTANCE",
         "AGE",
         "TAGS",
         "STORED / PLAIN",
@@ -116,21 +117,22 @@ fn list_is_an_aligned_table_and_json_keeps_its_shape() {
         };
         assert!(row.starts_with(snap["snapshot"].as_str().unwrap()), "{row}");
         assert_eq!(cell(0), "app");
-        assert!(cell(1) == "just now" || cell(1).ends_with("s ago"), "{row}");
+        assert_eq!(cell(1), snap["instance"].as_str().unwrap());
+        assert!(cell(2) == "just now" || cell(2).ends_with("s ago"), "{row}");
         let tags: Vec<String> = snap["tags"]
             .as_array()
             .unwrap()
             .iter()
             .map(|t| t.as_str().unwrap().to_string())
             .collect();
-        assert_eq!(cell(2), tags.join(","));
+        assert_eq!(cell(3), tags.join(","));
         assert!(
-            cell(3).contains(" MiB / 64.0 MiB") || cell(3).contains("/ 64.0 MiB"),
+            cell(4).contains(" MiB / 64.0 MiB") || cell(4).contains("/ 64.0 MiB"),
             "{row}"
         );
-        assert_eq!(cell(4), "✓");
-        assert_eq!(cell(5), "✓", "signed by the world's trusted key: {row}");
-        assert_eq!(cell(6), "local");
+        assert_eq!(cell(5), "✓");
+        assert_eq!(cell(6), "✓", "signed by the world's trusted key: {row}");
+        assert_eq!(cell(7), "local");
     }
 
     // --json is an interface: the keys stay.
@@ -155,6 +157,7 @@ fn list_is_an_aligned_table_and_json_keeps_its_shape() {
         "digest",
         "signature",
         "authenticity",
+        "instance",
     ]
     .into();
     assert_eq!(keys, expected);

@@ -189,7 +189,10 @@ fn synthetic(world: &World, job: &str, time: &str, tags: &[&str]) -> String {
     let dir = world.target_dir().join(job).join(&id);
     std::fs::create_dir_all(&dir).unwrap();
     let manifest = serde_json::json!({
-        "format": 1, "job": job, "snapshot": id, "host": "test", "backupd_version": "0",
+        // No `instance`, like a manifest from before instances: it counts as its host's,
+        // which is this machine.
+        "format": 1, "job": job, "snapshot": id,
+        "host": gethostname::gethostname().to_string_lossy(), "backupd_version": "0",
         "started_at": t, "finished_at": t, "tags": tags, "sources": {}
     });
     std::fs::write(dir.join("manifest.json"), manifest.to_string()).unwrap();

@@ -1,0 +1,133 @@
+//! One bucket, many hosts: instances (issue 14). Hosts are simulated by distinct
+//! `daemon.instance` values set from the environment, as a fleet deploys one policy.
+
+use std::process::Command;
+
+use super::support::{BIN, World, text};
+
+/// Runs backupd on the world's policy as instance `instance`.
+fn as_instance(world: &World, instance: &str, args: &[&str]) -> std::process::Output {
+    let policy = world.path("policy.toml");
+    Command::new(BIN)
+        .arg("--config")
+        .arg(&policy)
+        .args(args)
+        .env("BACKUPD_DAEMON__INSTANCE", instance)
+        .env_remove("BACKUPD_CONFIG")
+        .output()
+        .unwrap()
+}
+
+fn listed(world: &World, instance: &str, extra: &[&str]) -> Vec<serde_json::Value> {
+    let mut args = vec!["list", "--json"];
+    args.extend_from_slice(extra);
+    let out = as_instance(world, instance, &args);
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn two_instances_on_one_target_each_keep_their_own_and_restore_their_own() {
+    let world = World::new();
+    std::fs::create_dir_all(world.path("src")).unwrap();
+    world.policy(&format!(
+        "[jobs.app]\ntargets = [\"local\"]\nretention = {{ keep_last = 2 }}\n[jobs.app.sources.files]\nkind = \"directory\"\npath = \"{}\"\n",
+        world.path("src").display()
+    ));
+    // The issue's reproduction: one policy, two hosts, three alternating runs each.
+    for round in 0..3 {
+        for host in ["alpha", "beta"] {
+            std::fs::write(world.path("src/who.txt"), format!("{host} {round}")).unwrap();
+            let out = as_instance(&world, host, &["run-now", "app"]);
+            assert!(out.status.success(), "{host} {round}: {}", text(&out));
+        }
+    }
+    let alpha = listed(&world, "alpha", &[]);
+    let beta = listed(&world, "beta", &[]);
+    assert_eq!(alpha.len(), 2, "alpha keeps its own 2");
+    assert_eq!(beta.len(), 2, "beta keeps its own 2");
+    assert!(alpha.iter().all(|m| m["instance"] == "alpha"));
+    assert_eq!(listed(&world, "alpha", &["--all-instances"]).len(), 4);
+    assert_eq!(listed(&world, "alpha", &["--instance", "beta"]).len(), 2);
+    let table = text(&as_instance(&world, "alpha", &["list"]));
+    assert!(
+        table.contains("INSTANCE") && table.contains("--all-instances"),
+        "{table}"
+    );
+
+    // latest is this instance's own; another's only when named.
+    let to = world.path("alpha-restore");
+    let out = as_instance(
+        &world,
+        "alpha",
+        &["restore", "app", "--to", to.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        std::fs::read_to_string(to.join("files/who.txt")).unwrap(),
+        "alpha 2"
+    );
+    // Disaster recovery on a new host: it has nothing of its own, and is told who has.
+    let to = world.path("gamma-restore");
+    let out = as_instance(
+        &world,
+        "gamma",
+        &["restore", "app", "--to", to.to_str().unwrap()],
+    );
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("instances that have: alpha, beta"), "{said}");
+    let out = as_instance(
+        &world,
+        "gamma",
+        &[
+            "restore",
+            "app",
+            "--instance",
+            "beta",
+            "--to",
+            to.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        std::fs::read_to_string(to.join("files/who.txt")).unwrap(),
+        "beta 2"
+    );
+
+    // Retiring beta: an operator prunes its snapshots by name, dry run first.
+    let out = as_instance(
+        &world,
+        "alpha",
+        &["prune", "app", "--instance", "beta", "--dry-run", "--json"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan[0]["instance"], "beta");
+    assert_eq!(plan[0]["decisions"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        listed(&world, "alpha", &["--all-instances"]).len(),
+        4,
+        "dry run deletes nothing"
+    );
+}
+
+#[test]
+fn snapshots_from_before_instances_count_as_their_host() {
+    let world = World::new();
+    std::fs::create_dir_all(world.path("src")).unwrap();
+    world.policy(&format!(
+        "[jobs.app]\ntargets = [\"local\"]\n[jobs.app.sources.files]\nkind = \"directory\"\npath = \"{}\"\n",
+        world.path("src").display()
+    ));
+    std::fs::write(world.path("src/a"), "x").unwrap();
+    let out = world.backupd(&["run-now", "app"]);
+    assert!(out.status.success(), "{}", text(&out));
+    // This build wrote instance = the host name by default.
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    let all = listed(&world, "whoever", &["--all-instances"]);
+    assert_eq!(all[0]["instance"], host.as_str());
+    let out = as_instance(&world, "bad/name", &["list"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("daemon.instance"), "{}", text(&out));
+}
