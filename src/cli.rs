@@ -4,6 +4,7 @@
 
 mod check;
 mod completions;
+mod fleet;
 mod init;
 mod keygen;
 mod list;
@@ -59,6 +60,9 @@ pub enum Command {
     RunNow(run_now::Args),
     /// List committed snapshots, newest first.
     List(list::Args),
+    /// Every instance's newest snapshot per job, read from the targets; flags silent
+    /// hosts (older than `alert_if_older_than`) and exits 1 if any is stale.
+    Fleet(fleet::Args),
     /// Restore a snapshot into a directory, checking every checksum on the way.
     Restore(restore::Args),
     /// Test-restore snapshots and record the result; exit 1 if any verification fails.
@@ -96,6 +100,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => status::run(&cli.config, args).await,
         Command::RunNow(args) => run_now::run(&cli.config, args, quiet).await,
         Command::List(args) => list::run(&cli.config, args).await,
+        Command::Fleet(args) => fleet::run(&cli.config, args).await,
         Command::Restore(args) => restore::run(&cli.config, args, quiet).await,
         Command::Verify(args) => verify::run(&cli.config, args, quiet).await,
         Command::Prune(args) => prune::run(&cli.config, args).await,

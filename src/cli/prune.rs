@@ -54,6 +54,31 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    // A name that matches nothing is most likely a typo: say which names exist.
+    if args.instance.is_some()
+        && outcomes
+            .iter()
+            .all(|o| o.decisions.as_ref().is_none_or(Vec::is_empty))
+    {
+        let mut known = std::collections::BTreeSet::new();
+        for job in &jobs {
+            for target in chosen_targets(&policy, Some(job), args.target.as_ref())? {
+                if let Ok(list) = crate::snapshot::list(&target, Some(job)).await {
+                    known.extend(crate::snapshot::instances_in(&list));
+                }
+            }
+        }
+        return Err(UsageError(format!(
+            "instance {instance} has no snapshots of {} here; instances that have: {}",
+            jobs.join(", "),
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.into_iter().collect::<Vec<_>>().join(", ")
+            }
+        ))
+        .into());
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&outcomes)?);
     } else {

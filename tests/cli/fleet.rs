@@ -131,3 +131,61 @@ fn snapshots_from_before_instances_count_as_their_host() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("daemon.instance"), "{}", text(&out));
 }
+
+#[test]
+fn fleet_shows_every_instance_and_flags_a_silent_one() {
+    let world = World::new();
+    std::fs::create_dir_all(world.path("src")).unwrap();
+    std::fs::write(world.path("src/a"), "x").unwrap();
+    world.policy(&format!(
+        "[jobs.app]\ntargets = [\"local\"]\nalert_if_older_than = \"5s\"\n[jobs.app.sources.files]\nkind = \"directory\"\npath = \"{}\"\n",
+        world.path("src").display()
+    ));
+    let out = as_instance(&world, "dead", &["run-now", "app"]);
+    assert!(out.status.success(), "{}", text(&out));
+    // The host "dies"; alpha goes on backing up.
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    for _ in 0..2 {
+        let out = as_instance(&world, "alpha", &["run-now", "app"]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let out = as_instance(&world, "alpha", &["fleet", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a stale instance fails fleet: {}",
+        text(&out)
+    );
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows.len(), 2);
+    let row = |i: &str| rows.iter().find(|r| r["instance"] == i).unwrap().clone();
+    assert_eq!(row("alpha")["snapshots"], 2);
+    assert_eq!(row("alpha")["stale"], false);
+    assert_eq!(row("dead")["stale"], true);
+    assert!(row("dead")["newest_age_seconds"].as_i64().unwrap() >= 6);
+    let table = text(&as_instance(&world, "alpha", &["fleet"]));
+    assert!(table.contains("STALE") && table.contains("dead"), "{table}");
+}
+
+#[test]
+fn an_unknown_instance_is_named_as_such_and_nothing_is_deleted() {
+    let world = World::new();
+    std::fs::create_dir_all(world.path("src")).unwrap();
+    std::fs::write(world.path("src/a"), "x").unwrap();
+    world.policy(&format!(
+        "[jobs.app]\ntargets = [\"local\"]\nretention = {{ keep_last = 1 }}\n[jobs.app.sources.files]\nkind = \"directory\"\npath = \"{}\"\n",
+        world.path("src").display()
+    ));
+    for _ in 0..2 {
+        let out = as_instance(&world, "alpha", &["run-now", "app"]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let out = as_instance(&world, "alpha", &["prune", "app", "--instance", "alpah"]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("instance alpah has no snapshots") && said.contains("alpha"),
+        "{said}"
+    );
+    assert_eq!(listed(&world, "alpha", &[]).len(), 1);
+}
