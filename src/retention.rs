@@ -4,11 +4,10 @@
 //! Semantics are those of restic's `forget`: walking from newest to oldest, a bucket rule
 //! (`keep_hourly = N`, …) keeps the newest snapshot of each of the last N hours/days/ISO
 //! weeks/months/years that *have* snapshots; `keep_last` the newest N; `keep_within` all
-//! newer than the newest snapshot minus the duration; `keep_tags` every snapshot with one
+//! strictly newer than the newest snapshot minus a span in restic's notation, subtracted on
+//! the calendar in the job's time zone; `keep_tags` every snapshot with one
 //! of the tags. A snapshot kept by several rules is kept once, with every reason. Two rails
 //! no rule can override: the newest snapshot and the newest verified one are always kept.
-
-use std::time::Duration;
 
 use chrono::{DateTime, Datelike, Utc};
 use chrono_tz::Tz;
@@ -30,35 +29,145 @@ pub struct Rules {
     pub keep_monthly: u32,
     #[serde(default)]
     pub keep_yearly: u32,
-    /// e.g. `"14d"`, `"36h"`: everything newer than the newest snapshot minus this.
-    #[serde(default, with = "humantime_serde_opt")]
-    pub keep_within: Option<Duration>,
+    /// restic's notation, e.g. `"1y6m"`, `"14d"`, `"36h"`: everything strictly newer than
+    /// the newest snapshot minus this span (calendar arithmetic in the job's time zone).
+    #[serde(default)]
+    pub keep_within: Option<Within>,
     /// Snapshots carrying any of these tags are kept, e.g. `["pre-migration"]`.
     #[serde(default)]
     pub keep_tags: Vec<String>,
 }
 
-mod humantime_serde_opt {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
+/// A `keep_within` span in restic's notation (`1y5m7d2h`: years, **m = months**, days,
+/// hours). Nothing else is accepted: `6m` means six months to restic, and a spelling that
+/// could mean minutes (`6min`), weeks or seconds is refused with the notation to write.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Within {
+    pub years: u32,
+    pub months: u32,
+    pub days: u32,
+    pub hours: u32,
+}
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        let s: Option<String> = Option::deserialize(d)?;
-        s.map(|s| {
-            humantime::parse_duration(&s).map_err(|e| {
-                serde::de::Error::custom(format!(
-                    "{s:?} is not a duration like \"14d\" or \"36h\": {e}"
-                ))
-            })
-        })
-        .transpose()
+impl Within {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let hint = |why: &str| {
+            format!(
+                "{text:?} {why}; keep_within uses restic's notation: numbers with y (years), m (MONTHS), d (days), h (hours), e.g. \"1y6m\", \"14d\", \"36h\""
+            )
+        };
+        let lower = text.to_ascii_lowercase();
+        if lower.contains("min") {
+            return Err(hint(
+                "looks like minutes, which keep_within has no unit for (write hours, e.g. \"1h\")",
+            ));
+        }
+        if lower.contains('w') {
+            return Err(hint("uses weeks (write days: \"14d\" for two weeks)"));
+        }
+        if lower.contains('s') {
+            return Err(hint("uses seconds or a word"));
+        }
+        let mut out = Within::default();
+        let mut seen = String::new();
+        let mut digits = String::new();
+        for c in text.chars() {
+            if c.is_ascii_digit() {
+                digits.push(c);
+                continue;
+            }
+            if digits.is_empty() {
+                return Err(hint("is not a number followed by a unit"));
+            }
+            let n: u32 = digits.parse().map_err(|_| hint("has a number too large"))?;
+            digits.clear();
+            if seen.contains(c) {
+                return Err(hint(&format!("gives '{c}' twice")));
+            }
+            seen.push(c);
+            match c {
+                'y' => out.years = n,
+                'm' => out.months = n,
+                'd' => out.days = n,
+                'h' => out.hours = n,
+                _ => return Err(hint(&format!("has the unit {c:?}"))),
+            }
+        }
+        if !digits.is_empty() {
+            return Err(hint("ends in a number without a unit"));
+        }
+        if seen.is_empty() {
+            return Err(hint("is empty"));
+        }
+        Ok(out)
     }
 
-    pub fn serialize<S: Serializer>(v: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match v {
-            Some(d) => s.serialize_some(&humantime::format_duration(*d).to_string()),
-            None => s.serialize_none(),
+    pub fn is_zero(&self) -> bool {
+        *self == Within::default()
+    }
+
+    /// `newest` minus this span, as restic computes it: years, months and days on the
+    /// wall clock in `tz` (Go's `AddDate`, so 31 March minus a month is 3 March, not the
+    /// end of February), then hours as hours.
+    pub fn cutoff(&self, newest: DateTime<Utc>, tz: Tz) -> DateTime<Utc> {
+        use chrono::{NaiveDate, TimeZone};
+        let local = newest.with_timezone(&tz).naive_local();
+        let months_total = (local.year() as i64 - self.years as i64) * 12
+            + (local.month0() as i64 - self.months as i64);
+        let year = months_total.div_euclid(12) as i32;
+        let month = months_total.rem_euclid(12) as u32 + 1;
+        let day_offset = local.day() as i64 - 1 - self.days as i64;
+        let date = NaiveDate::from_ymd_opt(year, month, 1)
+            .and_then(|d| d.checked_add_signed(chrono::Duration::days(day_offset)))
+            .unwrap_or(NaiveDate::MIN);
+        let wall = date.and_time(local.time());
+        let at = match tz.from_local_datetime(&wall) {
+            chrono::LocalResult::Single(t) => t.with_timezone(&Utc),
+            // Twice on the wall clock (clocks going back): the earlier, as the first time
+            // the day reached that hour.
+            chrono::LocalResult::Ambiguous(a, _) => a.with_timezone(&Utc),
+            // Skipped (clocks going forward): read with the offset before the gap.
+            chrono::LocalResult::None => {
+                let before = wall - chrono::Duration::hours(1);
+                tz.from_local_datetime(&before)
+                    .earliest()
+                    .map(|t| t.with_timezone(&Utc) + chrono::Duration::hours(1))
+                    .unwrap_or(newest)
+            }
+        };
+        at - chrono::Duration::hours(self.hours as i64)
+    }
+}
+
+impl std::fmt::Display for Within {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (n, unit) in [
+            (self.years, 'y'),
+            (self.months, 'm'),
+            (self.days, 'd'),
+            (self.hours, 'h'),
+        ] {
+            if n > 0 {
+                write!(f, "{n}{unit}")?;
+            }
         }
+        if self.is_zero() {
+            write!(f, "0h")?;
+        }
+        Ok(())
+    }
+}
+
+impl<'de> Deserialize<'de> for Within {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Within::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for Within {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
     }
 }
 
@@ -72,7 +181,7 @@ impl Rules {
             + self.keep_monthly
             + self.keep_yearly
             > 0
-            || self.keep_within.is_some_and(|d| !d.is_zero())
+            || self.keep_within.is_some_and(|w| !w.is_zero())
             || !self.keep_tags.is_empty()
     }
 }
@@ -137,6 +246,10 @@ pub fn plan(
     let (future, sorted): (Vec<&SnapshotInfo>, Vec<&SnapshotInfo>) =
         sorted.into_iter().partition(|s| s.time > now);
     let newest_time = sorted.first().map(|s| s.time);
+    let cutoff = rules
+        .keep_within
+        .zip(newest_time)
+        .map(|(w, newest)| w.cutoff(newest, tz));
     let newest_verified = sorted.iter().find(|s| s.verified).map(|s| s.id.clone());
 
     let buckets = [
@@ -182,13 +295,13 @@ pub fn plan(
                 last_label[b] = Some(label);
             }
         }
-        if let (Some(within), Some(newest)) = (rules.keep_within, newest_time)
-            && let Ok(within) = chrono::Duration::from_std(within)
-            && s.time >= newest - within
+        // Strictly newer than the cut-off, as restic.
+        if let Some(cutoff) = cutoff
+            && s.time > cutoff
         {
             reasons.push(format!(
                 "within {}",
-                humantime::format_duration(within.to_std().unwrap_or_default())
+                rules.keep_within.expect("a cut-off comes from keep_within")
             ));
         }
         for tag in &s.tags {

@@ -91,22 +91,22 @@ struct RawPolicy {
 
 /// Types and validates a policy; `base` is the directory relative paths are taken from.
 pub fn from_figment(figment: Figment, base: &Path) -> Result<Policy, Vec<Problem>> {
-    let raw: RawPolicy = figment
+    let value: Value = figment
         .extract()
         .map_err(|e| validate::serde_problems("", e))?;
     let mut problems = Vec::new();
+    let Some(raw) = validate::lenient::<RawPolicy>("", value, &mut problems) else {
+        return Err(problems);
+    };
     let mut targets = BTreeMap::new();
     for (name, value) in raw.targets {
         let key = format!("targets.{name}");
-        match value.deserialize::<TargetPolicy>() {
-            Ok(mut t) => {
-                t.path = t.path.map(|p| join(base, p));
-                t.secret_access_key_file = t.secret_access_key_file.map(|p| join(base, p));
-                t.access_key_file = t.access_key_file.map(|p| join(base, p));
-                t.service_account_file = t.service_account_file.map(|p| join(base, p));
-                targets.insert(name, t);
-            }
-            Err(e) => problems.extend(validate::serde_problems(&key, e)),
+        if let Some(mut t) = validate::lenient::<TargetPolicy>(&key, value, &mut problems) {
+            t.path = t.path.map(|p| join(base, p));
+            t.secret_access_key_file = t.secret_access_key_file.map(|p| join(base, p));
+            t.access_key_file = t.access_key_file.map(|p| join(base, p));
+            t.service_account_file = t.service_account_file.map(|p| join(base, p));
+            targets.insert(name, t);
         }
     }
     if raw.jobs.is_empty() {
@@ -115,23 +115,16 @@ pub fn from_figment(figment: Figment, base: &Path) -> Result<Policy, Vec<Problem
     let mut jobs = BTreeMap::new();
     for (name, value) in raw.jobs {
         let key = format!("jobs.{name}");
-        let mut job = match value.deserialize::<JobPolicy>() {
-            Ok(job) => job,
-            Err(e) => {
-                problems.extend(validate::serde_problems(&key, e));
-                continue;
-            }
+        let Some(mut job) = validate::lenient::<JobPolicy>(&key, value, &mut problems) else {
+            continue;
         };
         if job.sources.is_empty() {
             problems.push(validate::no_sources(&key));
         }
         for (source, value) in std::mem::take(&mut job.sources) {
             let key = format!("{key}.sources.{source}");
-            match validate::source_spec(&key, value) {
-                Ok(spec) => {
-                    job.source_specs.insert(source, resolve_source(spec, base));
-                }
-                Err(p) => problems.extend(p),
+            if let Some(spec) = validate::source_spec(&key, value, &mut problems) {
+                job.source_specs.insert(source, resolve_source(spec, base));
             }
         }
         jobs.insert(name, job);

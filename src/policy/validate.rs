@@ -54,6 +54,71 @@ fn check_name(key: &str, what: &str, name: &str, out: &mut Vec<Problem>) {
 }
 
 /// Each error figment collected, as a problem under `prefix`.
+/// Types `value` as `T`, reporting every unknown key and bad value instead of stopping at
+/// the first: each one is recorded in `problems`, removed, and the rest typed again, so the
+/// other problems of the same file are found in the same run. `None` when the rest does not
+/// type either (its problems recorded too).
+pub fn lenient<T: serde::de::DeserializeOwned>(
+    key: &str,
+    mut value: Value,
+    problems: &mut Vec<Problem>,
+) -> Option<T> {
+    // Serde stops at the first error; a file has a handful of keys, this bounds a hostile one.
+    for _ in 0..256 {
+        let err = match value.deserialize::<T>() {
+            Ok(t) => return Some(t),
+            Err(e) => e,
+        };
+        // An unknown key, or a known key with a bad value, is taken out and reported; a
+        // missing required key cannot be, and ends the typing of this table.
+        let unknown: Vec<Vec<String>> = err
+            .clone()
+            .into_iter()
+            .filter_map(|e| match &e.kind {
+                Kind::UnknownField(field, _) => {
+                    let mut path = e.path.clone();
+                    if path.last() != Some(field) {
+                        path.push(field.clone());
+                    }
+                    Some(path)
+                }
+                Kind::MissingField(_) => None,
+                _ if !e.path.is_empty() => Some(e.path.clone()),
+                _ => None,
+            })
+            .collect();
+        let removed = unknown
+            .iter()
+            .filter(|p| remove_path(&mut value, p))
+            .count();
+        problems.extend(serde_problems(key, err));
+        if removed == 0 {
+            return None;
+        }
+    }
+    None
+}
+
+fn remove_path(value: &mut Value, path: &[String]) -> bool {
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
+    let mut cur = value;
+    for p in parents {
+        cur = match cur {
+            Value::Dict(_, d) => match d.get_mut(p) {
+                Some(v) => v,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match cur {
+        Value::Dict(_, d) => d.remove(last).is_some(),
+        _ => false,
+    }
+}
+
 pub fn serde_problems(prefix: &str, err: figment::Error) -> Vec<Problem> {
     err.into_iter()
         .map(|e| {
@@ -126,45 +191,49 @@ pub fn no_sources(job_key: &str) -> Problem {
     )
 }
 
-/// Types one `[jobs.X.sources.Y]` table by its `kind`.
-pub fn source_spec(key: &str, value: Value) -> Result<SourceSpec, Vec<Problem>> {
+/// Types one `[jobs.X.sources.Y]` table by its `kind`; every problem goes to `problems`,
+/// and the spec is typed whenever its known keys allow it (so its other checks still run).
+pub fn source_spec(key: &str, value: Value, problems: &mut Vec<Problem>) -> Option<SourceSpec> {
     let Some(dict) = value.as_dict() else {
-        return Err(vec![problem(key, "must be a table with a `kind` key")]);
+        problems.push(problem(key, "must be a table with a `kind` key"));
+        return None;
     };
     let mut fields = dict.clone();
     let kind = match fields.remove("kind") {
         Some(Value::String(_, kind)) => kind,
-        Some(_) => return Err(vec![problem(format!("{key}.kind"), "must be a string")]),
+        Some(_) => {
+            problems.push(problem(format!("{key}.kind"), "must be a string"));
+            return None;
+        }
         None => {
-            return Err(vec![problem(
+            problems.push(problem(
                 format!("{key}.kind"),
                 format!(
                     "required key is missing (one of: {})",
                     SOURCE_KINDS.join(", ")
                 ),
-            )]);
+            ));
+            return None;
         }
     };
     let rest = Value::from(fields);
-    let typed = match kind.as_str() {
-        "directory" => rest
-            .deserialize::<DirectorySpec>()
-            .map(SourceSpec::Directory),
-        "sqlite" => rest.deserialize::<SqliteSpec>().map(SourceSpec::Sqlite),
-        "postgres" => rest.deserialize::<PostgresSpec>().map(SourceSpec::Postgres),
-        "mysql" => rest.deserialize::<MysqlSpec>().map(SourceSpec::Mysql),
-        "redis" => rest.deserialize::<RedisSpec>().map(SourceSpec::Redis),
+    match kind.as_str() {
+        "directory" => lenient::<DirectorySpec>(key, rest, problems).map(SourceSpec::Directory),
+        "sqlite" => lenient::<SqliteSpec>(key, rest, problems).map(SourceSpec::Sqlite),
+        "postgres" => lenient::<PostgresSpec>(key, rest, problems).map(SourceSpec::Postgres),
+        "mysql" => lenient::<MysqlSpec>(key, rest, problems).map(SourceSpec::Mysql),
+        "redis" => lenient::<RedisSpec>(key, rest, problems).map(SourceSpec::Redis),
         other => {
-            return Err(vec![problem(
+            problems.push(problem(
                 key,
                 format!(
                     "unknown kind {other:?} (expected one of: {})",
                     SOURCE_KINDS.join(", ")
                 ),
-            )]);
+            ));
+            None
         }
-    };
-    typed.map_err(|e| serde_problems(key, e))
+    }
 }
 
 /// Cross-field checks of an already typed policy.

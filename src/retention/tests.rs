@@ -117,17 +117,12 @@ fn a_table_of_rules_keeps_what_restic_would() {
             vec!["2026-11-11T03:00"],
         ),
         (
-            "within is relative to the newest snapshot",
+            "within is relative to the newest snapshot, and strict at its edge",
             Rules {
-                keep_within: Some(Duration::from_secs(26 * 3600)),
+                keep_within: Some(Within::parse("26h").unwrap()),
                 ..Rules::default()
             },
-            vec![
-                "2026-11-10T01:00",
-                "2026-11-10T03:00",
-                "2026-11-10T23:00",
-                "2026-11-11T03:00",
-            ],
+            vec!["2026-11-10T03:00", "2026-11-10T23:00", "2026-11-11T03:00"],
         ),
         (
             "last + weekly combine",
@@ -321,7 +316,7 @@ fn applying_a_plan_then_planning_again_deletes_nothing_more() {
             ..Rules::default()
         },
         Rules {
-            keep_within: Some(Duration::from_secs(3 * 86400)),
+            keep_within: Some(Within::parse("3d").unwrap()),
             keep_yearly: 1,
             ..Rules::default()
         },
@@ -345,5 +340,115 @@ fn applying_a_plan_then_planning_again_deletes_nothing_more() {
                 "second plan deletes more under {rules:?} in {tz}"
             );
         }
+    }
+}
+
+/// The issue 15 reproductions and every calendar edge, checked against restic 0.14's
+/// results on the same timestamps (`forget --keep-within`).
+#[test]
+fn keep_within_matches_restic() {
+    let w = |s: &str| Rules {
+        keep_within: Some(Within::parse(s).unwrap()),
+        ..Rules::default()
+    };
+    // 1. The boundary: exactly at newest − 1d is not kept (strictly newer).
+    assert_eq!(
+        kept(
+            &[snap("2026-11-01T03:00"), snap("2026-11-02T03:00")],
+            &w("1d"),
+            UTC
+        ),
+        ids(&["2026-11-02T03:00"])
+    );
+    // 2. A 25-hour day in Berlin (clocks go back on 2026-10-25): one calendar day back
+    //    from 13:00 CET is 13:00 CEST the day before, 11:00Z.
+    assert_eq!(
+        kept(
+            &[snap("2026-10-24T11:30"), snap("2026-10-25T12:00")],
+            &w("1d"),
+            Berlin
+        ),
+        ids(&["2026-10-24T11:30", "2026-10-25T12:00"])
+    );
+    // … and a 23-hour day (clocks go forward on 2026-03-29).
+    assert_eq!(
+        kept(
+            &[snap("2026-03-28T10:30"), snap("2026-03-29T10:00")],
+            &w("1d"),
+            Berlin
+        ),
+        ids(&["2026-03-29T10:00"]),
+        "one calendar day back from 12:00 CEST is 12:00 CET, 11:00Z: 10:30Z is 23.5 h back, yet outside"
+    );
+    // 3. A year is a calendar year, not 365.25 days.
+    assert_eq!(
+        kept(
+            &[snap("2025-05-31T20:00"), snap("2026-06-01T00:00")],
+            &w("1y"),
+            UTC
+        ),
+        ids(&["2026-06-01T00:00"])
+    );
+    // 4. "6m" is six months.
+    assert_eq!(
+        kept(
+            &[
+                snap("2026-05-01T00:00"),
+                snap("2026-05-03T00:00"),
+                snap("2026-11-02T00:00")
+            ],
+            &w("6m"),
+            UTC
+        ),
+        ids(&["2026-05-03T00:00", "2026-11-02T00:00"])
+    );
+}
+
+#[test]
+fn calendar_arithmetic_normalises_like_go() {
+    let cut = |within: &str, newest: &str, tz: Tz| {
+        Within::parse(within)
+            .unwrap()
+            .cutoff(at(newest), tz)
+            .format("%Y-%m-%dT%H:%M")
+            .to_string()
+    };
+    // 31 March − 1 month = 31 February = 3 March (2026 is no leap year).
+    assert_eq!(cut("1m", "2026-03-31T12:00", UTC), "2026-03-03T12:00");
+    // 29 February − 1 year = 29 February 2027 = 1 March.
+    assert_eq!(cut("1y", "2028-02-29T12:00", UTC), "2027-03-01T12:00");
+    // Months across a year, days across a month, hours last.
+    assert_eq!(cut("1y5m7d2h", "2026-03-05T12:00", UTC), "2024-09-28T10:00");
+    // Berlin, a day back across each DST change keeps the wall clock.
+    assert_eq!(cut("1d", "2026-10-26T11:00", Berlin), "2026-10-25T11:00");
+    assert_eq!(cut("1d", "2026-03-30T10:00", Berlin), "2026-03-29T10:00");
+    // Landing in the skipped hour (02:30 on 2026-03-29 does not exist in Berlin).
+    assert_eq!(cut("1d", "2026-03-30T00:30", Berlin), "2026-03-29T01:30");
+}
+
+#[test]
+fn keep_within_spellings_that_could_mean_something_else_are_refused() {
+    assert_eq!(
+        Within::parse("6m").unwrap(),
+        Within {
+            months: 6,
+            ..Within::default()
+        }
+    );
+    assert_eq!(Within::parse("1y5m7d2h").unwrap().to_string(), "1y5m7d2h");
+    for (bad, says) in [
+        ("6min", "minutes"),
+        ("6 minutes", "minutes"),
+        ("30s", "seconds"),
+        ("1w", "weeks"),
+        ("2 days", "restic's notation"),
+        ("14", "without a unit"),
+        ("d", "not a number"),
+        ("1d1d", "twice"),
+        ("", "empty"),
+    ] {
+        let err = Within::parse(bad).unwrap_err();
+        assert!(err.contains(says), "{bad:?}: {err}");
+        assert!(err.contains("m (MONTHS)"), "{bad:?}: {err}");
     }
 }

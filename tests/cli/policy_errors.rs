@@ -85,6 +85,28 @@ fn every_problem_is_reported_at_once() {
     );
 }
 
+/// Issue 15: an unknown key no longer hides the rest. Six problems in one file, one of
+/// them an unknown key and one a `keep_within` that could mean minutes: all six reported.
+#[test]
+fn an_unknown_key_and_five_other_problems_are_all_reported() {
+    let world = World::new();
+    expect_policy_error(
+        &world,
+        &format!(
+            "[daemon]\nmax_concurrent_jobs = 0\ncolour = \"red\"\n\n{HEAD}[jobs.app]\ntargets = [\"offsite\"]\nschedule = \"every day\"\nretention = {{ keep_last = 2, keep_within = \"6min\" }}\n\n[jobs.app.sources.s]\nkind = \"directory\"\npath = \"s\"\nfollow = true\n"
+        ),
+        &[
+            "daemon.colour: unknown key",
+            "daemon.max_concurrent_jobs: must be at least 1",
+            "jobs.app.targets: unknown target \"offsite\"",
+            "jobs.app.schedule",
+            "jobs.app.retention.keep_within",
+            "m (MONTHS)",
+            "jobs.app.sources.s.follow: unknown key",
+        ],
+    );
+}
+
 #[test]
 fn encryption_is_required_unless_opted_out() {
     let world = World::new();
