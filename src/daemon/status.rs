@@ -59,6 +59,19 @@ pub struct JobStatus {
     /// The job's `timeout_secs`, when set: `/healthz` fails for a run far past it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<u64>,
+    /// Every instance's snapshots of this job per target, as last listed: the bucket's
+    /// view, so one alert catches a host that stopped backing up (and reporting).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fleet: Vec<FleetEntry>,
+}
+
+/// One instance's snapshots of a job on one target.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FleetEntry {
+    pub instance: String,
+    pub target: String,
+    pub snapshots: u64,
+    pub newest_snapshot_at: DateTime<Utc>,
 }
 
 /// How long past its `timeout_secs` a run may still be winding down (aborting uploads)

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::plan::Task;
 use super::scheduler::Runner;
+use super::status::FleetEntry;
 use super::status::Shared;
 use crate::job::{self, RunContext};
 use crate::notify::{Event, EventKind, Notifier};
@@ -148,11 +149,26 @@ impl Work {
         let targets = open_targets(policy, job);
         let mut newest: Vec<Option<crate::snapshot::Manifest>> = Vec::new();
         let mut counts = std::collections::BTreeMap::new();
+        let mut fleet: std::collections::BTreeMap<(String, String), (u64, DateTime<Utc>)> =
+            Default::default();
+        let trust = crate::snapshot::seal::Trust::new(&policy.signing).unwrap_or_default();
         for target in &targets {
             match crate::snapshot::list(target, Some(job)).await {
                 // Freshness and catch-up are about this instance's own snapshots: another
                 // host's backups must not hide that this one stopped.
                 Ok(mut list) => {
+                    // Every instance's newest, for the fleet view (/metrics), before this
+                    // instance keeps only its own; a snapshot [signing] refuses is nobody's.
+                    for m in &list {
+                        if trust.judge(m).refused().is_some() {
+                            continue;
+                        }
+                        let e = fleet
+                            .entry((m.instance().to_string(), target.name.clone()))
+                            .or_insert((0u64, m.started_at));
+                        e.0 += 1;
+                        e.1 = e.1.max(m.started_at);
+                    }
                     let me = policy.daemon.instance();
                     list.retain(|m| m.instance() == me);
                     counts.insert(target.name.clone(), list.len() as u64);
@@ -179,6 +195,15 @@ impl Work {
                 .map(|r| r.finished_at);
         }
         self.shared.job(job, |j| {
+            j.fleet = fleet
+                .into_iter()
+                .map(|((instance, target), (snapshots, newest))| FleetEntry {
+                    instance,
+                    target,
+                    snapshots,
+                    newest_snapshot_at: newest,
+                })
+                .collect();
             j.snapshots = counts;
             j.newest_snapshot_at = oldest_newest;
             if verified > j.last_verified_at {

@@ -189,3 +189,44 @@ fn an_unknown_instance_is_named_as_such_and_nothing_is_deleted() {
     );
     assert_eq!(listed(&world, "alpha", &[]).len(), 1);
 }
+
+#[test]
+fn the_daemon_exports_every_instance_so_one_alert_catches_a_dead_host() {
+    let world = World::new();
+    std::fs::create_dir_all(world.path("src")).unwrap();
+    std::fs::write(world.path("src/a"), "x").unwrap();
+    world.policy(&format!(
+        "[jobs.app]\nschedule = \"0 3 1 1 *\"\ncatch_up = false\ntargets = [\"local\"]\n[jobs.app.sources.files]\nkind = \"directory\"\npath = \"{}\"\n",
+        world.path("src").display()
+    ));
+    let body = std::fs::read_to_string(world.path("policy.toml"))
+        .unwrap()
+        .replacen("[daemon]\n", "[daemon]\nlisten = \"127.0.0.1:0\"\n", 1);
+    world.write_policy(&body);
+    for (host, runs) in [("alpha", 1), ("beta", 2)] {
+        for _ in 0..runs {
+            let out = as_instance(&world, host, &["run-now", "app"]);
+            assert!(out.status.success(), "{}", text(&out));
+        }
+    }
+    let mut daemon =
+        super::daemon_support::Daemon::start(&world, &[("BACKUPD_DAEMON__INSTANCE", "alpha")]);
+    daemon.wait_status(60, "the fleet inventory", |s| {
+        s["jobs"]["app"]["fleet"].as_array().is_some_and(|f| f.len() == 2)
+    });
+    let (code, metrics) = daemon.get("/metrics");
+    assert_eq!(code, 200);
+    let line = |instance: &str, family: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(family) && l.contains(&format!("instance=\"{instance}\"")))
+            .unwrap_or_else(|| panic!("no {family} for {instance}:\n{metrics}"))
+            .to_string()
+    };
+    assert!(line("beta", "backupd_fleet_snapshots{").ends_with(" 2"), "{metrics}");
+    assert!(line("alpha", "backupd_fleet_snapshots{").ends_with(" 1"), "{metrics}");
+    line("beta", "backupd_fleet_newest_snapshot_timestamp_seconds{");
+    // This instance's own view still counts only its own snapshot.
+    assert_eq!(daemon.status()["jobs"]["app"]["snapshots"]["local"], 1);
+    assert!(daemon.stop().success(), "{}", daemon.logs());
+}
