@@ -41,6 +41,25 @@ pub async fn run(config: &Path) -> anyhow::Result<ExitCode> {
     if let Some(spool) = &policy.daemon.spool_dir {
         state::check_private_dir(spool, "daemon.spool_dir").map_err(anyhow::Error::msg)?;
     }
+    // Coordination is only as good as the store's create-if-absent: prove it now.
+    for (name, job) in &policy.jobs {
+        if job.coordination != crate::policy::Coordination::Lease {
+            continue;
+        }
+        let first = job
+            .targets
+            .first()
+            .map(|t| crate::target::open_in(&policy, t));
+        match first {
+            Some(Ok(target)) => crate::job::claim::probe(&target).await.map_err(|e| {
+                anyhow::Error::from(crate::cli::UsageError(format!(
+                    "jobs.{name}.coordination = \"lease\" refused: {e}"
+                )))
+            })?,
+            Some(Err(e)) => return Err(e.into()),
+            None => {}
+        }
+    }
     // Fail at start, not at 03:00: the keys must be usable.
     crate::crypto::backup_recipients(&policy.encryption)?;
 

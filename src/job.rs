@@ -6,6 +6,7 @@
 //!
 //! Around a run (`lifecycle`): the job lock, hooks, notifications and the local record.
 
+pub mod claim;
 pub mod hooks;
 mod lifecycle;
 pub mod lock;

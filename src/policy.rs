@@ -117,6 +117,15 @@ impl DaemonPolicy {
     }
 }
 
+/// How the daemons of one instance share a job's scheduled slots.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Coordination {
+    #[default]
+    None,
+    Lease,
+}
+
 /// An instance name is printed and compared, never a path; host names fit.
 pub fn is_valid_instance(name: &str) -> bool {
     !name.is_empty()
@@ -246,6 +255,10 @@ pub struct JobPolicy {
     /// (the host was down), run once soon after start.
     #[serde(default = "yes")]
     pub catch_up: bool,
+    /// `"lease"`: replicas of one instance run each scheduled slot once, by claiming it
+    /// on the job's first target (`job::claim`); `"none"` (default): every daemon runs it.
+    #[serde(default)]
+    pub coordination: Coordination,
     /// Cancel a run that takes longer than this (nothing of it is committed).
     #[serde(default)]
     pub timeout_secs: Option<u64>,

@@ -94,6 +94,12 @@ pub async fn prune(
         }
         outcome.decisions = Some(decisions);
     }
+    if !dry_run
+        && policy.jobs[job].coordination == crate::policy::Coordination::Lease
+        && let Err(e) = crate::job::claim::expire(target, instance, job, now).await
+    {
+        outcome.errors.push(format!("expiring slot claims: {e}"));
+    }
     match maintenance::sweep(target, job, policy.daemon.orphan_grace, now, dry_run).await {
         Ok(ids) => outcome.orphans = ids,
         Err(e) => outcome.errors.push(format!("sweeping leftovers: {e}")),

@@ -88,7 +88,21 @@ impl Schedule {
 
     /// The last fire time at or before `at` (used for catch-up: was a run missed?).
     pub fn prev_at_or_before(&self, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        // Fire times are whole seconds; croner keeps a fraction it is given.
         let local = at.with_timezone(&self.tz).naive_local();
+        let local = chrono::Timelike::with_nanosecond(&local, 0).unwrap_or(local);
+        // The plain answer first: the last wall-clock match at or before `at`. A schedule
+        // firing every second would exhaust the fold-proof walk below before reaching now.
+        let plain = self
+            .cron
+            .find_previous_occurrence(&floating(local), true)
+            .ok()
+            .and_then(|m| self.place(m.naive_utc()))
+            .filter(|t| *t <= at);
+        self.prev_past_folds(at, local).max(plain)
+    }
+
+    fn prev_past_folds(&self, at: DateTime<Utc>, local: NaiveDateTime) -> Option<DateTime<Utc>> {
         // In a repeated hour the wall clock runs behind `at`: a later wall time may
         // already have fired, so start past any fold.
         let mut cursor = floating(local + Duration::hours(3));

@@ -75,6 +75,23 @@ pub async fn run(config: &Path) -> anyhow::Result<ExitCode> {
     }
 
     check_signing(&policy.signing, &mut f);
+    for (name, job) in &policy.jobs {
+        if job.coordination != crate::policy::Coordination::Lease {
+            continue;
+        }
+        let Some(first) = job.targets.first() else {
+            continue;
+        };
+        match target::open_in(&policy, first) {
+            Ok(t) => match crate::job::claim::probe(&t).await {
+                Ok(()) => f.ok(format!(
+                    "jobs.{name}: target {first} honours create-if-absent, so coordination = \"lease\" can share its slots"
+                )),
+                Err(e) => f.fail(format!("jobs.{name}.coordination = \"lease\": {e}")),
+            },
+            Err(e) => f.fail(format!("jobs.{name}: {e}")),
+        }
+    }
 
     let can_decrypt = enc.mode == EncryptionMode::None
         || enc

@@ -43,6 +43,11 @@ impl Runner for Arc<Work> {
 
 impl Work {
     async fn backup(&self, policy: &Policy, job: &str, cancel: CancellationToken) {
+        if policy.jobs[job].coordination == crate::policy::Coordination::Lease
+            && !self.claim_slot(policy, job).await
+        {
+            return;
+        }
         let started = std::time::Instant::now();
         let recipients = match crate::crypto::backup_recipients(&policy.encryption) {
             Ok(r) => r,
@@ -139,6 +144,47 @@ impl Work {
                 EventKind::Failure,
                 Some(format!("verification failed: {}", failures.join("; "))),
             ));
+        }
+    }
+
+    /// With `coordination = "lease"`: claims the scheduled slot this run belongs to (the
+    /// newest fire time not after now); `false` when another replica has it or the claim
+    /// cannot be made (then the slot is not run twice: better skipped than doubled).
+    async fn claim_slot(&self, policy: &Policy, job: &str) -> bool {
+        let spec = &policy.jobs[job];
+        let now = Utc::now();
+        let Some(slot) = spec
+            .backup_schedule()
+            .and_then(|s| s.prev_at_or_before(now))
+        else {
+            return true;
+        };
+        let Some(target) = open_targets(policy, job).into_iter().next() else {
+            tracing::error!(
+                job,
+                "slot {slot} not run: the job's first target cannot be opened to claim it"
+            );
+            return false;
+        };
+        let instance = policy.daemon.instance();
+        match crate::job::claim::claim(&target, &instance, job, slot).await {
+            Ok(crate::job::claim::Outcome::Won) => {
+                tracing::info!(job, %slot, "claimed the slot");
+                true
+            }
+            Ok(crate::job::claim::Outcome::Taken { holder }) => {
+                tracing::info!(job, %slot, "slot run by another replica ({holder})");
+                self.shared.job(job, |j| j.runs_skipped += 1);
+                false
+            }
+            Err(e) => {
+                tracing::error!(job, %slot, "slot not run: {e}");
+                self.shared.job(job, |j| {
+                    j.runs_failed += 1;
+                    j.last_failure_at = Some(now);
+                });
+                false
+            }
         }
     }
 

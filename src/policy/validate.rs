@@ -359,6 +359,20 @@ pub fn policy(policy: &Policy) -> Vec<Problem> {
                 out.push(problem(format!("{key}.{field}"), e));
             }
         }
+        if job.coordination == crate::policy::Coordination::Lease {
+            if job.schedule.is_none() {
+                out.push(problem(
+                    format!("{key}.coordination"),
+                    "\"lease\" shares scheduled slots among replicas: the job needs a `schedule`",
+                ));
+            }
+            if job.jitter_secs > 0 {
+                out.push(problem(
+                    format!("{key}.coordination"),
+                    "\"lease\" names each slot by its scheduled time: set jitter_secs = 0 (the replicas race for the slot instead)",
+                ));
+            }
+        }
         if job.timeout_secs == Some(0) {
             out.push(problem(
                 format!("{key}.timeout_secs"),

@@ -138,3 +138,22 @@ fn bad_expressions_say_what_is_wrong() {
         assert!(e.contains(words), "{expr:?}: {e}");
     }
 }
+
+/// The slot a run belongs to (`coordination = "lease"`) is the previous fire time, also
+/// for a schedule that fires every second, where walking back from three hours ahead
+/// would run out of steps.
+#[test]
+fn a_schedule_every_second_knows_its_previous_fire() {
+    let s = Schedule::parse("* * * * * *", chrono_tz::UTC).unwrap();
+    let at: DateTime<Utc> = "2026-12-03T07:23:44.340Z".parse().unwrap();
+    let prev = s.prev_at_or_before(at).unwrap();
+    assert_eq!(
+        prev,
+        "2026-12-03T07:23:44Z".parse::<DateTime<Utc>>().unwrap()
+    );
+    let daily = Schedule::parse("30 2 * * *", chrono_tz::UTC).unwrap();
+    assert_eq!(
+        daily.prev_at_or_before(at).unwrap(),
+        "2026-12-03T02:30:00Z".parse::<DateTime<Utc>>().unwrap()
+    );
+}

@@ -212,7 +212,9 @@ fn the_daemon_exports_every_instance_so_one_alert_catches_a_dead_host() {
     let mut daemon =
         super::daemon_support::Daemon::start(&world, &[("BACKUPD_DAEMON__INSTANCE", "alpha")]);
     daemon.wait_status(60, "the fleet inventory", |s| {
-        s["jobs"]["app"]["fleet"].as_array().is_some_and(|f| f.len() == 2)
+        s["jobs"]["app"]["fleet"]
+            .as_array()
+            .is_some_and(|f| f.len() == 2)
     });
     let (code, metrics) = daemon.get("/metrics");
     assert_eq!(code, 200);
@@ -223,8 +225,14 @@ fn the_daemon_exports_every_instance_so_one_alert_catches_a_dead_host() {
             .unwrap_or_else(|| panic!("no {family} for {instance}:\n{metrics}"))
             .to_string()
     };
-    assert!(line("beta", "backupd_fleet_snapshots{").ends_with(" 2"), "{metrics}");
-    assert!(line("alpha", "backupd_fleet_snapshots{").ends_with(" 1"), "{metrics}");
+    assert!(
+        line("beta", "backupd_fleet_snapshots{").ends_with(" 2"),
+        "{metrics}"
+    );
+    assert!(
+        line("alpha", "backupd_fleet_snapshots{").ends_with(" 1"),
+        "{metrics}"
+    );
     line("beta", "backupd_fleet_newest_snapshot_timestamp_seconds{");
     // This instance's own view still counts only its own snapshot.
     assert_eq!(daemon.status()["jobs"]["app"]["snapshots"]["local"], 1);

@@ -18,6 +18,7 @@ mod load;
 mod old_format;
 mod operator;
 mod policy_errors;
+mod replicas;
 mod round_trip;
 mod security;
 mod support;

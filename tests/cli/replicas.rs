@@ -1,0 +1,163 @@
+//! Replicas of one instance sharing scheduled slots through the bucket
+//! (`coordination = "lease"`, issue 14): real daemons against the test S3 servers.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use super::cloud_support::{env, s3_secret_file, s3_target, unique};
+use super::daemon_support::Daemon;
+use super::support::{World, run, text};
+
+fn replica_policy(world: &World, endpoint: &str, prefix: &str) {
+    std::fs::create_dir_all(world.path("src")).unwrap();
+    std::fs::write(world.path("src/a.txt"), "data").unwrap();
+    let secret = s3_secret_file(world, &env("BACKUPD_TEST_S3_SECRET"));
+    world.write_policy(&format!(
+        "[daemon]\nstate_dir = \"state\"\nlisten = \"off\"\ninstance = \"app-backups\"\n[encryption]\nrecipients = [\"{}\"]\nidentity_file = \"identity.txt\"\n{}[jobs.app]\nschedule = \"* * * * * *\"\ncatch_up = false\ncoordination = \"lease\"\ntargets = [\"s3\"]\n[jobs.app.sources.files]\nkind = \"directory\"\npath = \"{}\"\n",
+        world.recipient,
+        s3_target("s3", endpoint, &format!("backupd-test/{prefix}"), &secret, ""),
+        world.path("src").display()
+    ));
+}
+
+/// Each replica is its own host: its own state directory (and job lock).
+fn replica(world: &World, n: usize) -> Daemon {
+    let state = world.path(&format!("state-{n}"));
+    Daemon::start(
+        world,
+        &[("BACKUPD_DAEMON__STATE_DIR", state.to_str().unwrap())],
+    )
+}
+
+fn snapshot_seconds(world: &World) -> Vec<String> {
+    let out = world.backupd(&["list", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    listed
+        .iter()
+        .map(|m| m["started_at"].as_str().unwrap()[..19].to_string())
+        .collect()
+}
+
+#[test]
+fn three_replicas_run_each_slot_exactly_once_even_when_one_is_killed() {
+    for server in ["BACKUPD_TEST_S3S", "BACKUPD_TEST_MOTO"] {
+        let world = World::new();
+        replica_policy(&world, &env(server), &unique("replicas"));
+        let out = world.backupd(&["check"]);
+        assert!(
+            text(&out).contains("honours create-if-absent"),
+            "{}",
+            text(&out)
+        );
+        let mut daemons: Vec<Daemon> = (0..3).map(|n| replica(&world, n)).collect();
+        // Long enough for well over 20 one-second slots.
+        std::thread::sleep(Duration::from_secs(14));
+        let killed_at = chrono::Utc::now();
+        let _ = daemons[0].child.kill(); // SIGKILL, whatever it was doing
+        let _ = daemons[0].child.wait();
+        std::thread::sleep(Duration::from_secs(12));
+        for d in daemons.iter_mut().skip(1) {
+            assert!(d.stop().success(), "{}", d.logs());
+        }
+        let mut seconds = snapshot_seconds(&world);
+        let n = seconds.len();
+        seconds.sort();
+        seconds.dedup();
+        assert_eq!(seconds.len(), n, "{server}: a slot ran twice: {seconds:?}");
+        assert!(n >= 20, "{server}: only {n} slots ran");
+        let after = seconds
+            .iter()
+            .filter(|s| **s > killed_at.format("%Y-%m-%dT%H:%M:%S").to_string())
+            .count();
+        assert!(
+            after >= 5,
+            "{server}: the survivors took the slots after the kill: {after}"
+        );
+        // Whatever the killed replica was doing, nothing half-committed is listed.
+        let out = world.backupd(&["verify", "app", "all"]);
+        assert!(out.status.success(), "{server}: {}", text(&out));
+    }
+}
+
+/// A proxy that forwards one request per connection to `upstream` without its
+/// If-None-Match header: a server that ignores conditional creates.
+fn stripping_proxy(upstream: String) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let upstream = upstream.clone();
+            std::thread::spawn(move || {
+                let _ = forward(client, &upstream);
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+fn forward(client: TcpStream, upstream: &str) -> std::io::Result<()> {
+    let mut reader = BufReader::new(client.try_clone()?);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let lower = line.to_ascii_lowercase();
+        if lower.starts_with("if-none-match:") || lower.starts_with("connection:") {
+            continue;
+        }
+        if line == "\r\n" {
+            head.push_str("Connection: close\r\n\r\n");
+            break;
+        }
+        head.push_str(&line);
+    }
+    let mut up = TcpStream::connect(upstream.trim_start_matches("http://"))?;
+    up.write_all(head.as_bytes())?;
+    let mut up_reader = up.try_clone()?;
+    let mut client_writer = client.try_clone()?;
+    let back = std::thread::spawn(move || std::io::copy(&mut up_reader, &mut client_writer));
+    // The body (if any) follows the head; stop when the upstream has answered.
+    let mut buf = [0u8; 65536];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    client.set_read_timeout(Some(Duration::from_millis(200)))?;
+    while Instant::now() < deadline && !back.is_finished() {
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => up.write_all(&buf[..n])?,
+            Err(_) => {}
+        }
+    }
+    let _ = back.join();
+    Ok(())
+}
+
+#[test]
+fn a_server_that_ignores_if_none_match_is_refused_for_coordination() {
+    let world = World::new();
+    // moto does not check signatures, so the stripped header is all that changes.
+    let proxy = stripping_proxy(
+        env("BACKUPD_TEST_MOTO")
+            .trim_start_matches("http://")
+            .to_string(),
+    );
+    replica_policy(&world, &proxy, &unique("ignores"));
+    let out = world.backupd(&["check"]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains("ignores If-None-Match"), "{said}");
+    let out = run(&[
+        "--config",
+        world.path("policy.toml").to_str().unwrap(),
+        "run",
+    ]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("coordination = \"lease\" refused") && said.contains("ignores If-None-Match"),
+        "{said}"
+    );
+}
