@@ -362,6 +362,21 @@ pub(crate) async fn child_names(
     }
 }
 
+/// Two daemons sharing one instance name without coordination both run every slot: seen
+/// as snapshots of one instance from different hosts started within `window` of each
+/// other. Returns the hosts, when `snapshots` (one instance and job) show it.
+pub fn doubled_hosts(
+    snapshots: &[&Manifest],
+    window: chrono::Duration,
+) -> Option<(String, String)> {
+    let mut by_time: Vec<&&Manifest> = snapshots.iter().collect();
+    by_time.sort_by_key(|m| m.started_at);
+    by_time.windows(2).find_map(|w| {
+        (w[0].host != w[1].host && w[1].started_at - w[0].started_at < window)
+            .then(|| (w[0].host.clone(), w[1].host.clone()))
+    })
+}
+
 /// The instances that have snapshots among `snapshots`, sorted, for messages that say
 /// where else to look.
 pub fn instances_in(snapshots: &[Manifest]) -> Vec<String> {

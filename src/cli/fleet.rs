@@ -42,6 +42,10 @@ struct Row {
     alert_if_older_than_seconds: Option<u64>,
     stale: bool,
     targets: Vec<String>,
+    /// Set when two hosts seem to run this instance's job side by side (same instance
+    /// name, no coordination): each slot then runs twice.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warning: Option<String>,
 }
 
 pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
@@ -55,6 +59,7 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
         .map_err(|e| UsageError(format!("[signing]: {e}")))?;
     // (instance, job) → newest manifest, every snapshot id, targets holding the newest.
     type Group = (Manifest, BTreeSet<String>, Vec<String>);
+    let mut all: BTreeMap<(String, String), Vec<Manifest>> = BTreeMap::new();
     let mut groups: BTreeMap<(String, String), Group> = BTreeMap::new();
     let mut first_target = BTreeMap::new();
     for job in &jobs {
@@ -65,6 +70,7 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
                     continue;
                 }
                 let key = (m.instance().to_string(), job.clone());
+                all.entry(key.clone()).or_default().push(m.clone());
                 first_target
                     .entry(key.clone())
                     .or_insert_with(|| target.clone());
@@ -91,7 +97,22 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
                 .map(|r| r.ok),
             None => None,
         };
+        let spec = &policy.jobs[&job];
+        let window = chrono::Duration::seconds(spec.jitter_secs.max(60) as i64);
+        let mine: Vec<&Manifest> = all
+            .get(&(instance.clone(), job.clone()))
+            .map(|v| v.iter().collect())
+            .unwrap_or_default();
+        let warning = (spec.coordination == crate::policy::Coordination::None)
+            .then(|| snapshot::doubled_hosts(&mine, window))
+            .flatten()
+            .map(|(a, b)| {
+                format!(
+                    "hosts {a} and {b} both back up as instance {instance}: give each its own daemon.instance, or set coordination = \"lease\""
+                )
+            });
         rows.push(Row {
+            warning,
             stale: alarm.is_some_and(|a| age > a as i64),
             instance,
             job,
@@ -146,6 +167,9 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
                 &table
             )
         );
+        for r in rows.iter().filter_map(|r| r.warning.as_ref()) {
+            println!("warning: {}", super::table::printable(r));
+        }
     }
     Ok(if stale {
         ExitCode::from(EXIT_FAILED)

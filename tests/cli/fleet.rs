@@ -238,3 +238,40 @@ fn the_daemon_exports_every_instance_so_one_alert_catches_a_dead_host() {
     assert_eq!(daemon.status()["jobs"]["app"]["snapshots"]["local"], 1);
     assert!(daemon.stop().success(), "{}", daemon.logs());
 }
+
+/// Two hosts configured with one instance name and no coordination both run each slot:
+/// `fleet` says so. The second host is this machine under another host name (a UTS
+/// namespace, as root).
+#[test]
+fn two_hosts_sharing_an_instance_name_are_pointed_out() {
+    let world = World::new();
+    std::fs::create_dir_all(world.path("src")).unwrap();
+    std::fs::write(world.path("src/a"), "x").unwrap();
+    world.policy(&format!(
+        "[jobs.app]\ntargets = [\"local\"]\n[jobs.app.sources.files]\nkind = \"directory\"\npath = \"{}\"\n",
+        world.path("src").display()
+    ));
+    let out = as_instance(&world, "shared", &["run-now", "app"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let policy = world.path("policy.toml");
+    let out = Command::new("unshare")
+        .args([
+            "-u",
+            "sh",
+            "-c",
+            "hostname other-host && exec \"$0\" \"$@\"",
+        ])
+        .arg(BIN)
+        .args(["--config", policy.to_str().unwrap(), "run-now", "app"])
+        .env("BACKUPD_DAEMON__INSTANCE", "shared")
+        .output()
+        .expect("unshare (util-linux) runs as root");
+    assert!(out.status.success(), "{}", text(&out));
+    let out = as_instance(&world, "shared", &["fleet", "--json"]);
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let warning = rows[0]["warning"].as_str().unwrap_or_default();
+    assert!(
+        warning.contains("other-host") && warning.contains("coordination"),
+        "{rows:?}"
+    );
+}
