@@ -5,6 +5,10 @@
 //! Independent members lose the 32 KiB of history at each block edge; with 1 MiB blocks
 //! that costs well under 1 % of output size (measured by the benchmark). Memory is
 //! bounded: at most `2 × threads` blocks are in flight, plus the one being filled.
+//!
+//! Each block is a whole buffer, which is what libdeflate compresses best: it is 2–2.5×
+//! faster than zlib for the same or smaller output (measured, see [`libdeflate_level`]).
+//! flate2 stays for decoding and for anything streamed.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
@@ -35,11 +39,13 @@ impl<W: Write> ParGzip<W> {
             .map(|_| {
                 let rx = rx.clone();
                 std::thread::spawn(move || {
+                    // One compressor per worker: libdeflate's state is reused block after block.
+                    let mut compressor = Compressor::new(level);
                     loop {
                         // The lock is held only to take the next job, not to compress it.
                         let job = rx.lock().expect("job queue").recv();
                         let Ok((block, done)) = job else { return };
-                        let _ = done.send(compress(&block, level));
+                        let _ = done.send(compressor.gzip(&block));
                     }
                 })
             })
@@ -96,13 +102,41 @@ impl<W: Write> ParGzip<W> {
     }
 }
 
-fn compress(block: &[u8], level: u32) -> io::Result<Vec<u8>> {
-    let mut enc = flate2::write::GzEncoder::new(
-        Vec::with_capacity(block.len() / 2 + 64),
-        flate2::Compression::new(level),
-    );
-    enc.write_all(block)?;
-    enc.finish()
+/// The libdeflate level for a policy `compression_level` (zlib's 1–9 scale): the fastest
+/// libdeflate level whose output is no larger than zlib's at that level, measured on a
+/// 260 MB mix of text and random data (sizes in MB, zlib → libdeflate):
+/// 1: 176.5 → 174.2 (ld 1); 2: 175.4 → ld 1; 3: 174.7 → ld 1; 4: 173.1 → 172.7 (ld 3);
+/// 5: 172.2 → 171.9 (ld 5); **6 (default): 171.92 → 171.91 (ld 5), 2.4× faster**;
+/// 7: 171.8 → 171.6 (ld 6); 8: 171.8 → ld 6; 9 stays the smallest: ld 9 (171.3).
+pub fn libdeflate_level(policy_level: u32) -> i32 {
+    match policy_level {
+        0..=3 => 1,
+        4 => 3,
+        5 | 6 => 5,
+        7 | 8 => 6,
+        _ => 9,
+    }
+}
+
+struct Compressor(libdeflater::Compressor);
+
+impl Compressor {
+    fn new(policy_level: u32) -> Self {
+        let level =
+            libdeflater::CompressionLvl::new(libdeflate_level(policy_level)).unwrap_or_default();
+        Self(libdeflater::Compressor::new(level))
+    }
+
+    /// One complete gzip member holding `block`.
+    fn gzip(&mut self, block: &[u8]) -> io::Result<Vec<u8>> {
+        let mut out = vec![0u8; self.0.gzip_compress_bound(block.len())];
+        let n = self
+            .0
+            .gzip_compress(block, &mut out)
+            .map_err(|e| io::Error::other(format!("libdeflate: {e:?}")))?;
+        out.truncate(n);
+        Ok(out)
+    }
 }
 
 impl<W: Write> Write for ParGzip<W> {
@@ -166,5 +200,38 @@ mod tests {
             par.len(),
             one.len()
         );
+    }
+
+    /// Every member is standard gzip: the whole stream decodes with `gzip -d` and
+    /// `pigz -d`, and each member alone with `zcat`, byte-identical.
+    #[test]
+    fn standard_tools_decode_the_stream_and_each_member() {
+        use std::process::{Command, Stdio};
+        let input = data(3 * BLOCK_BYTES + 4321);
+        let mut z = ParGzip::new(Vec::new(), 6, 2);
+        z.write_all(&input).unwrap();
+        let whole = z.finish().unwrap();
+        let run = |tool: &str, args: &[&str], stdin: &[u8]| -> Vec<u8> {
+            let mut child = Command::new(tool)
+                .args(args)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap_or_else(|e| panic!("{tool} (tests/run installs it): {e}"));
+            let mut w = child.stdin.take().unwrap();
+            let data = stdin.to_vec();
+            let feeder = std::thread::spawn(move || w.write_all(&data));
+            let out = child.wait_with_output().unwrap();
+            feeder.join().unwrap().unwrap();
+            assert!(out.status.success(), "{tool} failed");
+            out.stdout
+        };
+        assert!(run("gzip", &["-d", "-c"], &whole) == input, "gzip -d");
+        assert!(run("pigz", &["-d", "-c"], &whole) == input, "pigz -d");
+        let mut c = Compressor::new(6);
+        for (i, block) in input.chunks(BLOCK_BYTES).enumerate() {
+            let member = c.gzip(block).unwrap();
+            assert!(run("zcat", &[], &member) == block, "member {i} alone");
+        }
     }
 }
