@@ -196,40 +196,33 @@ pub fn render(status: &Status, now: DateTime<Utc>) -> String {
     // The bucket's view of every instance: a host that died stops exporting its own
     // metrics, but its newest snapshot keeps ageing here. Alert on
     // `time() - backupd_fleet_newest_snapshot_timestamp_seconds > …` per instance.
-    f.header(
-        "backupd_fleet_newest_snapshot_timestamp_seconds",
-        "gauge",
-        "Start of each instance's newest snapshot of the job on the target (unix time).",
-    );
-    for (job, j) in &status.jobs {
-        for e in &j.fleet {
-            f.sample(
-                "backupd_fleet_newest_snapshot_timestamp_seconds",
-                &[
-                    ("instance", &e.instance),
-                    ("job", job),
-                    ("target", &e.target),
-                ],
-                ts(Some(e.newest_snapshot_at)).unwrap_or(0.0),
-            );
-        }
-    }
-    f.header(
-        "backupd_fleet_snapshots",
-        "gauge",
-        "Each instance's snapshots of the job on the target, as last listed.",
-    );
-    for (job, j) in &status.jobs {
-        for e in &j.fleet {
-            f.sample(
-                "backupd_fleet_snapshots",
-                &[
-                    ("instance", &e.instance),
-                    ("job", job),
-                    ("target", &e.target),
-                ],
-                e.snapshots as f64,
-            );
+    type FleetPick = fn(&super::status::FleetEntry) -> f64;
+    let fleet: &[(&str, &str, FleetPick)] = &[
+        (
+            "backupd_fleet_newest_snapshot_timestamp_seconds",
+            "Start of each instance's newest snapshot of the job on the target (unix time).",
+            |e| ts(Some(e.newest_snapshot_at)).unwrap_or(0.0),
+        ),
+        (
+            "backupd_fleet_snapshots",
+            "Each instance's snapshots of the job on the target, as last listed.",
+            |e| e.snapshots as f64,
+        ),
+    ];
+    for (name, help, pick) in fleet {
+        f.header(name, "gauge", help);
+        for (job, j) in &status.jobs {
+            for e in &j.fleet {
+                f.sample(
+                    name,
+                    &[
+                        ("instance", &e.instance),
+                        ("job", job),
+                        ("target", &e.target),
+                    ],
+                    pick(e),
+                );
+            }
         }
     }
     out
