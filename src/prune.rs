@@ -53,12 +53,15 @@ pub async fn prune(
         left_alone: Vec::new(),
         errors: Vec::new(),
     };
+    // Ids just listed with a manifest: the sweep need not ask the store about each again.
+    let mut committed = std::collections::BTreeSet::new();
     if let Some(rules) = job_policy.retention_for(&target.name) {
         let trust = Trust::new(&policy.signing).map_err(|e| SnapshotError::Store {
             target: target.name.clone(),
             message: format!("[signing]: {e}"),
         })?;
         let mut manifests = snapshot::list(target, Some(job)).await?;
+        committed.extend(manifests.iter().map(|m| m.snapshot.clone()));
         manifests.retain(|m| m.instance() == instance);
         manifests.retain(|m| match trust.judge(m) {
             Judgment::Refused(why) => {
@@ -100,7 +103,19 @@ pub async fn prune(
     {
         outcome.errors.push(format!("expiring slot claims: {e}"));
     }
-    match maintenance::sweep(target, job, policy.daemon.orphan_grace, now, dry_run).await {
+    for gone in &outcome.deleted {
+        committed.remove(gone);
+    }
+    match maintenance::sweep(
+        target,
+        job,
+        policy.daemon.orphan_grace,
+        now,
+        dry_run,
+        &committed,
+    )
+    .await
+    {
         Ok(ids) => outcome.orphans = ids,
         Err(e) => outcome.errors.push(format!("sweeping leftovers: {e}")),
     }

@@ -81,7 +81,8 @@ pub fn id_time(id: &str) -> Option<DateTime<Utc>> {
 }
 
 /// Removes snapshot directories of `job` that have no manifest and started more than
-/// `grace` before `now` (killed or failed runs). Directories whose names are not
+/// `grace` before `now` (killed or failed runs). Ids in `known_committed` (listed with a
+/// manifest moments ago) are not asked about again. Directories whose names are not
 /// snapshot ids are left alone. Returns the ids removed (or, with `dry_run`, found).
 pub async fn sweep(
     target: &Target,
@@ -89,6 +90,7 @@ pub async fn sweep(
     grace: std::time::Duration,
     now: DateTime<Utc>,
     dry_run: bool,
+    known_committed: &std::collections::BTreeSet<String>,
 ) -> Result<Vec<String>, SnapshotError> {
     // A set: a local target with 200,000 junk directories must not cost n² comparisons.
     let mut ids: std::collections::BTreeSet<String> =
@@ -125,7 +127,7 @@ pub async fn sweep(
         } else {
             started
         };
-        if now - started < grace {
+        if now - started < grace || known_committed.contains(&id) {
             continue;
         }
         let committed = match target.store.head(&manifest_key(job, &id)).await {
