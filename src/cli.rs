@@ -128,6 +128,23 @@ fn load_policy(path: &Path) -> anyhow::Result<Policy> {
     Ok(policy::load(path)?)
 }
 
+/// The instance a command acts on: `--instance NAME` (checked), else this one's.
+fn chosen_instance(policy: &Policy, flag: Option<&String>) -> Result<String, UsageError> {
+    match flag {
+        Some(i) if !policy::is_valid_instance(i) => {
+            Err(UsageError(format!("invalid instance name {i:?}")))
+        }
+        Some(i) => Ok(i.clone()),
+        None => Ok(policy.daemon.instance()),
+    }
+}
+
+/// Whose snapshots the policy's `[signing]` trusts; a bad key is a usage error.
+fn trust(policy: &Policy) -> Result<crate::snapshot::seal::Trust, UsageError> {
+    crate::snapshot::seal::Trust::new(&policy.signing)
+        .map_err(|e| UsageError(format!("[signing]: {e}")))
+}
+
 /// Opens the named targets; an unknown name is a usage error.
 fn open_targets(policy: &Policy, names: &[String]) -> anyhow::Result<Vec<Target>> {
     names

@@ -55,8 +55,7 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
         .map_err(UsageError)?;
     let now = Utc::now();
     // A planted snapshot must not make a dead host look alive.
-    let trust = crate::snapshot::seal::Trust::new(&policy.signing)
-        .map_err(|e| UsageError(format!("[signing]: {e}")))?;
+    let trust = super::trust(&policy)?;
     // (instance, job) → newest manifest, every snapshot id, targets holding the newest.
     type Group = (Manifest, BTreeSet<String>, Vec<String>);
     let mut all: BTreeMap<(String, String), Vec<Manifest>> = BTreeMap::new();

@@ -8,7 +8,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use super::{UsageError, chosen_targets, human_bytes, load_policy};
-use crate::snapshot::seal::{Judgment, Trust};
+use crate::snapshot::seal::Judgment;
 use crate::snapshot::{self, Manifest};
 
 #[derive(Debug, clap::Args)]
@@ -82,16 +82,8 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
         return Err(UsageError(format!("invalid job name {job:?}")).into());
     }
     let targets = chosen_targets(&policy, args.job.as_deref(), args.target.as_ref())?;
-    let trust = Trust::new(&policy.signing).map_err(|e| UsageError(format!("[signing]: {e}")))?;
-    if let Some(i) = &args.instance
-        && !crate::policy::is_valid_instance(i)
-    {
-        return Err(UsageError(format!("invalid instance name {i:?}")).into());
-    }
-    let wanted = args
-        .instance
-        .clone()
-        .unwrap_or_else(|| policy.daemon.instance());
+    let trust = super::trust(&policy)?;
+    let wanted = super::chosen_instance(&policy, args.instance.as_ref())?;
     let mut hidden: std::collections::BTreeMap<String, usize> = Default::default();
     let mut listed: Vec<Listed> = Vec::new();
     for target in &targets {

@@ -31,13 +31,7 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
     let jobs = policy
         .select_jobs(args.job.as_slice())
         .map_err(UsageError)?;
-    let instance = match &args.instance {
-        Some(i) if !crate::policy::is_valid_instance(i) => {
-            return Err(UsageError(format!("invalid instance name {i:?}")).into());
-        }
-        Some(i) => i.clone(),
-        None => policy.daemon.instance(),
-    };
+    let instance = super::chosen_instance(&policy, args.instance.as_ref())?;
     let mut outcomes = Vec::new();
     for job in &jobs {
         for target in chosen_targets(&policy, Some(job), args.target.as_ref())? {

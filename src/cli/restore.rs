@@ -74,16 +74,9 @@ pub async fn run(config: &Path, args: Args, quiet: bool) -> anyhow::Result<ExitC
         return Err(UsageError(format!("invalid job name {:?}", args.job)).into());
     }
     let targets = chosen_targets(&policy, Some(&args.job), args.target.as_ref())?;
-    let mut trust = crate::snapshot::seal::Trust::new(&policy.signing)
-        .map_err(|e| UsageError(format!("[signing]: {e}")))?;
+    let mut trust = super::trust(&policy)?;
     trust.allow_unsigned = args.allow_unsigned;
-    let instance = match &args.instance {
-        Some(i) if !crate::policy::is_valid_instance(i) => {
-            return Err(UsageError(format!("invalid instance name {i:?}")).into());
-        }
-        Some(i) => i.clone(),
-        None => policy.daemon.instance(),
-    };
+    let instance = super::chosen_instance(&policy, args.instance.as_ref())?;
     let (target, manifest) =
         find_snapshot(&targets, &args.job, &args.snapshot, &instance, &trust).await?;
     match trust.judge(&manifest) {
