@@ -117,13 +117,20 @@ impl JobReport {
     }
 }
 
+/// What a snapshot is labelled with besides its contents.
+pub struct Labels<'a> {
+    pub tags: &'a [String],
+    /// The scheduled fire time the run belongs to (daemon runs of a scheduled job).
+    pub slot: Option<chrono::DateTime<Utc>>,
+}
+
 /// Backs up `job_name` to `targets` (already opened, in the job's order).
 pub async fn run(
     policy: &Policy,
     job_name: &str,
     targets: &[Target],
     recipients: Option<&[age::x25519::Recipient]>,
-    tags: &[String],
+    labels: Labels<'_>,
     cancel: &CancellationToken,
     progress: &crate::progress::Progress,
 ) -> JobReport {
@@ -280,7 +287,8 @@ pub async fn run(
             backupd_version: env!("CARGO_PKG_VERSION").into(),
             started_at,
             finished_at: Utc::now(),
-            tags: tags.to_vec(),
+            slot: labels.slot,
+            tags: labels.tags.to_vec(),
             sources: report
                 .sources
                 .iter()

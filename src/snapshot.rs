@@ -56,6 +56,11 @@ pub struct Manifest {
     pub backupd_version: String,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
+    /// The scheduled fire time the run belonged to, for daemon runs of a scheduled job
+    /// (the name of its claim with `coordination = "lease"`); absent for ad hoc runs and
+    /// in manifests written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<DateTime<Utc>>,
     pub tags: Vec<String>,
     pub sources: BTreeMap<String, SourceEntry>,
     /// `sha256:<hex>` of the manifest's canonical JSON without `digest` and `signature`
@@ -437,6 +442,7 @@ pub(crate) mod tests {
             backupd_version: "0".into(),
             started_at: "2026-01-02T03:04:05.006Z".parse().unwrap(),
             finished_at: "2026-01-02T03:05:05Z".parse().unwrap(),
+            slot: None,
             tags: vec!["manual".into()],
             sources: BTreeMap::from([(
                 "db".to_string(),

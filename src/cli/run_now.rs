@@ -62,6 +62,7 @@ pub async fn run(config: &Path, args: Args, quiet: bool) -> anyhow::Result<ExitC
         by: "run-now",
         cancel: interrupt_token(),
         progress: crate::progress::Progress::for_terminal(quiet),
+        slot: None,
     };
     let mut failed = 0;
     for name in &jobs {

@@ -43,8 +43,14 @@ impl Runner for Arc<Work> {
 
 impl Work {
     async fn backup(&self, policy: &Policy, job: &str, cancel: CancellationToken) {
+        // The slot this run belongs to: the newest fire time not after now (a catch-up
+        // run belongs to the slot it makes up for).
+        let slot = policy.jobs[job]
+            .backup_schedule()
+            .and_then(|s| s.prev_at_or_before(Utc::now()));
         if policy.jobs[job].coordination == crate::policy::Coordination::Lease
-            && !self.claim_slot(policy, job).await
+            && let Some(slot) = slot
+            && !self.claim_slot(policy, job, slot).await
         {
             return;
         }
@@ -69,6 +75,7 @@ impl Work {
             by: "daemon",
             cancel,
             progress: crate::progress::Progress::off(),
+            slot,
         };
         let tags = vec!["scheduled".to_string()];
         let report = match job::run_job(&ctx, job, &tags).await {
@@ -147,18 +154,11 @@ impl Work {
         }
     }
 
-    /// With `coordination = "lease"`: claims the scheduled slot this run belongs to (the
-    /// newest fire time not after now); `false` when another replica has it or the claim
-    /// cannot be made (then the slot is not run twice: better skipped than doubled).
-    async fn claim_slot(&self, policy: &Policy, job: &str) -> bool {
-        let spec = &policy.jobs[job];
+    /// With `coordination = "lease"`: claims the scheduled slot this run belongs to;
+    /// `false` when another replica has it or the claim cannot be made (then the slot is
+    /// not run twice: better skipped than doubled).
+    async fn claim_slot(&self, policy: &Policy, job: &str, slot: DateTime<Utc>) -> bool {
         let now = Utc::now();
-        let Some(slot) = spec
-            .backup_schedule()
-            .and_then(|s| s.prev_at_or_before(now))
-        else {
-            return true;
-        };
         let Some(target) = open_targets(policy, job).into_iter().next() else {
             tracing::error!(
                 job,

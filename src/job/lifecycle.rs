@@ -26,6 +26,8 @@ pub struct RunContext<'a> {
     pub cancel: CancellationToken,
     /// Bars on a terminal (`run-now`), off in the daemon.
     pub progress: crate::progress::Progress,
+    /// The scheduled fire time this run belongs to, recorded in the manifest.
+    pub slot: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Runs `job` once with everything around it. `Err` only when another process holds the
@@ -177,7 +179,10 @@ async fn backup(ctx: &RunContext<'_>, job: &str, tags: &[String]) -> JobReport {
         job,
         &targets,
         ctx.recipients,
-        tags,
+        super::Labels {
+            tags,
+            slot: ctx.slot,
+        },
         &cancel,
         &ctx.progress,
     )
