@@ -51,11 +51,18 @@ pub async fn run(config: &Path) -> anyhow::Result<ExitCode> {
             .first()
             .map(|t| crate::target::open_in(&policy, t));
         match first {
-            Some(Ok(target)) => crate::job::claim::probe(&target).await.map_err(|e| {
-                anyhow::Error::from(crate::cli::UsageError(format!(
-                    "jobs.{name}.coordination = \"lease\" refused: {e}"
-                )))
-            })?,
+            Some(Ok(target)) => {
+                let supports = crate::job::claim::probe(&target).await.map_err(|e| {
+                    anyhow::Error::from(crate::cli::UsageError(format!(
+                        "jobs.{name}.coordination = \"lease\" refused: {e}"
+                    )))
+                })?;
+                tracing::info!(
+                    job = name,
+                    "coordination: target {} {supports}",
+                    target.name
+                );
+            }
             Some(Err(e)) => return Err(e.into()),
             None => {}
         }

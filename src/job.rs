@@ -117,11 +117,14 @@ impl JobReport {
     }
 }
 
-/// What a snapshot is labelled with besides its contents.
-pub struct Labels<'a> {
+/// What a run is for besides its job: what the snapshot is labelled with, and the claim
+/// it runs under.
+pub struct RunInfo<'a> {
     pub tags: &'a [String],
     /// The scheduled fire time the run belongs to (daemon runs of a scheduled job).
     pub slot: Option<chrono::DateTime<Utc>>,
+    /// The slot's claim (`coordination = "lease"`): no commit once it is no longer valid.
+    pub lease: Option<&'a claim::Validity>,
 }
 
 /// Backs up `job_name` to `targets` (already opened, in the job's order).
@@ -130,7 +133,7 @@ pub async fn run(
     job_name: &str,
     targets: &[Target],
     recipients: Option<&[age::x25519::Recipient]>,
-    labels: Labels<'_>,
+    info: RunInfo<'_>,
     cancel: &CancellationToken,
     progress: &crate::progress::Progress,
 ) -> JobReport {
@@ -276,7 +279,14 @@ pub async fn run(
         report.aborted = Some("cancelled (timeout or shutdown); nothing was committed".into());
     }
     // The last check before the commit: after it, the snapshot is whole and stays.
-    let all_sources_ok = report.sources.iter().all(|s| s.result.is_ok()) && !cancel.is_cancelled();
+    let claim_lost = info.lease.is_some_and(|l| !l.holds());
+    if claim_lost {
+        report.aborted = Some(
+            "the slot's claim was lost (not renewed in time, or taken over by another replica); nothing was committed".into(),
+        );
+    }
+    let all_sources_ok =
+        report.sources.iter().all(|s| s.result.is_ok()) && !cancel.is_cancelled() && !claim_lost;
     if all_sources_ok {
         let mut manifest = Manifest {
             format: snapshot::FORMAT_VERSION,
@@ -287,8 +297,8 @@ pub async fn run(
             backupd_version: env!("CARGO_PKG_VERSION").into(),
             started_at,
             finished_at: Utc::now(),
-            slot: labels.slot,
-            tags: labels.tags.to_vec(),
+            slot: info.slot,
+            tags: info.tags.to_vec(),
             sources: report
                 .sources
                 .iter()

@@ -117,6 +117,10 @@ impl DaemonPolicy {
     }
 }
 
+fn default_lease_ttl_secs() -> u64 {
+    60
+}
+
 /// How the daemons of one instance share a job's scheduled slots.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -259,6 +263,10 @@ pub struct JobPolicy {
     /// on the job's first target (`job::claim`); `"none"` (default): every daemon runs it.
     #[serde(default)]
     pub coordination: Coordination,
+    /// With `"lease"`: the holder of a slot renews its claim every third of this; a replica
+    /// that sees the claim unchanged this long takes the slot over.
+    #[serde(default = "default_lease_ttl_secs")]
+    pub lease_ttl_secs: u64,
     /// Cancel a run that takes longer than this (nothing of it is committed).
     #[serde(default)]
     pub timeout_secs: Option<u64>,

@@ -84,8 +84,8 @@ pub async fn run(config: &Path) -> anyhow::Result<ExitCode> {
         };
         match target::open_in(&policy, first) {
             Ok(t) => match crate::job::claim::probe(&t).await {
-                Ok(()) => f.ok(format!(
-                    "jobs.{name}: target {first} honours create-if-absent, so coordination = \"lease\" can share its slots"
+                Ok(supports) => f.ok(format!(
+                    "jobs.{name}: coordination = \"lease\": target {first} {supports}"
                 )),
                 Err(e) => f.fail(format!("jobs.{name}.coordination = \"lease\": {e}")),
             },

@@ -63,6 +63,7 @@ pub async fn run(config: &Path, args: Args, quiet: bool) -> anyhow::Result<ExitC
         cancel: interrupt_token(),
         progress: crate::progress::Progress::for_terminal(quiet),
         slot: None,
+        lease: None,
     };
     let mut failed = 0;
     for name in &jobs {

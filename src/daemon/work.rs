@@ -43,16 +43,27 @@ impl Runner for Arc<Work> {
 
 impl Work {
     async fn backup(&self, policy: &Policy, job: &str, cancel: CancellationToken) {
+        let spec = &policy.jobs[job];
         // The slot this run belongs to: the newest fire time not after now (a catch-up
         // run belongs to the slot it makes up for).
-        let slot = policy.jobs[job]
+        let slot = spec
             .backup_schedule()
             .and_then(|s| s.prev_at_or_before(Utc::now()));
-        if policy.jobs[job].coordination == crate::policy::Coordination::Lease
+        let run_cancel = cancel.child_token();
+        let mut keeper = None;
+        if spec.coordination == crate::policy::Coordination::Lease
             && let Some(slot) = slot
-            && !self.claim_slot(policy, job, slot).await
         {
-            return;
+            let Some((target, held)) = self.hold_slot(policy, job, slot, &cancel).await else {
+                return;
+            };
+            let ttl = std::time::Duration::from_secs(spec.lease_ttl_secs);
+            keeper = Some(crate::job::claim::Keeper::start(
+                &target,
+                held,
+                ttl,
+                run_cancel.clone(),
+            ));
         }
         let started = std::time::Instant::now();
         let recipients = match crate::crypto::backup_recipients(&policy.encryption) {
@@ -73,13 +84,19 @@ impl Work {
             recipients: recipients.as_deref(),
             notifier: &self.notifier,
             by: "daemon",
-            cancel,
+            cancel: run_cancel,
             progress: crate::progress::Progress::off(),
             slot,
+            lease: keeper.as_ref().map(|k| k.validity.clone()),
         };
         let tags = vec!["scheduled".to_string()];
         let report = match job::run_job(&ctx, job, &tags).await {
-            Ok(r) => r,
+            Ok(r) => {
+                if let Some(keeper) = keeper {
+                    keeper.finish().await;
+                }
+                r
+            }
             Err(busy) => {
                 tracing::warn!(job, "scheduled backup skipped: {busy}");
                 self.shared.job(job, |j| j.runs_skipped += 1);
@@ -154,28 +171,55 @@ impl Work {
         }
     }
 
-    /// With `coordination = "lease"`: claims the scheduled slot this run belongs to;
-    /// `false` when another replica has it or the claim cannot be made (then the slot is
-    /// not run twice: better skipped than doubled).
-    async fn claim_slot(&self, policy: &Policy, job: &str, slot: DateTime<Utc>) -> bool {
+    /// With `coordination = "lease"`: claims the scheduled slot this run belongs to, or
+    /// watches it while another replica holds it and takes it over if that one stops
+    /// renewing. `None` when this replica does not run the slot (another ran it, or the
+    /// claim cannot be made: better skipped than doubled).
+    async fn hold_slot(
+        &self,
+        policy: &Policy,
+        job: &str,
+        slot: DateTime<Utc>,
+        cancel: &CancellationToken,
+    ) -> Option<(Target, crate::job::claim::Held)> {
+        use crate::job::claim::{self, Outcome, Watched};
         let now = Utc::now();
         let Some(target) = open_targets(policy, job).into_iter().next() else {
             tracing::error!(
                 job,
                 "slot {slot} not run: the job's first target cannot be opened to claim it"
             );
-            return false;
+            return None;
         };
         let instance = policy.daemon.instance();
-        match crate::job::claim::claim(&target, &instance, job, slot).await {
-            Ok(crate::job::claim::Outcome::Won) => {
+        let skipped = |why: &str| {
+            tracing::info!(job, %slot, "{why}");
+            self.shared.job(job, |j| j.runs_skipped += 1);
+        };
+        match claim::claim(&target, &instance, job, slot).await {
+            Ok(Outcome::Won(held)) => {
                 tracing::info!(job, %slot, "claimed the slot");
-                true
+                Some((target, held))
             }
-            Ok(crate::job::claim::Outcome::Taken { holder }) => {
-                tracing::info!(job, %slot, "slot run by another replica ({holder})");
-                self.shared.job(job, |j| j.runs_skipped += 1);
-                false
+            Ok(Outcome::Taken { holder }) if !claim::renewable(&target) => {
+                skipped(&format!("slot run by another replica ({holder})"));
+                None
+            }
+            Ok(Outcome::Taken { holder }) => {
+                tracing::info!(job, %slot, "slot held by another replica ({holder}): watching it");
+                let spec = &policy.jobs[job];
+                let until = spec
+                    .backup_schedule()
+                    .and_then(|s| s.next_after(slot))
+                    .unwrap_or(slot + chrono::Duration::days(1));
+                let ttl = std::time::Duration::from_secs(spec.lease_ttl_secs);
+                match claim::watch(&target, &instance, job, slot, ttl, until, cancel).await {
+                    Watched::TookOver(held) => Some((target, held)),
+                    Watched::Done(why) => {
+                        skipped(&format!("slot run by another replica ({holder}): {why}"));
+                        None
+                    }
+                }
             }
             Err(e) => {
                 tracing::error!(job, %slot, "slot not run: {e}");
@@ -183,7 +227,7 @@ impl Work {
                     j.runs_failed += 1;
                     j.last_failure_at = Some(now);
                 });
-                false
+                None
             }
         }
     }

@@ -28,6 +28,9 @@ pub struct RunContext<'a> {
     pub progress: crate::progress::Progress,
     /// The scheduled fire time this run belongs to, recorded in the manifest.
     pub slot: Option<chrono::DateTime<chrono::Utc>>,
+    /// With `coordination = "lease"`: the slot's claim, which must still be valid at the
+    /// commit.
+    pub lease: Option<std::sync::Arc<super::claim::Validity>>,
 }
 
 /// Runs `job` once with everything around it. `Err` only when another process holds the
@@ -179,9 +182,10 @@ async fn backup(ctx: &RunContext<'_>, job: &str, tags: &[String]) -> JobReport {
         job,
         &targets,
         ctx.recipients,
-        super::Labels {
+        super::RunInfo {
             tags,
             slot: ctx.slot,
+            lease: ctx.lease.as_deref(),
         },
         &cancel,
         &ctx.progress,

@@ -366,6 +366,12 @@ pub fn policy(policy: &Policy) -> Vec<Problem> {
                     "\"lease\" shares scheduled slots among replicas: the job needs a `schedule`",
                 ));
             }
+            if job.lease_ttl_secs < 2 {
+                out.push(problem(
+                    format!("{key}.lease_ttl_secs"),
+                    "must be at least 2 (the holder renews its claim every third of it)",
+                ));
+            }
             if job.jitter_secs > 0 {
                 out.push(problem(
                     format!("{key}.coordination"),

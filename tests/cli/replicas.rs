@@ -168,3 +168,127 @@ fn a_server_that_ignores_if_none_match_is_refused_for_coordination() {
         "{said}"
     );
 }
+
+/// A policy whose one slot (at `second` past each minute) takes a while: the `before`
+/// hook sleeps, so a test can kill or pause the holder mid-run.
+fn slow_slot_policy(world: &World, endpoint: &str, prefix: &str, second: u32) {
+    replica_policy(world, endpoint, prefix);
+    let policy = std::fs::read_to_string(world.path("policy.toml")).unwrap();
+    let policy = policy.replace(
+        "schedule = \"* * * * * *\"\n",
+        &format!(
+            "schedule = \"{second} * * * * *\"\nlease_ttl_secs = 3\nhooks = {{ before = [\"sleep\", \"5\"] }}\n"
+        ),
+    );
+    world.write_policy(&policy);
+}
+
+/// Polls `done` until it holds; panics naming `what` and the daemons' logs when it
+/// does not within `limit`.
+fn wait_for(what: &str, limit: Duration, daemons: &[Daemon], mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        if Instant::now() > deadline {
+            let logs: Vec<String> = daemons.iter().map(|d| d.logs()).collect();
+            panic!("timed out waiting for {what}:\n{}", logs.join("\n----\n"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn signal(d: &Daemon, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &d.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig}");
+}
+
+fn listed(world: &World) -> Vec<serde_json::Value> {
+    let out = world.backupd(&["list", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The holder of a slot dies (kill -9) or hangs (SIGSTOP) in the middle of its run: the
+/// other replica sees the claim go unrenewed for the TTL, takes the slot over and commits
+/// it; a holder that wakes up after losing the claim stops before committing, so the slot
+/// still has exactly one snapshot.
+#[test]
+fn a_dead_or_paused_holder_is_taken_over_and_the_slot_runs_once() {
+    for (server, how) in [
+        ("BACKUPD_TEST_MOTO", "-KILL"),
+        ("BACKUPD_TEST_S3S", "-STOP"),
+    ] {
+        let world = World::new();
+        let second = (chrono::Utc::now() + chrono::Duration::seconds(6))
+            .format("%S")
+            .to_string()
+            .parse::<u32>()
+            .unwrap();
+        slow_slot_policy(&world, &env(server), &unique("takeover"), second);
+        let out = world.backupd(&["check"]);
+        assert!(
+            text(&out).contains("honours create-if-absent and If-Match"),
+            "{server}: {}",
+            text(&out)
+        );
+        let mut daemons: Vec<Daemon> = (0..2).map(|n| replica(&world, n)).collect();
+        wait_for(
+            "a replica to claim the slot",
+            Duration::from_secs(30),
+            &daemons,
+            || {
+                daemons
+                    .iter()
+                    .any(|d| d.logs().contains("claimed the slot"))
+            },
+        );
+        let holder = daemons
+            .iter()
+            .position(|d| d.logs().contains("claimed the slot"))
+            .unwrap();
+        let other = 1 - holder;
+        signal(&daemons[holder], how);
+        wait_for(
+            "the other replica to commit the slot",
+            Duration::from_secs(40),
+            &daemons,
+            || !listed(&world).is_empty(),
+        );
+        assert!(
+            daemons[other].logs().contains("took over the slot"),
+            "{server}: {}",
+            daemons[other].logs()
+        );
+        if how == "-STOP" {
+            // Wake the old holder: its hook is long done, its claim is not.
+            signal(&daemons[holder], "-CONT");
+            wait_for(
+                "the woken holder to give up",
+                Duration::from_secs(30),
+                &daemons,
+                || {
+                    daemons[holder]
+                        .logs()
+                        .contains("stopping the run before it commits")
+                },
+            );
+            assert!(daemons[holder].stop().success());
+        } else {
+            let _ = daemons[holder].child.wait();
+        }
+        assert!(daemons[other].stop().success(), "{}", daemons[other].logs());
+        let snapshots = listed(&world);
+        assert_eq!(snapshots.len(), 1, "{server}: {snapshots:#?}");
+        let slot: chrono::DateTime<chrono::Utc> =
+            snapshots[0]["slot"].as_str().unwrap().parse().unwrap();
+        assert_eq!(
+            slot.format("%S").to_string().parse::<u32>().unwrap(),
+            second
+        );
+        let out = world.backupd(&["verify", "app", "all"]);
+        assert!(out.status.success(), "{server}: {}", text(&out));
+    }
+}
