@@ -199,7 +199,7 @@ impl Work {
         match claim::claim(&target, &instance, job, slot).await {
             Ok(Outcome::Won(held)) => {
                 tracing::info!(job, %slot, "claimed the slot");
-                Some((target, held))
+                Some((target, *held))
             }
             Ok(Outcome::Taken { holder }) if !claim::renewable(&target) => {
                 skipped(&format!("slot run by another replica ({holder})"));
@@ -214,7 +214,7 @@ impl Work {
                     .unwrap_or(slot + chrono::Duration::days(1));
                 let ttl = std::time::Duration::from_secs(spec.lease_ttl_secs);
                 match claim::watch(&target, &instance, job, slot, ttl, until, cancel).await {
-                    Watched::TookOver(held) => Some((target, held)),
+                    Watched::TookOver(held) => Some((target, *held)),
                     Watched::Done(why) => {
                         skipped(&format!("slot run by another replica ({holder}): {why}"));
                         None

@@ -67,7 +67,7 @@ pub struct Held {
 /// What a claim attempt found.
 #[derive(Debug)]
 pub enum Outcome {
-    Won(Held),
+    Won(Box<Held>),
     Taken { holder: String },
 }
 
@@ -146,12 +146,12 @@ fn judge(
     sent: std::time::Instant,
 ) -> Outcome {
     if theirs.nonce == mine.nonce {
-        Outcome::Won(Held {
+        Outcome::Won(Box::new(Held {
             key,
             claim: mine,
             version,
             sent,
-        })
+        }))
     } else {
         Outcome::Taken {
             holder: theirs.holder,
@@ -214,7 +214,7 @@ async fn update(
 #[derive(Debug)]
 pub enum Watched {
     /// The holder stopped renewing for a TTL and this replica took the slot over.
-    TookOver(Held),
+    TookOver(Box<Held>),
     /// The holder finished it, the claim is gone, the next slot is due, or shutdown.
     Done(String),
 }

@@ -212,6 +212,70 @@ fn kubernetes_manifests_parse_and_share_one_loadable_policy() {
     assert!(listen["value"].as_str().unwrap().ends_with(":9897"));
 }
 
+/// The two-replica example: its policy coordinates every scheduled job on an object
+/// store, the replicas share one fixed instance, and everything the policy reads is
+/// mounted.
+#[test]
+fn the_two_replica_deployment_coordinates_every_job_as_one_instance() {
+    let cm = yaml("deploy/kubernetes/replicas-configmap.yaml");
+    let policy = assert_policy_loads(
+        "replicas-configmap.yaml's policy.toml",
+        cm["data"]["policy.toml"]
+            .as_str()
+            .expect("data.policy.toml"),
+    );
+    for (name, job) in &policy.jobs {
+        assert!(job.schedule.is_some(), "{name}");
+        assert_eq!(
+            job.coordination,
+            backupd::policy::Coordination::Lease,
+            "{name}: replicas would both run it"
+        );
+        let first = &policy.targets[&job.targets[0]];
+        assert!(
+            first
+                .url
+                .as_deref()
+                .is_some_and(|u| !u.starts_with("file:")),
+            "{name}: the first target must renew claims (an object store)"
+        );
+    }
+    let d = yaml("deploy/kubernetes/replicas-deployment.yaml");
+    assert_eq!(d["kind"].as_str(), Some("Deployment"));
+    assert_eq!(d["spec"]["replicas"].as_i64(), Some(2));
+    let pod = &d["spec"]["template"]["spec"];
+    let volumes = pod["volumes"].as_vec().unwrap();
+    let policy_volume = volumes
+        .iter()
+        .find(|v| v["name"].as_str() == Some("policy"))
+        .unwrap();
+    assert_eq!(
+        policy_volume["configMap"]["name"].as_str(),
+        cm["metadata"]["name"].as_str()
+    );
+    let c = &pod["containers"][0];
+    let env = c["env"].as_vec().unwrap();
+    let instance = env
+        .iter()
+        .find(|e| e["name"].as_str() == Some("BACKUPD_DAEMON__INSTANCE"))
+        .expect("a fixed instance: pod names differ per replica");
+    assert!(instance["value"].as_str().is_some_and(|v| !v.is_empty()));
+    let mounts = c["volumeMounts"].as_vec().unwrap();
+    let mounted = |path: &str| {
+        mounts
+            .iter()
+            .any(|m| path.starts_with(m["mountPath"].as_str().unwrap()))
+    };
+    let identity = policy.encryption.identity_file.clone().unwrap();
+    assert!(mounted(identity.to_str().unwrap()));
+    assert!(mounted(policy.daemon.state_dir.to_str().unwrap()));
+    for target in policy.targets.values() {
+        if let Some(file) = &target.secret_access_key_file {
+            assert!(mounted(file.to_str().unwrap()), "{}", file.display());
+        }
+    }
+}
+
 #[test]
 fn compose_file_and_dockerfile_hang_together() {
     let compose = yaml("deploy/docker-compose.yml");
