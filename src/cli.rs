@@ -23,7 +23,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::policy::{self, DEFAULT_POLICY_PATH, Policy};
-use crate::target::{self, Target};
+use crate::target::Target;
 
 /// backupd: scheduled, encrypted, verified backups of databases and directories into
 /// object storage.
@@ -83,13 +83,7 @@ pub enum Command {
     Man,
 }
 
-/// A mistake in how backupd was called: exit status 2.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
-
-pub const EXIT_FAILED: u8 = 1;
-pub const EXIT_USAGE: u8 = 2;
+pub use crate::error::{EXIT_FAILED, EXIT_USAGE, UsageError};
 
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -163,7 +157,7 @@ fn open_targets(policy: &Policy, names: &[String]) -> anyhow::Result<Vec<Target>
                 ))
                 .into());
             }
-            Ok(target::open_in(policy, name)?)
+            Ok(policy.open_target(name)?)
         })
         .collect()
 }

@@ -9,7 +9,32 @@ use std::path::{Path, PathBuf};
 
 use age::secrecy::ExposeSecret;
 
-use crate::policy::{EncryptionMode, EncryptionPolicy};
+/// Whether and to whom snapshots are encrypted.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionPolicy {
+    #[serde(default)]
+    pub mode: EncryptionMode,
+    /// age X25519 public keys (`age1…`); backing up needs no secret.
+    #[serde(default)]
+    pub recipients: Vec<String>,
+    /// age identity (secret key) file; needed by restore and verify only, and by backup
+    /// when `recipients` is empty (its public key is then the recipient).
+    #[serde(default)]
+    pub identity_file: Option<std::path::PathBuf>,
+    /// Create `identity_file` (mode 0600) on first use if it does not exist.
+    #[serde(default)]
+    pub generate_identity: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EncryptionMode {
+    #[default]
+    Age,
+    /// Plaintext snapshots: an explicit opt-out, warned about on every run.
+    None,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -80,7 +105,7 @@ pub fn identity_recipients(path: &Path) -> Result<Vec<age::x25519::Recipient>, K
 }
 
 /// The file's text, after checking that only its owner can read it.
-fn read_private(path: &Path) -> Result<String, KeyError> {
+pub(crate) fn read_private(path: &Path) -> Result<String, KeyError> {
     let unreadable = |e: std::io::Error| match e.kind() {
         std::io::ErrorKind::NotFound => KeyError::IdentityMissing { path: path.into() },
         _ => KeyError::IdentityUnreadable {
@@ -113,59 +138,8 @@ pub fn generate_identity(path: &Path) -> Result<age::x25519::Recipient, KeyError
     Ok(recipient)
 }
 
-/// Reads a signing key file (`BACKUPD-SIGN-SECRET-<hex>`), refusing one others can read.
-pub fn load_signing_key(path: &Path) -> Result<ed25519_dalek::SigningKey, KeyError> {
-    use crate::snapshot::seal::SECRET_PREFIX;
-    let text = read_private(path)?;
-    let seed: [u8; 32] = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix(SECRET_PREFIX))
-        .and_then(|h| hex::decode(h).ok())
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| KeyError::IdentityUnreadable {
-            path: path.into(),
-            reason: format!("it holds no signing key ({SECRET_PREFIX}…, as written by `backupd keygen --signing`)"),
-        })?;
-    Ok(ed25519_dalek::SigningKey::from_bytes(&seed))
-}
-
-/// Writes a new signing key to `path` (mode 0600, never overwriting) and returns its
-/// public key as `backupd-sign-<hex>`.
-pub fn generate_signing_key(path: &Path) -> Result<String, KeyError> {
-    use crate::snapshot::seal::{SECRET_PREFIX, public_string};
-    let seed: [u8; 32] = rand::random();
-    let key = ed25519_dalek::SigningKey::from_bytes(&seed);
-    let public = public_string(&key.verifying_key());
-    let body = format!(
-        "# backupd manifest signing key, created {}\n# public key (put it in signing.trusted_keys): {public}\n{SECRET_PREFIX}{}\n",
-        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        hex::encode(seed)
-    );
-    write_new_private(path, &body)?;
-    Ok(public)
-}
-
-/// The key this host signs its manifests with, created first when the policy asks.
-pub fn signing_key(
-    policy: &crate::snapshot::seal::SigningPolicy,
-) -> Result<Option<ed25519_dalek::SigningKey>, KeyError> {
-    let Some(path) = &policy.key_file else {
-        return Ok(None);
-    };
-    if policy.generate_key && !path.exists() {
-        let public = generate_signing_key(path)?;
-        tracing::warn!(
-            path = %path.display(),
-            public_key = %public,
-            "generated a new manifest signing key because signing.generate_key is set; \
-             put its public key in signing.trusted_keys so restore on another machine trusts it"
-        );
-    }
-    load_signing_key(path).map(Some)
-}
-
 /// Creates `path` with `body`, mode 0600, never over an existing file.
-fn write_new_private(path: &Path, body: &str) -> Result<(), KeyError> {
+pub(crate) fn write_new_private(path: &Path, body: &str) -> Result<(), KeyError> {
     let write_err = |source| KeyError::Write {
         path: path.into(),
         source,

@@ -46,14 +46,11 @@ pub async fn run(config: &Path) -> anyhow::Result<ExitCode> {
         if job.coordination != crate::policy::Coordination::Lease {
             continue;
         }
-        let first = job
-            .targets
-            .first()
-            .map(|t| crate::target::open_in(&policy, t));
+        let first = job.targets.first().map(|t| policy.open_target(t));
         match first {
             Some(Ok(target)) => {
-                let supports = crate::job::claim::probe(&target).await.map_err(|e| {
-                    anyhow::Error::from(crate::cli::UsageError(format!(
+                let supports = crate::claim::probe(&target).await.map_err(|e| {
+                    anyhow::Error::from(crate::error::UsageError(format!(
                         "jobs.{name}.coordination = \"lease\" refused: {e}"
                     )))
                 })?;
@@ -125,7 +122,9 @@ pub async fn run(config: &Path) -> anyhow::Result<ExitCode> {
         freshness.check_freshness(&s.policy, now);
     });
 
-    for said in crate::target::journal::abort_orphans(&policy).await {
+    for said in
+        crate::target::journal::abort_orphans(&policy.daemon.state_dir, &policy.targets).await
+    {
         tracing::warn!("{said}");
     }
     let (policy_tx, policy_rx) = tokio::sync::watch::channel(policy.clone());

@@ -6,7 +6,6 @@
 //!
 //! Around a run (`lifecycle`): the job lock, hooks, notifications and the local record.
 
-pub mod claim;
 pub mod hooks;
 mod lifecycle;
 pub mod lock;
@@ -124,7 +123,7 @@ pub struct RunInfo<'a> {
     /// The scheduled fire time the run belongs to (daemon runs of a scheduled job).
     pub slot: Option<chrono::DateTime<Utc>>,
     /// The slot's claim (`coordination = "lease"`): no commit once it is no longer valid.
-    pub lease: Option<&'a claim::Validity>,
+    pub lease: Option<&'a crate::claim::Validity>,
 }
 
 /// Backs up `job_name` to `targets` (already opened, in the job's order).
@@ -139,7 +138,7 @@ pub async fn run(
 ) -> JobReport {
     let job: &JobPolicy = &policy.jobs[job_name];
     // Before anything is dumped: a snapshot this host cannot sign would be refused later.
-    let signing_key = match crate::crypto::signing_key(&policy.signing) {
+    let signing_key = match crate::snapshot::seal::signing_key(&policy.signing) {
         Ok(key) => key,
         Err(e) => return JobReport::not_run(job_name, &format!("signing key: {e}")),
     };

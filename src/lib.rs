@@ -14,9 +14,11 @@
 //! - [`retention`]: the pure keep/delete planner (restic `forget` semantics).
 //! - [`prune`]: applying retention to a target, and sweeping crash leftovers.
 
+pub mod claim;
 pub mod cli;
 pub mod crypto;
 pub mod daemon;
+pub mod error;
 pub mod job;
 pub mod notify;
 pub mod pipeline;
@@ -25,6 +27,7 @@ pub mod progress;
 pub mod prune;
 pub mod retention;
 pub mod schedule;
+pub mod secret;
 pub mod snapshot;
 pub mod source;
 pub mod spool;

@@ -21,7 +21,7 @@ use crate::progress::Meter;
 use std::sync::Arc;
 
 use self::codec::{Compressor, Encryptor};
-use crate::policy::Compression;
+use crate::snapshot::Compression;
 use crate::snapshot::Digest;
 use crate::target::Target;
 

@@ -8,6 +8,7 @@
 //! messages instead of one.
 
 mod load;
+mod runs;
 mod validate;
 
 #[cfg(test)]
@@ -20,6 +21,7 @@ use figment::value::Value;
 use serde::Deserialize;
 
 pub use load::{from_figment, load, merged_values};
+pub use runs::{HooksPolicy, VerifyPolicy};
 pub use validate::{Problem, is_valid_name};
 
 /// Where the policy is read from when neither `--config` nor `BACKUPD_CONFIG` says.
@@ -130,14 +132,7 @@ pub enum Coordination {
     Lease,
 }
 
-/// An instance name is printed and compared, never a path; host names fit.
-pub fn is_valid_instance(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
+pub use crate::snapshot::is_valid_instance;
 
 fn default_spool_retry_secs() -> u64 {
     30
@@ -214,33 +209,7 @@ fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/backupd")
 }
 
-/// Whether and to whom snapshots are encrypted.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EncryptionPolicy {
-    #[serde(default)]
-    pub mode: EncryptionMode,
-    /// age X25519 public keys (`age1…`); backing up needs no secret.
-    #[serde(default)]
-    pub recipients: Vec<String>,
-    /// age identity (secret key) file; needed by restore and verify only, and by backup
-    /// when `recipients` is empty (its public key is then the recipient).
-    #[serde(default)]
-    pub identity_file: Option<PathBuf>,
-    /// Create `identity_file` (mode 0600) on first use if it does not exist.
-    #[serde(default)]
-    pub generate_identity: bool,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EncryptionMode {
-    #[default]
-    Age,
-    /// Plaintext snapshots: an explicit opt-out, warned about on every run.
-    None,
-}
-
+pub use crate::crypto::{EncryptionMode, EncryptionPolicy};
 pub use crate::target::TargetPolicy;
 
 /// One backup job: what to back up, where to, and how to encode it.
@@ -276,7 +245,7 @@ pub struct JobPolicy {
     pub alert_if_older_than: Option<std::time::Duration>,
     /// Commands run before/after the backup and on failure.
     #[serde(default)]
-    pub hooks: crate::job::hooks::HooksPolicy,
+    pub hooks: HooksPolicy,
     /// healthchecks-style ping URL: `URL/start` when a run starts, `URL` on success,
     /// `URL/fail` on failure.
     #[serde(default)]
@@ -300,7 +269,7 @@ pub struct JobPolicy {
     pub target_retention: BTreeMap<String, crate::retention::Rules>,
     /// Verification by test-restore.
     #[serde(default)]
-    pub verify: crate::verify::VerifyPolicy,
+    pub verify: VerifyPolicy,
     /// Untyped on load; typed into `source_specs` one by one so every bad source is reported.
     #[serde(default)]
     sources: BTreeMap<String, Value>,
@@ -308,81 +277,15 @@ pub struct JobPolicy {
     pub source_specs: BTreeMap<String, SourceSpec>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Compression {
-    #[default]
-    Gzip,
-    Zstd,
-    None,
-}
-
-impl Compression {
-    /// Object-name suffix, so a stored object says how to decode it.
-    pub fn extension(self) -> &'static str {
-        match self {
-            Compression::Gzip => ".gz",
-            Compression::Zstd => ".zst",
-            Compression::None => "",
-        }
-    }
-
-    pub fn default_level(self) -> i32 {
-        match self {
-            Compression::Gzip => 6,
-            Compression::Zstd => 3,
-            Compression::None => 0,
-        }
-    }
-}
-
-/// A source's kind and its settings; `kind = "…"` in the policy picks the variant.
-#[derive(Debug, Clone, PartialEq)]
-pub enum SourceSpec {
-    Directory(DirectorySpec),
-    Sqlite(SqliteSpec),
-    Postgres(PostgresSpec),
-    Mysql(MysqlSpec),
-    Redis(RedisSpec),
-}
-
-impl SourceSpec {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            SourceSpec::Directory(_) => "directory",
-            SourceSpec::Sqlite(_) => "sqlite",
-            SourceSpec::Postgres(_) => "postgres",
-            SourceSpec::Mysql(_) => "mysql",
-            SourceSpec::Redis(_) => "redis",
-        }
-    }
-}
-
-/// The kinds this build can back up, in the order the error hint lists them.
-pub const SOURCE_KINDS: &[&str] = &["directory", "sqlite", "postgres", "mysql", "redis"];
+pub use crate::snapshot::Compression;
 
 pub use crate::source::mysql::MysqlSpec;
 pub use crate::source::postgres::PostgresSpec;
 pub use crate::source::redis::RedisSpec;
+pub use crate::source::{SOURCE_KINDS, SourceSpec};
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DirectorySpec {
-    pub path: PathBuf,
-    /// Glob patterns: `*.tmp` matches a name at any depth, `cache/` directories only,
-    /// `logs/*.gz` (with a slash) is anchored at the source root.
-    #[serde(default)]
-    pub exclude: Vec<String>,
-    /// An empty tree is usually an unmounted volume, so it fails unless this is set.
-    #[serde(default)]
-    pub allow_empty: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SqliteSpec {
-    pub path: PathBuf,
-}
+pub use crate::source::directory::DirectorySpec;
+pub use crate::source::sqlite::SqliteSpec;
 
 impl JobPolicy {
     /// Compression threads to use: `threads`, or every core when it is 0.
@@ -422,6 +325,14 @@ impl JobPolicy {
 }
 
 impl Policy {
+    /// Opens the target `name` (journaling its multipart uploads in the state directory).
+    pub fn open_target(
+        &self,
+        name: &str,
+    ) -> Result<crate::target::Target, crate::target::TargetError> {
+        crate::target::open_named(&self.targets, &self.daemon.state_dir, name)
+    }
+
     /// The named jobs, or all of them; an unknown name is a usage error naming the known ones.
     pub fn select_jobs(&self, names: &[String]) -> Result<Vec<String>, String> {
         if names.is_empty() {

@@ -99,7 +99,7 @@ pub async fn prune(
     }
     if !dry_run
         && policy.jobs[job].coordination == crate::policy::Coordination::Lease
-        && let Err(e) = crate::job::claim::expire(target, instance, job, now).await
+        && let Err(e) = crate::claim::expire(target, instance, job, now).await
     {
         outcome.errors.push(format!("expiring slot claims: {e}"));
     }

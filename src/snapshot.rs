@@ -15,7 +15,6 @@ use serde::{Deserialize, Serialize};
 pub mod maintenance;
 pub mod seal;
 
-use crate::policy::Compression;
 use crate::target::Target;
 
 /// The manifest format this build writes and the newest it can read.
@@ -40,6 +39,52 @@ pub fn object_key(job: &str, id: &str, file: &str) -> ObjectPath {
 
 pub fn manifest_key(job: &str, id: &str) -> ObjectPath {
     object_key(job, id, MANIFEST_FILE)
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    #[default]
+    Gzip,
+    Zstd,
+    None,
+}
+
+impl Compression {
+    /// Object-name suffix, so a stored object says how to decode it.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Compression::Gzip => ".gz",
+            Compression::Zstd => ".zst",
+            Compression::None => "",
+        }
+    }
+
+    pub fn default_level(self) -> i32 {
+        match self {
+            Compression::Gzip => 6,
+            Compression::Zstd => 3,
+            Compression::None => 0,
+        }
+    }
+}
+
+/// Job, source and target names become parts of object keys, so they are kept to
+/// `[a-z0-9][a-z0-9_-]*`, at most 64 characters.
+pub fn is_valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+        && name.len() <= 64
+}
+
+/// An instance name is printed and compared, never a path; host names fit.
+pub fn is_valid_instance(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// The commit record of one snapshot; its presence on a target means "complete".
@@ -282,11 +327,11 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, String> {
     let mut m: Manifest = serde_json::from_value(raw.clone()).map_err(|e| e.to_string())?;
     // A manifest comes from storage, which is not trusted: its names become paths on
     // restore, so they must be what backupd itself would have written.
-    if !crate::policy::is_valid_name(&m.job) {
+    if !is_valid_name(&m.job) {
         return Err(format!("invalid job name {:?}", m.job));
     }
     if let Some(i) = &m.instance
-        && !crate::policy::is_valid_instance(i)
+        && !is_valid_instance(i)
     {
         return Err(format!("invalid instance name {i:?}"));
     }
@@ -294,7 +339,7 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, String> {
         let object_ok = !entry.object.is_empty()
             && !entry.object.starts_with('.')
             && !entry.object.contains(['/', '\\']);
-        if !crate::policy::is_valid_name(name) || !object_ok {
+        if !is_valid_name(name) || !object_ok {
             return Err(format!(
                 "invalid source {name:?} / object {:?}: refusing a manifest that names paths",
                 entry.object
@@ -399,7 +444,7 @@ pub async fn list(target: &Target, job: Option<&str>) -> Result<Vec<Manifest>, S
             .await
             .map_err(store_err)?
             .into_iter()
-            .filter(|j| crate::policy::is_valid_name(j))
+            .filter(|j| is_valid_name(j))
             .collect(),
     };
     let mut ids = Vec::new();

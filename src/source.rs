@@ -15,8 +15,38 @@ pub mod sqlite;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::policy::SourceSpec;
 use crate::snapshot::{SourceEntry, SourceStats};
+
+/// A source's kind and its settings; `kind = "…"` in the policy picks the variant.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceSpec {
+    Directory(DirectorySpec),
+    Sqlite(SqliteSpec),
+    Postgres(PostgresSpec),
+    Mysql(MysqlSpec),
+    Redis(RedisSpec),
+}
+
+impl SourceSpec {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceSpec::Directory(_) => "directory",
+            SourceSpec::Sqlite(_) => "sqlite",
+            SourceSpec::Postgres(_) => "postgres",
+            SourceSpec::Mysql(_) => "mysql",
+            SourceSpec::Redis(_) => "redis",
+        }
+    }
+}
+
+/// The kinds this build can back up, in the order the error hint lists them.
+pub const SOURCE_KINDS: &[&str] = &["directory", "sqlite", "postgres", "mysql", "redis"];
+
+pub use directory::DirectorySpec;
+pub use mysql::MysqlSpec;
+pub use postgres::PostgresSpec;
+pub use redis::RedisSpec;
+pub use sqlite::SqliteSpec;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {

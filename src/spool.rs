@@ -172,7 +172,7 @@ pub async fn deliver(policy: &Policy) -> (Vec<Pending>, Vec<String>) {
 
 async fn deliver_one(policy: &Policy, spool_dir: &Path, p: &Pending) -> Result<(), String> {
     let spool = open(spool_dir, &p.target).map_err(|e| e.to_string())?;
-    let real = target::open_in(policy, &p.target).map_err(|e| e.to_string())?;
+    let real = policy.open_target(&p.target).map_err(|e| e.to_string())?;
     let manifest = snapshot::read_manifest(&spool, &p.job, &p.snapshot)
         .await
         .map_err(|e| e.to_string())?

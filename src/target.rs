@@ -123,59 +123,27 @@ pub fn check_url(url: &str) -> Result<(), String> {
     }
 }
 
-/// Why a URL must not be used, if it carries a secret: a password in its user info or a
-/// query parameter that names one (`?password=`, `sslpassword`, `token`, …). URLs end up in
-/// logs, `/status`, error messages and child argv, which every local user can read.
-pub fn secret_in_url(url: &url::Url) -> Option<String> {
-    if url.password().is_some() {
-        return Some("contains a password: remove it and set `password_file` (URLs end up in logs and process lists)".into());
-    }
-    let secret_key = |k: &str| {
-        let k = k.to_ascii_lowercase();
-        k.contains("pass")
-            || k.contains("secret")
-            || k.contains("token")
-            || k == "pwd"
-            || k == "auth"
-    };
-    url.query_pairs().find(|(k, _)| secret_key(k)).map(|(k, _)| {
-        format!(
-            "carries a secret in its query (`{k}=`): remove it and set `password_file` (URLs end up in logs and process lists)"
-        )
-    })
-}
-
-/// The URL without userinfo and query string, which is where credentials hide.
-pub fn redact(url: &str) -> String {
-    match Url::parse(url) {
-        Ok(mut u) => {
-            if !u.username().is_empty() || u.password().is_some() {
-                let _ = u.set_username("");
-                let _ = u.set_password(None);
-            }
-            if u.query().is_some() {
-                u.set_query(Some("REDACTED"));
-            }
-            u.to_string()
-        }
-        Err(_) => "<unparseable url>".into(),
-    }
-}
+pub use crate::secret::{redact, secret_in_url};
 
 /// Opens the store behind a target URL with every option at its default.
 pub fn open(name: &str, url: &str) -> Result<Target, TargetError> {
     open_spec(name, &TargetPolicy::from_url(url))
 }
 
-/// Opens a policy's target, journaling its multipart uploads under `state_dir/uploads`.
-pub fn open_in(policy: &crate::policy::Policy, name: &str) -> Result<Target, TargetError> {
-    let spec = policy.targets.get(name).ok_or_else(|| TargetError::Open {
+/// Opens target `name` of `targets`, journaling its multipart uploads under
+/// `state_dir/uploads`.
+pub fn open_named(
+    targets: &std::collections::BTreeMap<String, TargetPolicy>,
+    state_dir: &std::path::Path,
+    name: &str,
+) -> Result<Target, TargetError> {
+    let spec = targets.get(name).ok_or_else(|| TargetError::Open {
         name: name.into(),
         url: String::new(),
         message: "no such target in the policy".into(),
     })?;
     let mut t = open_spec(name, spec)?;
-    t.journal_dir = Some(journal::dir(&policy.daemon.state_dir));
+    t.journal_dir = Some(journal::dir(state_dir));
     Ok(t)
 }
 

@@ -83,62 +83,7 @@ pub async fn verify_snapshots(
     Ok(records)
 }
 
-/// `[jobs.NAME] verify = { … }`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VerifyPolicy {
-    /// Verify each new snapshot right after it is committed (run-now and the daemon).
-    #[serde(default)]
-    pub after_backup: bool,
-    /// Cron expression for scheduled verification by the daemon.
-    #[serde(default)]
-    pub schedule: Option<String>,
-    /// What a scheduled verification checks: `latest` or `all`.
-    #[serde(default = "latest")]
-    pub snapshot: String,
-    /// Server for PostgreSQL scratch databases (default: the source's server).
-    #[serde(default)]
-    pub postgres_url: Option<String>,
-    /// Server for MySQL scratch databases (default: the source's server).
-    #[serde(default)]
-    pub mysql_url: Option<String>,
-}
-
-fn latest() -> String {
-    "latest".into()
-}
-
-impl Default for VerifyPolicy {
-    fn default() -> Self {
-        Self {
-            after_backup: false,
-            schedule: None,
-            snapshot: latest(),
-            postgres_url: None,
-            mysql_url: None,
-        }
-    }
-}
-
-impl VerifyPolicy {
-    pub fn check(&self) -> Result<(), String> {
-        if !matches!(self.snapshot.as_str(), "latest" | "all") {
-            return Err(format!(
-                "snapshot = {:?}: use \"latest\" or \"all\"",
-                self.snapshot
-            ));
-        }
-        if let Some(u) = &self.postgres_url {
-            crate::source::postgres::check_url(&crate::source::child::with_database(u, "postgres"))
-                .map_err(|e| format!("postgres_url {e}"))?;
-        }
-        if let Some(u) = &self.mysql_url {
-            crate::source::mysql::check_url(&crate::source::child::with_database(u, "mysql"))
-                .map_err(|e| format!("mysql_url {e}"))?;
-        }
-        Ok(())
-    }
-}
+pub use crate::policy::VerifyPolicy;
 
 /// The result of verifying one snapshot on one target, as stored in `verify/…json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -8,7 +8,6 @@ use std::process::ExitCode;
 use super::{EXIT_USAGE, load_policy};
 use crate::crypto;
 use crate::policy::EncryptionMode;
-use crate::target;
 
 struct Findings {
     fatal: usize,
@@ -82,8 +81,8 @@ pub async fn run(config: &Path) -> anyhow::Result<ExitCode> {
         let Some(first) = job.targets.first() else {
             continue;
         };
-        match target::open_in(&policy, first) {
-            Ok(t) => match crate::job::claim::probe(&t).await {
+        match policy.open_target(first) {
+            Ok(t) => match crate::claim::probe(&t).await {
                 Ok(supports) => f.ok(format!(
                     "jobs.{name}: coordination = \"lease\": target {first} {supports}"
                 )),
@@ -117,7 +116,7 @@ pub async fn run(config: &Path) -> anyhow::Result<ExitCode> {
     }
 
     for name in policy.targets.keys() {
-        let opened = target::open_in(&policy, name);
+        let opened = policy.open_target(name);
         match opened {
             Err(e) => f.fail(e),
             Ok(t) => match t.probe().await {
@@ -155,7 +154,7 @@ fn check_signing(signing: &crate::snapshot::seal::SigningPolicy, f: &mut Finding
             "signing key {} does not exist yet; it will be generated on the first backup",
             path.display()
         )),
-        Some(path) => match crypto::load_signing_key(path) {
+        Some(path) => match crate::snapshot::seal::load_signing_key(path) {
             Ok(key) => {
                 let public = public_string(&key.verifying_key());
                 f.ok(format!(

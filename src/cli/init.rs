@@ -48,10 +48,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let signing_key = dir.join(SIGNING_KEY_FILE);
     let signer = if signing_key.exists() {
-        let key = crate::crypto::load_signing_key(&signing_key)?;
+        let key = crate::snapshot::seal::load_signing_key(&signing_key)?;
         crate::snapshot::seal::public_string(&key.verifying_key())
     } else {
-        crate::crypto::generate_signing_key(&signing_key)?
+        crate::snapshot::seal::generate_signing_key(&signing_key)?
     };
     let source = match &args.source {
         Some(s) => std::path::absolute(s)?,

@@ -17,7 +17,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.signing {
-        let public = crate::crypto::generate_signing_key(&args.output)?;
+        let public = crate::snapshot::seal::generate_signing_key(&args.output)?;
         eprintln!(
             "wrote a new signing key to {} (mode 0600); it stays on the hosts that back up, never in the bucket",
             args.output.display()

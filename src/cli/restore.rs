@@ -104,7 +104,7 @@ pub async fn run(config: &Path, args: Args, quiet: bool) -> anyhow::Result<ExitC
     let into = into_server(&args, &chosen)?;
     let place = |name: &str| match (&args.to, &args.into_url) {
         (Some(dir), _) => dir.join(name).display().to_string(),
-        (None, Some(url)) => crate::target::redact(url),
+        (None, Some(url)) => crate::secret::redact(url),
         (None, None) => unreachable!("clap requires --to or --into-url"),
     };
     if args.dry_run {

@@ -39,7 +39,9 @@ pub async fn run(config: &Path, args: Args, quiet: bool) -> anyhow::Result<ExitC
         );
     }
     // Leftovers of earlier runs first: uploads a crash left open, snapshots in the spool.
-    for said in crate::target::journal::abort_orphans(&policy).await {
+    for said in
+        crate::target::journal::abort_orphans(&policy.daemon.state_dir, &policy.targets).await
+    {
         tracing::warn!("{said}");
     }
     if policy.daemon.spool_dir.is_some() {

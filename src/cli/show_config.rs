@@ -60,7 +60,7 @@ fn redact(v: Value, key: &str) -> Value {
         Value::String(tag, s) if s.starts_with("http://") || s.starts_with("https://") => {
             Value::String(tag, crate::notify::shown(&s))
         }
-        Value::String(tag, s) if s.contains("://") => Value::String(tag, crate::target::redact(&s)),
+        Value::String(tag, s) if s.contains("://") => Value::String(tag, crate::secret::redact(&s)),
         other => other,
     }
 }

@@ -58,7 +58,7 @@ impl Work {
                 return;
             };
             let ttl = std::time::Duration::from_secs(spec.lease_ttl_secs);
-            keeper = Some(crate::job::claim::Keeper::start(
+            keeper = Some(crate::claim::Keeper::start(
                 &target,
                 held,
                 ttl,
@@ -181,8 +181,8 @@ impl Work {
         job: &str,
         slot: DateTime<Utc>,
         cancel: &CancellationToken,
-    ) -> Option<(Target, crate::job::claim::Held)> {
-        use crate::job::claim::{self, Outcome, Watched};
+    ) -> Option<(Target, crate::claim::Held)> {
+        use crate::claim::{self, Outcome, Watched};
         let now = Utc::now();
         let Some(target) = open_targets(policy, job).into_iter().next() else {
             tracing::error!(
@@ -372,7 +372,7 @@ fn open_targets(policy: &Policy, job: &str) -> Vec<Target> {
     policy.jobs[job]
         .targets
         .iter()
-        .filter_map(|name| match crate::target::open_in(policy, name) {
+        .filter_map(|name| match policy.open_target(name) {
             Ok(t) => Some(t),
             Err(e) => {
                 tracing::warn!(job, target = %name, "{e}");

@@ -10,66 +10,9 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use serde::Deserialize;
 use tokio::io::AsyncReadExt;
 
-/// `[jobs.NAME.hooks]`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HooksPolicy {
-    /// Runs before the backup; when it fails the backup does not start (nothing is
-    /// committed) and the run counts as failed.
-    #[serde(default)]
-    pub before: Vec<String>,
-    /// Runs after a backup that committed on every target.
-    #[serde(default)]
-    pub after: Vec<String>,
-    /// Runs after a failed run (including a failed `before` hook).
-    #[serde(default)]
-    pub on_failure: Vec<String>,
-    /// Each hook is killed after this long and counts as failed.
-    #[serde(default = "default_timeout_secs")]
-    pub timeout_secs: u64,
-    /// Variables of backupd's own environment that hooks may see (by name).
-    #[serde(default)]
-    pub pass_env: Vec<String>,
-}
-
-fn default_timeout_secs() -> u64 {
-    300
-}
-
-impl Default for HooksPolicy {
-    fn default() -> Self {
-        Self {
-            before: Vec::new(),
-            after: Vec::new(),
-            on_failure: Vec::new(),
-            timeout_secs: default_timeout_secs(),
-            pass_env: Vec::new(),
-        }
-    }
-}
-
-impl HooksPolicy {
-    pub fn check(&self) -> Result<(), String> {
-        for (name, argv) in [
-            ("before", &self.before),
-            ("after", &self.after),
-            ("on_failure", &self.on_failure),
-        ] {
-            if argv.first().is_some_and(|p| p.trim().is_empty()) {
-                return Err(format!(
-                    "{name}: the first element is the program to run and cannot be empty"
-                ));
-            }
-        }
-        if self.timeout_secs == 0 {
-            return Err("timeout_secs must be above 0".into());
-        }
-        Ok(())
-    }
-}
+pub use crate::policy::HooksPolicy;
 
 /// What a hook is told about the run.
 pub struct HookEnv<'a> {

@@ -30,7 +30,7 @@ pub struct RunContext<'a> {
     pub slot: Option<chrono::DateTime<chrono::Utc>>,
     /// With `coordination = "lease"`: the slot's claim, which must still be valid at the
     /// commit.
-    pub lease: Option<std::sync::Arc<super::claim::Validity>>,
+    pub lease: Option<std::sync::Arc<crate::claim::Validity>>,
 }
 
 /// Runs `job` once with everything around it. `Err` only when another process holds the
@@ -138,7 +138,7 @@ async fn backup(ctx: &RunContext<'_>, job: &str, tags: &[String]) -> JobReport {
     let mut unreachable = BTreeMap::new();
     let mut spooled = BTreeMap::new();
     for name in &spec.targets {
-        let opened = crate::target::open_in(policy, name);
+        let opened = policy.open_target(name);
         // A remote target that is down now gets its copy in the spool, when there is one.
         if let (Some(spool_dir), Ok(t)) = (&policy.daemon.spool_dir, &opened)
             && t.remote.is_some()

@@ -5,7 +5,7 @@
 use std::io::{self, Write};
 
 use super::pargzip::ParGzip;
-use crate::policy::Compression;
+use crate::snapshot::Compression;
 
 pub(crate) enum Compressor<W: Write> {
     Gzip(ParGzip<W>),

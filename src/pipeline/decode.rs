@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use super::Tally;
 use crate::crypto::Identities;
-use crate::policy::Compression;
+use crate::snapshot::Compression;
 use crate::snapshot::SourceEntry;
 
 /// A reader that tallies what passes, readable after the chain is consumed.

@@ -33,14 +33,7 @@ fn problem(key: impl Into<String>, message: impl Into<String>) -> Problem {
     }
 }
 
-/// Job, source and target names become parts of object keys, so they are kept to
-/// `[a-z0-9][a-z0-9_-]*`, at most 64 characters.
-pub fn is_valid_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
-        && name.len() <= 64
-}
+pub use crate::snapshot::is_valid_name;
 
 fn check_name(key: &str, what: &str, name: &str, out: &mut Vec<Problem>) {
     if !is_valid_name(name) {

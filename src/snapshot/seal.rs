@@ -14,7 +14,7 @@
 //! still checks them.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use ed25519_dalek::{Signer, Verifier};
@@ -103,6 +103,55 @@ pub fn parse_public(s: &str) -> Result<ed25519_dalek::VerifyingKey, SealError> {
 
 pub fn public_string(key: &ed25519_dalek::VerifyingKey) -> String {
     format!("{PUBLIC_PREFIX}{}", hex::encode(key.as_bytes()))
+}
+
+/// Reads a signing key file (`BACKUPD-SIGN-SECRET-<hex>`), refusing one others can read.
+pub fn load_signing_key(path: &Path) -> Result<ed25519_dalek::SigningKey, crate::crypto::KeyError> {
+    let text = crate::crypto::read_private(path)?;
+    let seed: [u8; 32] = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(SECRET_PREFIX))
+        .and_then(|h| hex::decode(h).ok())
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| crate::crypto::KeyError::IdentityUnreadable {
+            path: path.into(),
+            reason: format!("it holds no signing key ({SECRET_PREFIX}…, as written by `backupd keygen --signing`)"),
+        })?;
+    Ok(ed25519_dalek::SigningKey::from_bytes(&seed))
+}
+
+/// Writes a new signing key to `path` (mode 0600, never overwriting) and returns its
+/// public key as `backupd-sign-<hex>`.
+pub fn generate_signing_key(path: &Path) -> Result<String, crate::crypto::KeyError> {
+    let seed: [u8; 32] = rand::random();
+    let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+    let public = public_string(&key.verifying_key());
+    let body = format!(
+        "# backupd manifest signing key, created {}\n# public key (put it in signing.trusted_keys): {public}\n{SECRET_PREFIX}{}\n",
+        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        hex::encode(seed)
+    );
+    crate::crypto::write_new_private(path, &body)?;
+    Ok(public)
+}
+
+/// The key this host signs its manifests with, created first when the policy asks.
+pub fn signing_key(
+    policy: &SigningPolicy,
+) -> Result<Option<ed25519_dalek::SigningKey>, crate::crypto::KeyError> {
+    let Some(path) = &policy.key_file else {
+        return Ok(None);
+    };
+    if policy.generate_key && !path.exists() {
+        let public = generate_signing_key(path)?;
+        tracing::warn!(
+            path = %path.display(),
+            public_key = %public,
+            "generated a new manifest signing key because signing.generate_key is set; \
+             put its public key in signing.trusted_keys so restore on another machine trusts it"
+        );
+    }
+    load_signing_key(path).map(Some)
 }
 
 /// Canonical JSON: keys sorted at every level, compact. Written here rather than relying
@@ -259,7 +308,7 @@ impl Trust {
         if let Some(path) = &policy.key_file
             && path.exists()
         {
-            let key = crate::crypto::load_signing_key(path).map_err(|e| e.to_string())?;
+            let key = load_signing_key(path).map_err(|e| e.to_string())?;
             keys.insert(public_string(&key.verifying_key()));
         }
         Ok(Self {

@@ -257,20 +257,13 @@ pub fn major_version(version_line: &str) -> Option<u32> {
 
 /// Reads a password file (first line), refusing one that group or others can read.
 pub fn read_password_file(path: &Path) -> Result<String, SourceError> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path).map_err(super::io_err(path))?;
-    let mode = meta.mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(SourceError::Invalid {
+    crate::secret::read_password_file(path).map_err(|e| match e {
+        crate::secret::SecretError::Io { path, source } => SourceError::Io { path, source },
+        exposed @ crate::secret::SecretError::Exposed { .. } => SourceError::Invalid {
             path: path.into(),
-            what: format!(
-                "password file is readable by group or others (mode {mode:04o}); run `chmod 600 {}`",
-                path.display()
-            ),
-        });
-    }
-    let text = std::fs::read_to_string(path).map_err(super::io_err(path))?;
-    Ok(text.lines().next().unwrap_or("").to_string())
+            what: exposed.to_string(),
+        },
+    })
 }
 
 #[cfg(test)]

@@ -17,10 +17,22 @@ use globset::{Glob, GlobBuilder, GlobMatcher};
 use tar::{EntryType, Header, HeaderMode};
 
 use super::{Dumped, SourceError, io_err};
-use crate::policy::DirectorySpec;
 use crate::snapshot::SourceStats;
 
 pub use unpack::{Data, Unpack, restore};
+
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectorySpec {
+    pub path: std::path::PathBuf,
+    /// Glob patterns: `*.tmp` matches a name at any depth, `cache/` directories only,
+    /// `logs/*.gz` (with a slash) is anchored at the source root.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// An empty tree is usually an unmounted volume, so it fails unless this is set.
+    #[serde(default)]
+    pub allow_empty: bool,
+}
 
 /// The `exclude` patterns of a directory source, compiled.
 #[derive(Debug)]

@@ -96,7 +96,7 @@ pub fn check_url(url: &str) -> Result<(), String> {
     if !matches!(parsed.scheme(), "mysql" | "mariadb") {
         return Err("must start with mysql://".into());
     }
-    if let Some(why) = crate::target::secret_in_url(&parsed) {
+    if let Some(why) = crate::secret::secret_in_url(&parsed) {
         return Err(why);
     }
     if parsed.host_str().is_none_or(str::is_empty) {
@@ -118,7 +118,7 @@ struct Conn {
 
 fn parse(url: &str) -> Result<Conn, SourceError> {
     check_url(url).map_err(|what| SourceError::Invalid {
-        path: PathBuf::from(crate::target::redact(url)),
+        path: PathBuf::from(crate::secret::redact(url)),
         what,
     })?;
     let u = url::Url::parse(url).expect("checked");
@@ -205,7 +205,7 @@ pub fn probe(spec: &MysqlSpec) -> Result<String, SourceError> {
     let version = query(&client, &conn, password.as_deref(), "select version()")?;
     Ok(format!(
         "mysql {} answers (server {})",
-        crate::target::redact(&spec.url),
+        crate::secret::redact(&spec.url),
         version.trim()
     ))
 }

@@ -66,7 +66,7 @@ pub fn check_url(url: &str) -> Result<(), String> {
     if !matches!(parsed.scheme(), "postgres" | "postgresql") {
         return Err("must start with postgres://".into());
     }
-    if let Some(why) = crate::target::secret_in_url(&parsed) {
+    if let Some(why) = crate::secret::secret_in_url(&parsed) {
         return Err(why);
     }
     if parsed.path().trim_start_matches('/').is_empty() {
@@ -176,7 +176,7 @@ fn database_of(url: &str) -> String {
 }
 
 fn server_label(url: &str) -> String {
-    crate::target::redact(url)
+    crate::secret::redact(url)
 }
 
 fn db_err(url: &str) -> impl Fn(postgres::Error) -> SourceError + '_ {

@@ -36,7 +36,7 @@ pub fn check_url(url: &str) -> Result<(), String> {
     if parsed.scheme() != "redis" {
         return Err("must start with redis://".into());
     }
-    if let Some(why) = crate::target::secret_in_url(&parsed) {
+    if let Some(why) = crate::secret::secret_in_url(&parsed) {
         return Err(why);
     }
     if parsed.host_str().is_none_or(str::is_empty) {
@@ -47,7 +47,7 @@ pub fn check_url(url: &str) -> Result<(), String> {
 
 fn command(tool: &Path, url: &str, password: Option<&str>) -> Result<Command, SourceError> {
     check_url(url).map_err(|what| SourceError::Invalid {
-        path: PathBuf::from(crate::target::redact(url)),
+        path: PathBuf::from(crate::secret::redact(url)),
         what,
     })?;
     let u = url::Url::parse(url).expect("checked");
@@ -78,7 +78,7 @@ fn info(
     // redis-cli exits 0 even when the server refuses the command; the reply says so.
     if !reply.contains("redis_version:") {
         return Err(SourceError::Database {
-            server: crate::target::redact(&spec.url),
+            server: crate::secret::redact(&spec.url),
             message: match reply.trim() {
                 "" => "no reply (is the server up?)".to_string(),
                 r if r.starts_with("NOAUTH") || r.starts_with("WRONGPASS") => {
@@ -98,7 +98,7 @@ pub fn probe(spec: &RedisSpec) -> Result<String, SourceError> {
     let (version, keys) = info(&cli, spec, password.as_deref())?;
     Ok(format!(
         "redis {} answers (server {version}, {} keys)",
-        crate::target::redact(&spec.url),
+        crate::secret::redact(&spec.url),
         keys.values().sum::<u64>()
     ))
 }

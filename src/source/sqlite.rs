@@ -15,8 +15,13 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 
 use super::{DumpContext, Dumped, Restored, SourceError, io_err};
-use crate::policy::SqliteSpec;
 use crate::snapshot::SourceStats;
+
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqliteSpec {
+    pub path: std::path::PathBuf,
+}
 
 fn sql_err(path: &Path) -> impl Fn(rusqlite::Error) -> SourceError + '_ {
     move |source| SourceError::Sqlite {

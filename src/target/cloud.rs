@@ -43,7 +43,7 @@ fn client(spec: &TargetPolicy) -> ClientOptions {
 }
 
 fn secret(path: &std::path::Path, what: &str) -> Result<String, String> {
-    crate::source::child::read_password_file(path).map_err(|e| format!("{what}: {e}"))
+    crate::secret::read_password_file(path).map_err(|e| format!("{what}: {e}"))
 }
 
 fn prefix_of(url: &Url) -> String {

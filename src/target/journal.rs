@@ -110,12 +110,16 @@ pub fn orphans(dir: &Path) -> Vec<(Held, Entry)> {
     out
 }
 
-/// Aborts every orphaned upload of `policy`'s targets; returns what it did, one line each.
-pub async fn abort_orphans(policy: &crate::policy::Policy) -> Vec<String> {
-    let dir = dir(&policy.daemon.state_dir);
+/// Aborts every orphaned upload journaled under `state_dir` on the `targets` it names;
+/// returns what it did, one line each.
+pub async fn abort_orphans(
+    state_dir: &std::path::Path,
+    targets: &std::collections::BTreeMap<String, super::TargetPolicy>,
+) -> Vec<String> {
+    let dir = dir(state_dir);
     let mut said = Vec::new();
     for (mut held, entry) in orphans(&dir) {
-        let Some(spec) = policy.targets.get(&entry.target) else {
+        let Some(spec) = targets.get(&entry.target) else {
             said.push(format!(
                 "forgot an open upload on target {} (no longer in the policy): {}; the bucket's lifecycle rule will remove it",
                 entry.target, entry.key

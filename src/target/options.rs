@@ -216,7 +216,7 @@ impl TargetPolicy {
         if let Some(e) = &self.endpoint {
             match url::Url::parse(e) {
                 // Checked first, and the value is not echoed: it would print the secret.
-                Ok(u) if !u.username().is_empty() || crate::target::secret_in_url(&u).is_some() => out.push((
+                Ok(u) if !u.username().is_empty() || crate::secret::secret_in_url(&u).is_some() => out.push((
                     "endpoint".into(),
                     "carries credentials (user info or a secret query parameter): the endpoint is logged and shown in /status; use access_key_id and secret_access_key_file".into(),
                 )),

@@ -44,7 +44,7 @@ fn unknown_keys_are_rejected_at_every_level() {
             "{HEAD}[jobs.app]\ntargets = [\"local\"]\nretension = 3\n[jobs.app.sources.s]\nkind = \"directory\"\npath = \"s\"\n"
         ),
         &[
-            "jobs.app.retension: unknown key (expected one of: schedule, jitter_secs, catch_up, coordination, timeout_secs",
+            "jobs.app.retension: unknown key (expected one of: schedule, jitter_secs, catch_up, coordination, lease_ttl_secs, timeout_secs",
         ],
     );
     expect_policy_error(
