@@ -145,121 +145,39 @@ pub async fn run(
     let started = Instant::now();
     let started_at = Utc::now();
     let id = snapshot::new_id(started_at);
-    let ctx = DumpContext {
-        staging_dir: policy.daemon.state_dir.join("tmp"),
-    };
-    let encoding = Encoding {
-        compression: job.compression,
-        level: job
-            .compression_level
-            .unwrap_or_else(|| job.compression.default_level()),
-        recipients: recipients.map(<[_]>::to_vec),
-        threads: job.compression_threads(),
+    let backup = Backup {
+        job_name,
+        job,
+        id: &id,
+        recipients,
+        encoding: Encoding {
+            compression: job.compression,
+            level: job
+                .compression_level
+                .unwrap_or_else(|| job.compression.default_level()),
+            recipients: recipients.map(<[_]>::to_vec),
+            threads: job.compression_threads(),
+        },
+        ctx: DumpContext {
+            staging_dir: policy.daemon.state_dir.join("tmp"),
+        },
+        cancel,
+        progress,
     };
     tracing::info!(job = job_name, snapshot = %id, "backup started");
 
+    let (work, mut reports) = expand_sources(job_name, job).await;
     let mut failed_targets = BTreeMap::new();
-    let mut reports = Vec::new();
     let mut uploaded: Vec<object_store::path::Path> = Vec::new();
-    // A database source may stand for several dumps (`databases = [...]`/"all").
-    let mut work: Vec<(String, String, source::Expanded)> = Vec::new();
-    for (group, spec) in &job.source_specs {
-        let (g, sp) = (group.clone(), spec.clone());
-        let expanded = tokio::task::spawn_blocking(move || source::expand(&g, &sp))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
-        match expanded {
-            Ok(list) => work.extend(list.into_iter().map(|(n, e)| (group.clone(), n, e))),
-            Err(e) => {
-                tracing::error!(job = job_name, source = %group, "cannot list what to back up: {e}");
-                reports.push(SourceReport {
-                    name: group.clone(),
-                    kind: spec.kind(),
-                    result: Err(e),
-                });
-            }
-        }
-    }
     for (group, name, spec) in &work {
-        let object = source::object_name(
-            name,
-            spec,
-            job.compression.extension(),
-            recipients.is_some(),
-        );
-        let key = snapshot::object_key(job_name, &id, &object);
         let live: Vec<Target> = targets
             .iter()
             .filter(|t| !failed_targets.contains_key(&t.name))
             .cloned()
             .collect();
-        let source_started = Instant::now();
-        let spec_owned = spec.clone();
-        let ctx = ctx.clone();
-        let estimate = if progress.is_on() {
-            let spec = spec.clone();
-            tokio::task::spawn_blocking(move || source::estimate(&spec))
-                .await
-                .ok()
-                .flatten()
-        } else {
-            None
-        };
-        let names: Vec<String> = live.iter().map(|t| t.name.clone()).collect();
-        let bars = progress.source(name, estimate, &names);
-        let result = if cancel.is_cancelled() {
-            Err("not attempted: the run was cancelled".to_string())
-        } else if live.is_empty() {
-            Err("not attempted: every target has failed".to_string())
-        } else {
-            pipeline::store(
-                &live,
-                &key,
-                &encoding,
-                cancel,
-                bars.meter.clone(),
-                move |w| Ok(source::dump(&spec_owned, &ctx, w)?),
-            )
-            .await
-            .map_err(|e| format!("{e:#}"))
-        };
-        bars.finish().await;
-        let result = result.map(|stored| {
-            uploaded.push(key.clone());
-            for (target, upload) in live.iter().zip(&stored.uploads) {
-                if let Err(e) = upload {
-                    failed_targets.insert(target.name.clone(), e.clone());
-                }
-            }
-            let secs = source_started.elapsed().as_secs_f64();
-            tracing::info!(
-                job = job_name,
-                source = %name,
-                plain_bytes = stored.plain.bytes,
-                stored_bytes = stored.stored.bytes,
-                seconds = format!("{secs:.1}"),
-                mib_per_sec = format!("{:.1}", stored.plain.bytes as f64 / 1048576.0 / secs.max(1e-9)),
-                "source stored"
-            );
-            SourceEntry {
-                kind: spec.kind().into(),
-                group: (group != name).then(|| group.clone()),
-                object,
-                compression: job.compression,
-                compression_level: encoding.level,
-                encryption: match recipients {
-                    Some(rs) => Encryption::Age {
-                        recipients: rs.iter().map(ToString::to_string).collect(),
-                    },
-                    None => Encryption::None,
-                },
-                stored: stored.stored,
-                plain: stored.plain,
-                stats: stored.produced.stats,
-                warnings: stored.produced.warnings,
-            }
-        });
+        let result = backup
+            .store_source(group, name, spec, &live, &mut failed_targets, &mut uploaded)
+            .await;
         if let Err(e) = &result {
             tracing::error!(job = job_name, source = %name, "source failed: {e}");
         }
@@ -308,34 +226,10 @@ pub async fn run(
             seal: Default::default(),
         };
         snapshot::seal::seal(&mut manifest, signing_key.as_ref());
-        for target in targets {
-            if report.failed_targets.contains_key(&target.name) {
-                continue;
-            }
-            match snapshot::commit(target, &manifest).await {
-                Ok(()) => report.committed.push(target.name.clone()),
-                Err(e) => {
-                    report
-                        .failed_targets
-                        .insert(target.name.clone(), e.to_string());
-                }
-            }
-        }
+        commit(targets, &manifest, &mut report).await;
         report.manifest = Some(manifest);
     }
-    // Objects on targets without a manifest are garbage: remove them now rather than
-    // leave them for a sweep. A crash before this point leaves them uncommitted, which
-    // list and restore ignore.
-    for target in targets {
-        if report.committed.contains(&target.name) {
-            continue;
-        }
-        for key in &uploaded {
-            if let Err(e) = target.store.delete(key).await {
-                tracing::warn!(target = %target.name, %key, "could not delete an uncommitted object: {e}");
-            }
-        }
-    }
+    discard_uncommitted(targets, &report.committed, &uploaded).await;
     if report.backup_ok() {
         tracing::info!(job = job_name, snapshot = %id, "snapshot committed");
         if !cancel.is_cancelled() {
@@ -346,6 +240,170 @@ pub async fn run(
     }
     report.seconds = started.elapsed().as_secs_f64();
     report
+}
+
+/// What every source of one run shares.
+struct Backup<'a> {
+    job_name: &'a str,
+    job: &'a JobPolicy,
+    id: &'a str,
+    recipients: Option<&'a [age::x25519::Recipient]>,
+    encoding: Encoding,
+    ctx: DumpContext,
+    cancel: &'a CancellationToken,
+    progress: &'a crate::progress::Progress,
+}
+
+/// The dumps the job's sources stand for (a database source may stand for several, with
+/// `databases = [...]` or "all"), as (source, dump name, spec); a source whose list
+/// cannot be made is reported failed.
+async fn expand_sources(
+    job_name: &str,
+    job: &JobPolicy,
+) -> (Vec<(String, String, source::Expanded)>, Vec<SourceReport>) {
+    let mut work = Vec::new();
+    let mut reports = Vec::new();
+    for (group, spec) in &job.source_specs {
+        let (g, sp) = (group.clone(), spec.clone());
+        let expanded = tokio::task::spawn_blocking(move || source::expand(&g, &sp))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        match expanded {
+            Ok(list) => work.extend(list.into_iter().map(|(n, e)| (group.clone(), n, e))),
+            Err(e) => {
+                tracing::error!(job = job_name, source = %group, "cannot list what to back up: {e}");
+                reports.push(SourceReport {
+                    name: group.clone(),
+                    kind: spec.kind(),
+                    result: Err(e),
+                });
+            }
+        }
+    }
+    (work, reports)
+}
+
+impl Backup<'_> {
+    /// Dumps one source through the pipeline to the `live` targets; a target whose upload
+    /// failed joins `failed_targets`, the object's key joins `uploaded`.
+    async fn store_source(
+        &self,
+        group: &str,
+        name: &str,
+        spec: &source::Expanded,
+        live: &[Target],
+        failed_targets: &mut BTreeMap<String, String>,
+        uploaded: &mut Vec<object_store::path::Path>,
+    ) -> Result<SourceEntry, String> {
+        let object = source::object_name(
+            name,
+            spec,
+            self.job.compression.extension(),
+            self.recipients.is_some(),
+        );
+        let key = snapshot::object_key(self.job_name, self.id, &object);
+        let source_started = Instant::now();
+        let estimate = if self.progress.is_on() {
+            let spec = spec.clone();
+            tokio::task::spawn_blocking(move || source::estimate(&spec))
+                .await
+                .ok()
+                .flatten()
+        } else {
+            None
+        };
+        let names: Vec<String> = live.iter().map(|t| t.name.clone()).collect();
+        let bars = self.progress.source(name, estimate, &names);
+        let result = if self.cancel.is_cancelled() {
+            Err("not attempted: the run was cancelled".to_string())
+        } else if live.is_empty() {
+            Err("not attempted: every target has failed".to_string())
+        } else {
+            let (spec, ctx) = (spec.clone(), self.ctx.clone());
+            pipeline::store(
+                live,
+                &key,
+                &self.encoding,
+                self.cancel,
+                bars.meter.clone(),
+                move |w| Ok(source::dump(&spec, &ctx, w)?),
+            )
+            .await
+            .map_err(|e| format!("{e:#}"))
+        };
+        bars.finish().await;
+        let stored = result?;
+        uploaded.push(key.clone());
+        for (target, upload) in live.iter().zip(&stored.uploads) {
+            if let Err(e) = upload {
+                failed_targets.insert(target.name.clone(), e.clone());
+            }
+        }
+        let secs = source_started.elapsed().as_secs_f64();
+        tracing::info!(
+            job = self.job_name,
+            source = %name,
+            plain_bytes = stored.plain.bytes,
+            stored_bytes = stored.stored.bytes,
+            seconds = format!("{secs:.1}"),
+            mib_per_sec = format!("{:.1}", stored.plain.bytes as f64 / 1048576.0 / secs.max(1e-9)),
+            "source stored"
+        );
+        Ok(SourceEntry {
+            kind: spec.kind().into(),
+            group: (group != name).then(|| group.to_string()),
+            object,
+            compression: self.job.compression,
+            compression_level: self.encoding.level,
+            encryption: match self.recipients {
+                Some(rs) => Encryption::Age {
+                    recipients: rs.iter().map(ToString::to_string).collect(),
+                },
+                None => Encryption::None,
+            },
+            stored: stored.stored,
+            plain: stored.plain,
+            stats: stored.produced.stats,
+            warnings: stored.produced.warnings,
+        })
+    }
+}
+
+/// Writes the manifest to every target that received every source.
+async fn commit(targets: &[Target], manifest: &Manifest, report: &mut JobReport) {
+    for target in targets {
+        if report.failed_targets.contains_key(&target.name) {
+            continue;
+        }
+        match snapshot::commit(target, manifest).await {
+            Ok(()) => report.committed.push(target.name.clone()),
+            Err(e) => {
+                report
+                    .failed_targets
+                    .insert(target.name.clone(), e.to_string());
+            }
+        }
+    }
+}
+
+/// Objects on targets without a manifest are garbage: removed now rather than left for a
+/// sweep. A crash before this point leaves them uncommitted, which list and restore ignore.
+async fn discard_uncommitted(
+    targets: &[Target],
+    committed: &[String],
+    uploaded: &[object_store::path::Path],
+) {
+    for target in targets {
+        if committed.contains(&target.name) {
+            continue;
+        }
+        for key in uploaded {
+            if let Err(e) = target.store.delete(key).await {
+                tracing::warn!(target = %target.name, %key, "could not delete an uncommitted object: {e}");
+            }
+        }
+    }
 }
 
 /// Verification (when `verify.after_backup`) and then retention, on every target the

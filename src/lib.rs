@@ -2,17 +2,33 @@
 //! object storage. See `BACKUP_POLICY.md` for the policy and the snapshot format.
 //!
 //! # Layout
-//! - [`cli`]: the command line, one file per command, and the exit-status contract.
-//! - [`policy`]: the typed TOML policy, its loading and pure validation.
-//! - [`crypto`]: age recipients and identities, key generation, permission checks.
-//! - [`source`]: what gets backed up, one kind per file, dump and restore together.
+//! In the order data flows: the policy says what to do, a job runs it, sources produce
+//! streams, the pipeline encodes them, targets store them, snapshots commit them.
+//!
+//! - [`policy`]: the typed TOML policy, its loading and validation; it composes the
+//!   components' own settings and no component imports it.
+//! - [`schedule`]: cron expressions in a time zone (croner, DST-correct).
+//! - [`job`]: one run of one job, from sources to committed manifest, with its hooks and lock.
+//! - [`source`]: what gets backed up, one kind per file (spec, probe, dump, restore).
 //! - [`pipeline`]: the bounded streaming encode (hash, compress, encrypt, tee) and decode.
-//! - [`target`]: object stores from URLs, redaction, the reachability probe.
-//! - [`snapshot`]: snapshot ids, object keys, the versioned manifest, commit and listing.
-//! - [`job`]: one run of one job, from sources to committed manifest.
-//! - [`verify`]: verification by test-restore and its stored results.
+//! - [`crypto`]: age recipients and identities, key files and their permission checks.
+//! - [`target`]: object stores from URLs, streaming reads, the upload journal, the probe.
+//! - [`snapshot`]: the versioned format: ids, keys, names, the manifest, its seal, commit,
+//!   listing and the one rule for selecting snapshots.
+//! - [`verify`]: verification by test-restore and its stored records.
+//! - [`restore`]: finding a snapshot, choosing its sources, restoring each into a
+//!   directory or a server.
 //! - [`retention`]: the pure keep/delete planner (restic `forget` semantics).
 //! - [`prune`]: applying retention to a target, and sweeping crash leftovers.
+//! - [`spool`]: local copies for a target that is down, delivered when it is back.
+//! - [`claim`]: one run per scheduled slot among replicas, through the bucket.
+//! - [`secret`]: password files and URLs that must not leak (a leaf).
+//! - [`state`]: the host's own records (last runs, private directories).
+//! - [`notify`]: webhooks and healthcheck pings.
+//! - [`progress`]: progress bars on a terminal.
+//! - [`daemon`]: `backupd run` — scheduler, listener, metrics, signals.
+//! - [`cli`]: the command line, one file per command.
+//! - [`error`]: the error policy and the exit-status contract.
 
 pub mod claim;
 pub mod cli;
@@ -25,6 +41,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod progress;
 pub mod prune;
+pub mod restore;
 pub mod retention;
 pub mod schedule;
 pub mod secret;

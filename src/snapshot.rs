@@ -13,6 +13,7 @@ use object_store::{PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 
 pub mod maintenance;
+pub mod record;
 pub mod seal;
 
 use crate::target::Target;
@@ -366,6 +367,71 @@ pub fn newest_accepted(snapshots: Vec<Manifest>, trust: &seal::Trust) -> Option<
         }
     }
     None
+}
+
+/// Which snapshots a command means: `latest` (this instance's newest that `trust` does
+/// not refuse), `all` (this instance's), or an id or unique prefix of one (any instance's).
+/// The one rule for restore, verify and the daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector {
+    Latest,
+    All,
+    Id(String),
+}
+
+impl Selector {
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "latest" => Selector::Latest,
+            "all" => Selector::All,
+            id => Selector::Id(id.to_string()),
+        }
+    }
+}
+
+/// Why a selector chose nothing it could use.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SelectError {
+    #[error("{prefix:?} matches {count} snapshots of job {job}; give more of the id")]
+    Ambiguous {
+        prefix: String,
+        count: usize,
+        job: String,
+    },
+}
+
+/// The snapshots of one job on one target (`snapshots`, newest first) that `selector`
+/// means for `instance`.
+pub fn select(
+    snapshots: Vec<Manifest>,
+    selector: &Selector,
+    instance: &str,
+    trust: &seal::Trust,
+) -> Result<Vec<Manifest>, SelectError> {
+    let own = |all: Vec<Manifest>| -> Vec<Manifest> {
+        all.into_iter()
+            .filter(|m| m.instance() == instance)
+            .collect()
+    };
+    Ok(match selector {
+        Selector::Latest => newest_accepted(own(snapshots), trust).into_iter().collect(),
+        Selector::All => own(snapshots),
+        Selector::Id(prefix) => {
+            let job = snapshots.first().map(|m| m.job.clone()).unwrap_or_default();
+            let matches: Vec<Manifest> = snapshots
+                .into_iter()
+                .filter(|m| m.snapshot.starts_with(prefix.as_str()))
+                .collect();
+            if matches.len() > 1 {
+                return Err(SelectError::Ambiguous {
+                    prefix: prefix.clone(),
+                    count: matches.len(),
+                    job,
+                });
+            }
+            matches
+        }
+    })
 }
 
 /// The names of the "directories" right under `prefix`. A key the store cannot even

@@ -10,6 +10,7 @@ pub mod directory;
 pub mod mysql;
 pub mod postgres;
 pub mod redis;
+pub mod scratch_db;
 pub mod sqlite;
 
 use std::io::{Read, Write};
@@ -28,6 +29,66 @@ pub enum SourceSpec {
 }
 
 impl SourceSpec {
+    /// Pure checks for the policy loader: each problem with the field it is about.
+    pub fn check(&self) -> Vec<(&'static str, String)> {
+        let (field, result) = match self {
+            SourceSpec::Directory(dir) => (
+                "exclude",
+                directory::Excludes::new(&dir.exclude)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+            ),
+            SourceSpec::Sqlite(_) => ("path", Ok(())),
+            SourceSpec::Postgres(pg) => ("url", postgres::check_spec(pg)),
+            SourceSpec::Mysql(my) => ("url", mysql::check_spec(my)),
+            SourceSpec::Redis(r) => ("url", redis::check_url(&r.url)),
+        };
+        result.err().map(|e| (field, e)).into_iter().collect()
+    }
+
+    /// The spec with its relative paths made absolute by `resolve` (against the policy
+    /// file's directory).
+    pub fn resolve_paths(self, resolve: impl Fn(PathBuf) -> PathBuf) -> Self {
+        match self {
+            SourceSpec::Directory(mut d) => {
+                d.path = resolve(d.path);
+                SourceSpec::Directory(d)
+            }
+            SourceSpec::Sqlite(mut s) => {
+                s.path = resolve(s.path);
+                SourceSpec::Sqlite(s)
+            }
+            SourceSpec::Postgres(mut s) => {
+                s.password_file = s.password_file.map(resolve);
+                SourceSpec::Postgres(s)
+            }
+            SourceSpec::Mysql(mut s) => {
+                s.password_file = s.password_file.map(resolve);
+                SourceSpec::Mysql(s)
+            }
+            SourceSpec::Redis(mut s) => {
+                s.password_file = s.password_file.map(resolve);
+                SourceSpec::Redis(s)
+            }
+        }
+    }
+
+    /// The server a dump of this source is test-restored on (a scratch database): its
+    /// own, unless `override_url` names another; `None` for kinds that are not databases.
+    pub fn scratch_server(&self, override_url: Option<&str>) -> Option<scratch_db::Server> {
+        let (url, password_file, engine, checks) = match self {
+            SourceSpec::Postgres(p) => (&p.url, &p.password_file, postgres::SERVER, &p.checks),
+            SourceSpec::Mysql(m) => (&m.url, &m.password_file, mysql::SERVER, &m.checks),
+            _ => return None,
+        };
+        Some(scratch_db::Server {
+            url: override_url.map_or_else(|| url.clone(), str::to_string),
+            password_file: password_file.clone(),
+            password_env: engine.password_env,
+            checks: checks.clone(),
+        })
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             SourceSpec::Directory(_) => "directory",
@@ -347,6 +408,74 @@ pub fn restore(
             mysql::restore_to_file(input, dest, database, overwrite)
         }
         SourceStats::Redis { .. } => redis::restore_to_file(input, dest, overwrite),
+    }
+}
+
+/// How an engine's dumps go into a server (`restore --into-url`): the URL schemes it
+/// takes and the variable its tools read a password from.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerEngine {
+    pub schemes: &'static [&'static str],
+    pub password_env: &'static str,
+}
+
+/// The server engine of a dump's recorded `engine`; `None` for dumps restored by hand.
+pub fn server_engine(engine: &str) -> Option<ServerEngine> {
+    match engine {
+        "postgres" => Some(postgres::SERVER),
+        "mysql" => Some(mysql::SERVER),
+        _ => None,
+    }
+}
+
+/// Copies a decrypted stream to `dir/name` for a tool to open: a new file, mode 0600.
+pub fn to_scratch(
+    reader: &mut dyn std::io::Read,
+    dir: &std::path::Path,
+    name: &str,
+) -> Result<std::path::PathBuf, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(name);
+    // A decrypted copy of a database: readable by this user alone, never through a link.
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    std::io::copy(reader, &mut file).map_err(|e| format!("reading the object: {e}"))?;
+    Ok(path)
+}
+
+/// Verification's test-restore of one source's plain stream, by the kind the manifest
+/// recorded: the same restore code as `restore`, into `scratch` (or a scratch database on
+/// `server`), compared with the manifest's figures.
+pub fn test_restore(
+    reader: &mut dyn Read,
+    entry: &SourceEntry,
+    server: Option<scratch_db::Server>,
+    scratch: &Path,
+) -> Result<Vec<crate::snapshot::record::Check>, String> {
+    match &entry.stats {
+        SourceStats::Tree {
+            files,
+            dirs,
+            symlinks,
+            file_bytes,
+            ..
+        } => directory::test_restore(reader, [*files, *dirs, *symlinks, *file_bytes], scratch),
+        SourceStats::Sqlite { tables, .. } => sqlite::test_restore(reader, tables, scratch),
+        SourceStats::Redis { keys, .. } => redis::test_restore(reader, keys, scratch),
+        SourceStats::Database { engine, .. } if engine == postgres::GLOBALS_ENGINE => {
+            Ok(Vec::new())
+        }
+        SourceStats::Database { engine, tables, .. } => match server {
+            Some(server) => scratch_db::test_restore(reader, engine, tables, &server),
+            None => Err(format!(
+                "no server to test-restore into: the policy no longer has this source; set verify.{engine}_url"
+            )),
+        },
     }
 }
 

@@ -9,19 +9,15 @@ mod checks;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
-use futures::TryStreamExt;
-use object_store::path::Path as ObjectPath;
-use object_store::{PutMode, PutOptions, PutPayload};
-use serde::{Deserialize, Serialize};
+use chrono::Utc;
 
 use crate::crypto::Identities;
-use crate::policy::{Policy, SourceSpec};
+use crate::policy::Policy;
 use crate::snapshot::seal::{Judgment, Trust};
 use crate::snapshot::{Manifest, SourceEntry};
 use crate::target::Target;
 
-pub use checks::Check;
+pub use crate::snapshot::record::{Check, SourceResult, VerifyRecord, latest_record};
 
 /// Verifies the `which` snapshots (`latest`, `all`, or an id prefix) of `job` on each of
 /// `targets`. The identity (`identity`, else the policy's) is loaded only when an
@@ -43,23 +39,8 @@ pub async fn verify_snapshots(
     for target in targets {
         let all = crate::snapshot::list(target, Some(job)).await?;
         // `latest` and `all` are this instance's; an id names any instance's snapshot.
-        let own = || {
-            all.iter()
-                .filter(|m| m.instance() == me)
-                .cloned()
-                .collect::<Vec<_>>()
-        };
-        let chosen: Vec<_> = match which {
-            "latest" => crate::snapshot::newest_accepted(own(), &trust)
-                .into_iter()
-                .collect(),
-            "all" => own(),
-            prefix => all
-                .iter()
-                .filter(|m| m.snapshot.starts_with(prefix))
-                .cloned()
-                .collect(),
-        };
+        let chosen =
+            crate::snapshot::select(all, &crate::snapshot::Selector::parse(which), &me, &trust)?;
         for manifest in chosen {
             let encrypted = manifest
                 .sources
@@ -84,105 +65,6 @@ pub async fn verify_snapshots(
 }
 
 pub use crate::policy::VerifyPolicy;
-
-/// The result of verifying one snapshot on one target, as stored in `verify/…json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct VerifyRecord {
-    pub format: u32,
-    pub job: String,
-    pub snapshot: String,
-    pub target: String,
-    pub host: String,
-    pub backupd_version: String,
-    pub started_at: DateTime<Utc>,
-    pub finished_at: DateTime<Utc>,
-    pub ok: bool,
-    /// Whether the manifest's seal is trusted (`signing`); absent in older records.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub authenticity: Option<Check>,
-    pub sources: BTreeMap<String, SourceResult>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SourceResult {
-    pub ok: bool,
-    pub checks: Vec<Check>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-impl VerifyRecord {
-    /// One line per failed check, naming job, snapshot, source and check.
-    pub fn failures(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        if let Some(c) = self.authenticity.as_ref().filter(|c| !c.ok) {
-            out.push(format!(
-                "{}/{} on {}: manifest: {}",
-                self.job, self.snapshot, self.target, c.detail
-            ));
-        }
-        for (source, r) in &self.sources {
-            for c in r.checks.iter().filter(|c| !c.ok) {
-                out.push(format!(
-                    "{}/{} on {}: source {source}: check {:?} failed: {}",
-                    self.job, self.snapshot, self.target, c.name, c.detail
-                ));
-            }
-            if let Some(e) = &r.error {
-                out.push(format!(
-                    "{}/{} on {}: source {source}: {e}",
-                    self.job, self.snapshot, self.target
-                ));
-            }
-        }
-        out
-    }
-}
-
-fn record_prefix(job: &str, id: &str) -> ObjectPath {
-    ObjectPath::from(format!("{job}/{id}/verify"))
-}
-
-/// The newest verification record of a snapshot on a target, if any.
-pub async fn latest_record(target: &Target, job: &str, id: &str) -> Option<VerifyRecord> {
-    let keys: Vec<ObjectPath> = target
-        .store
-        .list(Some(&record_prefix(job, id)))
-        .map_ok(|m| m.location)
-        .try_collect()
-        .await
-        .ok()?;
-    // Records are named by the time they were written; a name that is no time, or lies in
-    // the future, is someone else's (a forged "9999-…" must not win by its name).
-    let latest_allowed = Utc::now() + chrono::Duration::minutes(10);
-    let mut named: Vec<(DateTime<Utc>, ObjectPath)> = keys
-        .into_iter()
-        .filter_map(|k| {
-            let stamp = k.filename()?.strip_suffix(".json")?;
-            let t = chrono::NaiveDateTime::parse_from_str(stamp, "%Y-%m-%dT%H-%M-%S%.3fZ").ok()?;
-            Some((t.and_utc(), k))
-        })
-        .filter(|(t, _)| *t <= latest_allowed)
-        .collect();
-    named.sort_by_key(|n| std::cmp::Reverse(n.0));
-    for (_, key) in named {
-        let Ok(crate::target::Small::Found(bytes)) = target.get_small(&key, MAX_RECORD_BYTES).await
-        else {
-            continue;
-        };
-        match serde_json::from_slice::<VerifyRecord>(&bytes) {
-            // A record counts only for the snapshot it lies beside.
-            Ok(r) if r.job == job && r.snapshot == id => return Some(r),
-            _ => {
-                tracing::warn!(key = %key, "ignored a verification record that is not this snapshot's or does not parse")
-            }
-        }
-    }
-    None
-}
-
-/// A record lists each check of each source; far below this.
-const MAX_RECORD_BYTES: u64 = 4 << 20;
 
 /// Everything a verification needs besides the snapshot itself.
 pub struct Verifier<'a> {
@@ -232,22 +114,8 @@ impl Verifier<'_> {
             authenticity: Some(authenticity),
             sources,
         };
-        let key = ObjectPath::from(format!(
-            "{}/{}.json",
-            record_prefix(&manifest.job, &manifest.snapshot),
-            started_at.format("%Y-%m-%dT%H-%M-%S%.3fZ")
-        ));
-        let body = serde_json::to_vec_pretty(&record).expect("record serializes");
-        let opts = PutOptions {
-            mode: PutMode::Create,
-            ..Default::default()
-        };
-        if let Err(e) = target
-            .store
-            .put_opts(&key, PutPayload::from(body), opts)
-            .await
-        {
-            tracing::error!(target = %target.name, "cannot store the verification result {key}: {e}");
+        if let Err(e) = crate::snapshot::record::store(target, &record).await {
+            tracing::error!(target = %target.name, "cannot store the verification result: {e}");
         }
         record
     }
@@ -294,33 +162,21 @@ impl Verifier<'_> {
 
     /// Where a database source is test-restored: the verify URL of the job, else the
     /// source's own server, with the source's credentials.
-    fn server_for(&self, job: &str, name: &str, entry: &SourceEntry) -> Option<checks::Server> {
+    fn server_for(
+        &self,
+        job: &str,
+        name: &str,
+        entry: &SourceEntry,
+    ) -> Option<crate::source::scratch_db::Server> {
         let job = self.policy.jobs.get(job)?;
         let group = entry.group.as_deref().unwrap_or(name);
         let spec = job.source_specs.get(group)?;
-        let (url, password_file, env_var, checks, override_url) = match spec {
-            SourceSpec::Postgres(p) => (
-                &p.url,
-                &p.password_file,
-                "PGPASSWORD",
-                &p.checks,
-                &job.verify.postgres_url,
-            ),
-            SourceSpec::Mysql(m) => (
-                &m.url,
-                &m.password_file,
-                "MYSQL_PWD",
-                &m.checks,
-                &job.verify.mysql_url,
-            ),
-            _ => return None,
+        let override_url = match spec.kind() {
+            "postgres" => job.verify.postgres_url.as_deref(),
+            "mysql" => job.verify.mysql_url.as_deref(),
+            _ => None,
         };
-        Some(checks::Server {
-            url: override_url.clone().unwrap_or_else(|| url.clone()),
-            password_file: password_file.clone(),
-            password_env: env_var,
-            checks: checks.clone(),
-        })
+        spec.scratch_server(override_url)
     }
 }
 
@@ -352,7 +208,7 @@ mod tests {
         let scratch = super::scratch_dir(&base.path().join("tmp"));
         let file = scratch.as_ref().map(|s| {
             let mut reader: &[u8] = b"secret rows";
-            super::checks::to_scratch(&mut reader, s.path(), "restore.sqlite")
+            crate::source::to_scratch(&mut reader, s.path(), "restore.sqlite")
         });
         rustix::process::umask(old);
         let file = file.unwrap().unwrap();

@@ -1,16 +1,16 @@
 //! `backupd restore JOB [SNAPSHOT] --to DIR …`: each source into `DIR/<source>/`, with the
-//! stored and plain sha256 checked against the manifest while restoring.
+//! stored and plain sha256 checked against the manifest while restoring. The use case is
+//! `crate::restore`; this file parses and prints.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use super::{EXIT_FAILED, UsageError, chosen_targets, human_bytes, load_policy};
 use crate::crypto;
-use crate::pipeline;
-use crate::snapshot::seal::{Judgment, Trust};
-use crate::snapshot::{self, Encryption, Manifest, SourceEntry};
+use crate::restore::{self, Destination};
+use crate::snapshot::seal::Judgment;
+use crate::snapshot::{Encryption, Selector};
 use crate::source;
-use crate::target::Target;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -77,8 +77,18 @@ pub async fn run(config: &Path, args: Args, quiet: bool) -> anyhow::Result<ExitC
     let mut trust = super::trust(&policy)?;
     trust.allow_unsigned = args.allow_unsigned;
     let instance = super::chosen_instance(&policy, args.instance.as_ref())?;
-    let (target, manifest) =
-        find_snapshot(&targets, &args.job, &args.snapshot, &instance, &trust).await?;
+    let selector = match Selector::parse(&args.snapshot) {
+        Selector::All => {
+            return Err(UsageError(
+                "restore takes one snapshot: an id, a unique prefix of one, or `latest`".into(),
+            )
+            .into());
+        }
+        s => s,
+    };
+    let (target, manifest) = restore::find(&targets, &args.job, &selector, &instance, &trust)
+        .await
+        .map_err(edge)?;
     match trust.judge(&manifest) {
         Judgment::Trusted => {}
         Judgment::Accepted(why) => println!("warning: snapshot {} is {why}", manifest.snapshot),
@@ -90,7 +100,7 @@ pub async fn run(config: &Path, args: Args, quiet: bool) -> anyhow::Result<ExitC
             ));
         }
     }
-    let chosen = select_sources(&manifest, &args.only, &args.skip)?;
+    let chosen = restore::select_sources(&manifest, &args.only, &args.skip).map_err(edge)?;
 
     println!(
         "snapshot {} of job {} (taken {} on {}, tags {}) from target {}",
@@ -101,7 +111,21 @@ pub async fn run(config: &Path, args: Args, quiet: bool) -> anyhow::Result<ExitC
         super::printable(&manifest.tags.join(",")),
         target.name
     );
-    let into = into_server(&args, &chosen)?;
+    let into = match &args.into_url {
+        Some(url) => Some(
+            restore::into_server(
+                &restore::IntoRequest {
+                    url: url.clone(),
+                    create: args.create,
+                    clean: args.clean,
+                    password_file: args.password_file.clone(),
+                },
+                &chosen,
+            )
+            .map_err(edge)?,
+        ),
+        None => None,
+    };
     let place = |name: &str| match (&args.to, &args.into_url) {
         (Some(dir), _) => dir.join(name).display().to_string(),
         (None, Some(url)) => crate::secret::redact(url),
@@ -144,38 +168,29 @@ pub async fn run(config: &Path, args: Args, quiet: bool) -> anyhow::Result<ExitC
 
     let mut failed = 0;
     for (name, entry) in chosen {
-        let dest = args
-            .to
-            .as_ref()
-            .map(|to| to.join(&name))
-            .unwrap_or_default();
         let shown = place(&name);
-        let into_server = into.is_some();
-        let into = into.clone();
-        let key = snapshot::object_key(&manifest.job, &manifest.snapshot, &entry.object);
-        let result = async {
-            let input = progress.reader(&name, entry.stored.bytes, target.reader(&key).await?);
-            let ids = identities.clone();
-            let options = source::RestoreOptions {
-                overwrite: args.force,
-                same_owner: !args.no_same_owner,
-            };
-            let dest = dest.clone();
-            let entry = entry.clone();
-            tokio::task::spawn_blocking(move || -> anyhow::Result<source::Restored> {
-                let mut decoded = pipeline::decode(input, &entry, ids.as_deref())?;
-                let restored = match &into {
-                    Some(into) => source::restore_into(&entry, &mut decoded.reader, into)?,
-                    None => source::restore(&entry, &mut decoded.reader, &dest, options)?,
-                };
-                decoded.finish()?;
-                Ok(restored)
-            })
-            .await?
-        }
+        let dest = match (&into, &args.to) {
+            (Some(server), _) => Destination::Server(server.clone()),
+            (None, to) => Destination::Dir(
+                to.as_ref().map(|to| to.join(&name)).unwrap_or_default(),
+                source::RestoreOptions {
+                    overwrite: args.force,
+                    same_owner: !args.no_same_owner,
+                },
+            ),
+        };
+        let result = restore::restore_source(
+            &target,
+            &manifest,
+            &name,
+            &entry,
+            identities.clone(),
+            dest,
+            &progress,
+        )
         .await;
         match result {
-            Ok(r) if into_server => println!(
+            Ok(r) if into.is_some() => println!(
                 "restored {name} into {shown}: {} of dump applied; checksums match",
                 human_bytes(r.bytes)
             ),
@@ -212,162 +227,13 @@ pub async fn run(config: &Path, args: Args, quiet: bool) -> anyhow::Result<ExitC
     })
 }
 
-/// The snapshot named by `wanted` (id, unique prefix or `latest`), from the first target
-/// that has it. `latest` is `instance`'s newest; an id names one snapshot of any instance.
-async fn find_snapshot(
-    targets: &[Target],
-    job: &str,
-    wanted: &str,
-    instance: &str,
-    trust: &Trust,
-) -> anyhow::Result<(Target, Manifest)> {
-    let mut best: Option<(Target, Manifest)> = None;
-    let mut others: std::collections::BTreeSet<String> = Default::default();
-    for target in targets {
-        let snapshots = match snapshot::list(target, Some(job)).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(target = %target.name, "cannot list snapshots: {e}");
-                continue;
-            }
-        };
-        let found = if wanted == "latest" {
-            others.extend(snapshot::instances_in(&snapshots));
-            let own: Vec<Manifest> = snapshots
-                .into_iter()
-                .filter(|m| m.instance() == instance)
-                .collect();
-            snapshot::newest_accepted(own, trust)
-        } else {
-            let matches: Vec<Manifest> = snapshots
-                .into_iter()
-                .filter(|m| m.snapshot.starts_with(wanted))
-                .collect();
-            if matches.len() > 1 {
-                return Err(UsageError(format!(
-                    "{wanted:?} matches {} snapshots of job {job}; give more of the id",
-                    matches.len()
-                ))
-                .into());
-            }
-            matches.into_iter().next()
-        };
-        if let Some(m) = found
-            && best.as_ref().is_none_or(|(_, b)| m.snapshot > b.snapshot)
-        {
-            best = Some((target.clone(), m));
-        }
-        if best.is_some() && wanted != "latest" {
-            break;
-        }
-    }
-    let shown_targets = targets
-        .iter()
-        .map(|t| t.name.as_str())
-        .collect::<Vec<_>>()
-        .join(", ");
-    best.ok_or_else(|| {
-        others.remove(instance);
-        if wanted == "latest" && !others.is_empty() {
-            anyhow::anyhow!(
-                "instance {instance} has no committed snapshot of job {job} on target(s) {shown_targets}; instances that have: {} (restore one with --instance NAME)",
-                others.into_iter().collect::<Vec<_>>().join(", ")
-            )
-        } else {
-            anyhow::anyhow!(
-                "no committed snapshot {wanted:?} of job {job} on target(s) {shown_targets}; see `backupd list {job} --all-instances`"
-            )
-        }
-    })
-}
-
-fn select_sources(
-    m: &Manifest,
-    only: &[String],
-    skip: &[String],
-) -> anyhow::Result<Vec<(String, SourceEntry)>> {
-    // A name matches a source, or every object a multi-database source made.
-    let matches = |wanted: &String, name: &String, e: &SourceEntry| {
-        wanted == name || e.group.as_ref() == Some(wanted)
-    };
-    for wanted in only.iter().chain(skip) {
-        if !m.sources.iter().any(|(n, e)| matches(wanted, n, e)) {
-            let name = wanted;
-            return Err(UsageError(format!(
-                "snapshot {} has no source {name:?} (sources: {})",
-                m.snapshot,
-                m.sources.keys().cloned().collect::<Vec<_>>().join(", ")
-            ))
-            .into());
-        }
-    }
-    let chosen: Vec<_> = m
-        .sources
-        .iter()
-        .filter(|(n, e)| only.is_empty() || only.iter().any(|w| matches(w, n, e)))
-        .filter(|(n, e)| !skip.iter().any(|w| matches(w, n, e)))
-        .map(|(n, e)| (n.clone(), e.clone()))
-        .collect();
-    if chosen.is_empty() {
-        return Err(UsageError("--only/--skip leave no source to restore".into()).into());
-    }
-    Ok(chosen)
-}
-
-/// The server restore target from `--into-url`, checked against what was chosen.
-fn into_server(
-    args: &Args,
-    chosen: &[(String, SourceEntry)],
-) -> anyhow::Result<Option<source::IntoServer>> {
-    let Some(url) = &args.into_url else {
-        return Ok(None);
-    };
-    let [(name, entry)] = chosen else {
-        return Err(UsageError(format!(
-            "--into-url restores one database source; pick it with --only (sources: {})",
-            chosen
-                .iter()
-                .map(|(n, _)| n.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))
-        .into());
-    };
-    let engine = match &entry.stats {
-        crate::snapshot::SourceStats::Database { engine, .. } => engine.as_str(),
-        _ => {
-            return Err(UsageError(format!(
-                "source {name} is a {} source: restore it with --to DIR",
-                entry.kind
-            ))
-            .into());
-        }
-    };
-    let scheme_ok = match engine {
-        "postgres" => url.starts_with("postgres://") || url.starts_with("postgresql://"),
-        _ => url.starts_with("mysql://") || url.starts_with("mariadb://"),
-    };
-    if !scheme_ok {
-        return Err(UsageError(format!(
-            "source {name} is a {engine} dump; --into-url must be a {engine}:// URL"
-        ))
-        .into());
-    }
-    let env_var = if engine == "postgres" {
-        "PGPASSWORD"
+/// A library error at the edge: a usage error exits 2, anything else 1.
+fn edge(e: restore::RestoreError) -> anyhow::Error {
+    if e.is_usage() {
+        UsageError(e.to_string()).into()
     } else {
-        "MYSQL_PWD"
-    };
-    let password = match &args.password_file {
-        Some(file) => Some(source::child::read_password_file(file)?),
-        None => std::env::var(env_var).ok(),
-    };
-    Ok(Some(source::IntoServer {
-        url: url.clone(),
-        password,
-        create: args.create,
-        clean: args.clean,
-    }))
+        e.into()
+    }
 }
 
 fn non_empty(dir: &Path) -> anyhow::Result<bool> {

@@ -175,26 +175,5 @@ fn join(base: &Path, path: PathBuf) -> PathBuf {
 }
 
 fn resolve_source(spec: SourceSpec, base: &Path) -> SourceSpec {
-    match spec {
-        SourceSpec::Directory(mut d) => {
-            d.path = join(base, d.path);
-            SourceSpec::Directory(d)
-        }
-        SourceSpec::Sqlite(mut s) => {
-            s.path = join(base, s.path);
-            SourceSpec::Sqlite(s)
-        }
-        SourceSpec::Postgres(mut s) => {
-            s.password_file = s.password_file.map(|p| join(base, p));
-            SourceSpec::Postgres(s)
-        }
-        SourceSpec::Mysql(mut s) => {
-            s.password_file = s.password_file.map(|p| join(base, p));
-            SourceSpec::Mysql(s)
-        }
-        SourceSpec::Redis(mut s) => {
-            s.password_file = s.password_file.map(|p| join(base, p));
-            SourceSpec::Redis(s)
-        }
-    }
+    spec.resolve_paths(|p| join(base, p))
 }

@@ -237,32 +237,7 @@ pub fn policy(policy: &Policy) -> Vec<Problem> {
         let (key, what) = p.split_once(": ").unwrap_or(("signing", p.as_str()));
         out.push(problem(key, what));
     }
-    if let Some(i) = &policy.daemon.instance
-        && !crate::policy::is_valid_instance(i)
-    {
-        out.push(problem(
-            "daemon.instance",
-            format!("{i:?}: use letters, digits, '-', '_' and '.' (a host name fits)"),
-        ));
-    }
-    if policy.daemon.max_concurrent_jobs == 0 {
-        out.push(problem("daemon.max_concurrent_jobs", "must be at least 1"));
-    }
-    if policy.daemon.listen != "off"
-        && policy
-            .daemon
-            .listen
-            .parse::<std::net::SocketAddr>()
-            .is_err()
-    {
-        out.push(problem(
-            "daemon.listen",
-            format!(
-                "{:?} is not an address like \"127.0.0.1:9897\" (or \"off\" for no listener)",
-                policy.daemon.listen
-            ),
-        ));
-    }
+    daemon(policy, &mut out);
     for (i, hook) in policy.notify.iter().enumerate() {
         if let Err(e) = crate::notify::check_url(&hook.url) {
             out.push(problem(format!("notify[{i}].url"), e));
@@ -289,145 +264,167 @@ pub fn policy(policy: &Policy) -> Vec<Problem> {
         }
     }
     for (name, job) in &policy.jobs {
-        let key = format!("jobs.{name}");
-        check_name(&key, "job", name, &mut out);
-        if job.targets.is_empty() {
+        job_checks(policy, name, job, &mut out);
+    }
+    out
+}
+
+fn daemon(policy: &Policy, out: &mut Vec<Problem>) {
+    if let Some(i) = &policy.daemon.instance
+        && !crate::policy::is_valid_instance(i)
+    {
+        out.push(problem(
+            "daemon.instance",
+            format!("{i:?}: use letters, digits, '-', '_' and '.' (a host name fits)"),
+        ));
+    }
+    if policy.daemon.max_concurrent_jobs == 0 {
+        out.push(problem("daemon.max_concurrent_jobs", "must be at least 1"));
+    }
+    if policy.daemon.listen != "off"
+        && policy
+            .daemon
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .is_err()
+    {
+        out.push(problem(
+            "daemon.listen",
+            format!(
+                "{:?} is not an address like \"127.0.0.1:9897\" (or \"off\" for no listener)",
+                policy.daemon.listen
+            ),
+        ));
+    }
+}
+
+/// Everything about one job: its name, targets, schedules, retention, hooks and sources.
+fn job_checks(policy: &Policy, name: &str, job: &crate::policy::JobPolicy, out: &mut Vec<Problem>) {
+    let key = format!("jobs.{name}");
+    check_name(&key, "job", name, out);
+    if job.targets.is_empty() {
+        out.push(problem(
+            format!("{key}.targets"),
+            "list at least one target",
+        ));
+    }
+    for target in &job.targets {
+        if !policy.targets.contains_key(target) {
             out.push(problem(
                 format!("{key}.targets"),
-                "list at least one target",
-            ));
-        }
-        for target in &job.targets {
-            if !policy.targets.contains_key(target) {
-                out.push(problem(
-                    format!("{key}.targets"),
-                    format!(
-                        "unknown target {target:?} (defined: {})",
-                        names(policy.targets.keys())
-                    ),
-                ));
-            }
-        }
-        if let Some(tz) = &job.timezone
-            && tz.parse::<chrono_tz::Tz>().is_err()
-        {
-            out.push(problem(
-                format!("{key}.timezone"),
                 format!(
-                    "unknown time zone {tz:?} (use an IANA name like \"Europe/Berlin\" or \"UTC\")"
+                    "unknown target {target:?} (defined: {})",
+                    names(policy.targets.keys())
                 ),
             ));
         }
-        let mut rule_sets: Vec<(String, &crate::retention::Rules)> = Vec::new();
-        if let Some(r) = &job.retention {
-            rule_sets.push((format!("{key}.retention"), r));
-        }
-        for (t, r) in &job.target_retention {
-            if !job.targets.contains(t) {
-                out.push(problem(
-                    format!("{key}.target_retention.{t}"),
-                    format!(
-                        "{t:?} is not one of this job's targets ({})",
-                        job.targets.join(", ")
-                    ),
-                ));
-            }
-            rule_sets.push((format!("{key}.target_retention.{t}"), r));
-        }
-        for (rkey, rules) in rule_sets {
-            if !rules.keeps_something() {
-                out.push(problem(
-                    rkey,
-                    "these rules keep nothing: set keep_last, keep_daily, … (at least one above 0), keep_within or keep_tags, or remove the table to keep everything",
-                ));
-            }
-        }
-        for (field, expr) in [
-            ("schedule", &job.schedule),
-            ("verify.schedule", &job.verify.schedule),
-        ] {
-            if let Some(expr) = expr
-                && let Err(e) = crate::schedule::Schedule::parse(expr, job.tz())
-            {
-                out.push(problem(format!("{key}.{field}"), e));
-            }
-        }
-        if job.coordination == crate::policy::Coordination::Lease {
-            if job.schedule.is_none() {
-                out.push(problem(
-                    format!("{key}.coordination"),
-                    "\"lease\" shares scheduled slots among replicas: the job needs a `schedule`",
-                ));
-            }
-            if job.lease_ttl_secs < 2 {
-                out.push(problem(
-                    format!("{key}.lease_ttl_secs"),
-                    "must be at least 2 (the holder renews its claim every third of it)",
-                ));
-            }
-            if job.jitter_secs > 0 {
-                out.push(problem(
-                    format!("{key}.coordination"),
-                    "\"lease\" names each slot by its scheduled time: set jitter_secs = 0 (the replicas race for the slot instead)",
-                ));
-            }
-        }
-        if job.timeout_secs == Some(0) {
+    }
+    if let Some(tz) = &job.timezone
+        && tz.parse::<chrono_tz::Tz>().is_err()
+    {
+        out.push(problem(
+            format!("{key}.timezone"),
+            format!(
+                "unknown time zone {tz:?} (use an IANA name like \"Europe/Berlin\" or \"UTC\")"
+            ),
+        ));
+    }
+    let mut rule_sets: Vec<(String, &crate::retention::Rules)> = Vec::new();
+    if let Some(r) = &job.retention {
+        rule_sets.push((format!("{key}.retention"), r));
+    }
+    for (t, r) in &job.target_retention {
+        if !job.targets.contains(t) {
             out.push(problem(
-                format!("{key}.timeout_secs"),
-                "must be above 0 (leave it out for no timeout)",
+                format!("{key}.target_retention.{t}"),
+                format!(
+                    "{t:?} is not one of this job's targets ({})",
+                    job.targets.join(", ")
+                ),
             ));
         }
-        if let Err(e) = job.hooks.check() {
-            out.push(problem(format!("{key}.hooks"), e));
-        }
-        if let Some(url) = &job.healthcheck_url
-            && let Err(e) = crate::notify::check_url(url)
-        {
-            out.push(problem(format!("{key}.healthcheck_url"), e));
-        }
-        if let Err(e) = job.verify.check() {
-            out.push(problem(format!("{key}.verify"), e));
-        }
-        if let Some(level) = job.compression_level {
-            let range = match job.compression {
-                Compression::Gzip => 0..=9,
-                Compression::Zstd => 1..=22,
-                Compression::None => 0..=0,
-            };
-            if !range.contains(&level) {
-                out.push(problem(
-                    format!("{key}.compression_level"),
-                    format!(
-                        "level {level} is out of range for {:?} ({}..={})",
-                        job.compression,
-                        range.start(),
-                        range.end()
-                    ),
-                ));
-            }
-        }
-        for (source, spec) in &job.source_specs {
-            let skey = format!("{key}.sources.{source}");
-            check_name(&skey, "source", source, &mut out);
-            let url_check = match spec {
-                SourceSpec::Directory(dir) => {
-                    if let Err(e) = crate::source::directory::Excludes::new(&dir.exclude) {
-                        out.push(problem(format!("{skey}.exclude"), e.to_string()));
-                    }
-                    Ok(())
-                }
-                SourceSpec::Sqlite(_) => Ok(()),
-                SourceSpec::Postgres(pg) => crate::source::postgres::check_spec(pg),
-                SourceSpec::Mysql(my) => crate::source::mysql::check_spec(my),
-                SourceSpec::Redis(r) => crate::source::redis::check_url(&r.url),
-            };
-            if let Err(e) = url_check {
-                out.push(problem(format!("{skey}.url"), e));
-            }
+        rule_sets.push((format!("{key}.target_retention.{t}"), r));
+    }
+    for (rkey, rules) in rule_sets {
+        if !rules.keeps_something() {
+            out.push(problem(
+                rkey,
+                "these rules keep nothing: set keep_last, keep_daily, … (at least one above 0), keep_within or keep_tags, or remove the table to keep everything",
+            ));
         }
     }
-    out
+    for (field, expr) in [
+        ("schedule", &job.schedule),
+        ("verify.schedule", &job.verify.schedule),
+    ] {
+        if let Some(expr) = expr
+            && let Err(e) = crate::schedule::Schedule::parse(expr, job.tz())
+        {
+            out.push(problem(format!("{key}.{field}"), e));
+        }
+    }
+    if job.coordination == crate::policy::Coordination::Lease {
+        if job.schedule.is_none() {
+            out.push(problem(
+                format!("{key}.coordination"),
+                "\"lease\" shares scheduled slots among replicas: the job needs a `schedule`",
+            ));
+        }
+        if job.lease_ttl_secs < 2 {
+            out.push(problem(
+                format!("{key}.lease_ttl_secs"),
+                "must be at least 2 (the holder renews its claim every third of it)",
+            ));
+        }
+        if job.jitter_secs > 0 {
+            out.push(problem(
+                format!("{key}.coordination"),
+                "\"lease\" names each slot by its scheduled time: set jitter_secs = 0 (the replicas race for the slot instead)",
+            ));
+        }
+    }
+    if job.timeout_secs == Some(0) {
+        out.push(problem(
+            format!("{key}.timeout_secs"),
+            "must be above 0 (leave it out for no timeout)",
+        ));
+    }
+    if let Err(e) = job.hooks.check() {
+        out.push(problem(format!("{key}.hooks"), e));
+    }
+    if let Some(url) = &job.healthcheck_url
+        && let Err(e) = crate::notify::check_url(url)
+    {
+        out.push(problem(format!("{key}.healthcheck_url"), e));
+    }
+    if let Err(e) = job.verify.check() {
+        out.push(problem(format!("{key}.verify"), e));
+    }
+    if let Some(level) = job.compression_level {
+        let range = match job.compression {
+            Compression::Gzip => 0..=9,
+            Compression::Zstd => 1..=22,
+            Compression::None => 0..=0,
+        };
+        if !range.contains(&level) {
+            out.push(problem(
+                format!("{key}.compression_level"),
+                format!(
+                    "level {level} is out of range for {:?} ({}..={})",
+                    job.compression,
+                    range.start(),
+                    range.end()
+                ),
+            ));
+        }
+    }
+    for (source, spec) in &job.source_specs {
+        let skey = format!("{key}.sources.{source}");
+        check_name(&skey, "source", source, out);
+        for (field, e) in spec.check() {
+            out.push(problem(format!("{skey}.{field}"), e));
+        }
+    }
 }
 
 fn encryption(policy: &Policy, out: &mut Vec<Problem>) {

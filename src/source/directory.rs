@@ -342,6 +342,50 @@ impl Read for FixedSize {
     }
 }
 
+/// Runs restore's own unpack (every path, link, duplicate and type rule) into the scratch
+/// directory with sparse files, then compares what it restored with the manifest's counts.
+/// An archive restore would refuse fails here, naming the entry; entries restore would
+/// leave out are named in the detail.
+pub fn test_restore(
+    reader: &mut dyn std::io::Read,
+    expected: [u64; 4],
+    scratch: &std::path::Path,
+) -> Result<Vec<crate::snapshot::record::Check>, String> {
+    let how = Unpack {
+        overwrite: false,
+        same_owner: false,
+        data: Data::Sparse,
+    };
+    let r = match restore(reader, &scratch.join("tree"), how) {
+        Ok(r) => r,
+        Err(e) => {
+            return Ok(vec![crate::snapshot::record::Check::fail(
+                "restore rules",
+                e.to_string(),
+            )]);
+        }
+    };
+    let rules = if r.warnings.is_empty() {
+        crate::snapshot::record::Check::pass("restore rules", "every entry restores as archived")
+    } else {
+        crate::snapshot::record::Check::pass(
+            "restore rules",
+            format!("restore would leave out: {}", r.warnings.join("; ")),
+        )
+    };
+    Ok(vec![
+        rules,
+        crate::snapshot::record::Check::compare("file count", expected[0], r.files),
+        crate::snapshot::record::Check::compare("directory count", expected[1], r.dirs),
+        crate::snapshot::record::Check::compare(
+            "symlink count",
+            expected[2],
+            r.symlinks + r.links_skipped,
+        ),
+        crate::snapshot::record::Check::compare("file bytes", expected[3], r.bytes),
+    ])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -38,6 +38,12 @@ pub struct MysqlSpec {
     pub checks: Vec<String>,
 }
 
+/// `restore --into-url` into MySQL/MariaDB.
+pub const SERVER: super::ServerEngine = super::ServerEngine {
+    schemes: &["mysql", "mariadb"],
+    password_env: "MYSQL_PWD",
+};
+
 /// Policy check of a whole spec: with `databases`, the URL may name no database.
 pub fn check_spec(spec: &MysqlSpec) -> Result<(), String> {
     super::check_database_spec(&spec.url, spec.databases.as_ref(), "mysql", check_url)

@@ -59,6 +59,12 @@ pub enum RowCounts {
     Estimate,
 }
 
+/// `restore --into-url` into PostgreSQL.
+pub const SERVER: super::ServerEngine = super::ServerEngine {
+    schemes: &["postgres", "postgresql"],
+    password_env: "PGPASSWORD",
+};
+
 /// Pure checks for policy validation: a parseable URL without an embedded password.
 pub fn check_url(url: &str) -> Result<(), String> {
     let parsed = url::Url::parse(url)

@@ -219,6 +219,50 @@ pub fn restore_to_file(
     super::restore_file(input, dest, "dump.rdb", overwrite)
 }
 
+/// Checks the RDB with `redis-check-rdb` and compares the key count.
+pub fn test_restore(
+    reader: &mut dyn std::io::Read,
+    keys: &std::collections::BTreeMap<String, u64>,
+    dir: &std::path::Path,
+) -> Result<Vec<crate::snapshot::record::Check>, String> {
+    let path = super::to_scratch(reader, dir, "dump.rdb")?;
+    let tool =
+        super::child::find_tool(&["redis-check-rdb"], "redis-tools").map_err(|e| e.to_string())?;
+    let mut cmd = super::child::command(tool, &[]);
+    cmd.arg(&path);
+    let out = super::child::output(cmd, None);
+    let mut checks = Vec::new();
+    match out {
+        Ok(text) => {
+            checks.push(crate::snapshot::record::Check::pass(
+                "redis-check-rdb",
+                "RDB looks OK",
+            ));
+            let read: u64 = text
+                .lines()
+                .find_map(|l| {
+                    l.split("[info] ")
+                        .nth(1)?
+                        .strip_suffix(" keys read")?
+                        .trim()
+                        .parse()
+                        .ok()
+                })
+                .unwrap_or(0);
+            checks.push(crate::snapshot::record::Check::compare(
+                "key count",
+                keys.values().sum(),
+                read,
+            ));
+        }
+        Err(e) => checks.push(crate::snapshot::record::Check::fail(
+            "redis-check-rdb",
+            e.to_string(),
+        )),
+    }
+    Ok(checks)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -140,6 +140,43 @@ pub fn restore(
     super::restore_file(input, dest, file_name, overwrite)
 }
 
+/// Opens the restored file read-only, runs `integrity_check` and counts each table's rows.
+pub fn test_restore(
+    reader: &mut dyn std::io::Read,
+    tables: &std::collections::BTreeMap<String, u64>,
+    dir: &std::path::Path,
+) -> Result<Vec<crate::snapshot::record::Check>, String> {
+    let path = super::to_scratch(reader, dir, "restore.sqlite")?;
+    let db =
+        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| format!("opening the restored database: {e}"))?;
+    let mut out = Vec::new();
+    let integrity: String = db
+        .query_row("pragma integrity_check", [], |r| r.get(0))
+        .map_err(|e| format!("integrity_check: {e}"))?;
+    out.push(if integrity == "ok" {
+        crate::snapshot::record::Check::pass("integrity_check", "ok")
+    } else {
+        crate::snapshot::record::Check::fail("integrity_check", integrity)
+    });
+    for (table, expected) in tables {
+        let quoted = format!("\"{}\"", table.replace('"', "\"\""));
+        let n: Result<i64, _> =
+            db.query_row(&format!("select count(*) from {quoted}"), [], |r| r.get(0));
+        out.push(match n {
+            Ok(n) => crate::snapshot::record::Check::compare(
+                &format!("rows in {table}"),
+                *expected,
+                n.max(0) as u64,
+            ),
+            Err(e) => {
+                crate::snapshot::record::Check::fail(format!("rows in {table}"), e.to_string())
+            }
+        });
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

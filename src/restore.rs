@@ -1,0 +1,234 @@
+//! Restoring a snapshot, the use case beside `job` (backup) and `verify`: **finding** the
+//! snapshot a selector names on the job's targets, **choosing** its sources (`--only` /
+//! `--skip`, by source name or by the group a multi-database source made), and restoring
+//! each source's object through the decode pipeline into a **destination** — a directory,
+//! or a database server (`--into-url`). Each kind's restore lives in `source/<kind>.rs`
+//! and is the same code verification's test-restores run. The CLI parses and prints.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::crypto::Identities;
+use crate::snapshot::seal::Trust;
+use crate::snapshot::{self, Manifest, SelectError, Selector, SourceEntry, SourceStats};
+use crate::source::{self, IntoServer, RestoreOptions, Restored, SourceError};
+use crate::target::Target;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// A request that cannot be met as asked (exit status 2 at the edge).
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Select(#[from] SelectError),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("reading {key} from target {target}: {source}")]
+    Read {
+        target: String,
+        key: String,
+        source: object_store::Error,
+    },
+    #[error(transparent)]
+    Integrity(#[from] crate::pipeline::IntegrityError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("the restore task stopped: {0}")]
+    Task(String),
+}
+
+impl RestoreError {
+    /// Whether the caller asked for something impossible (rather than something failing).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, RestoreError::Usage(_) | RestoreError::Select(_))
+    }
+}
+
+/// The snapshot `selector` names (`latest` or an id / unique prefix), from the first
+/// target that has it (for `latest`, the newest across targets). `latest` is
+/// `instance`'s; an id names a snapshot of any instance.
+pub async fn find(
+    targets: &[Target],
+    job: &str,
+    selector: &Selector,
+    instance: &str,
+    trust: &Trust,
+) -> Result<(Target, Manifest), RestoreError> {
+    let mut best: Option<(Target, Manifest)> = None;
+    let mut others: std::collections::BTreeSet<String> = Default::default();
+    for target in targets {
+        let snapshots = match snapshot::list(target, Some(job)).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(target = %target.name, "cannot list snapshots: {e}");
+                continue;
+            }
+        };
+        others.extend(snapshot::instances_in(&snapshots));
+        let found = snapshot::select(snapshots, selector, instance, trust)?;
+        if let Some(m) = found.into_iter().next()
+            && best.as_ref().is_none_or(|(_, b)| m.snapshot > b.snapshot)
+        {
+            best = Some((target.clone(), m));
+        }
+        if best.is_some() && *selector != Selector::Latest {
+            break;
+        }
+    }
+    let shown_targets = targets
+        .iter()
+        .map(|t| t.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    best.ok_or_else(|| {
+        others.remove(instance);
+        RestoreError::NotFound(match selector {
+            Selector::Latest if !others.is_empty() => format!(
+                "instance {instance} has no committed snapshot of job {job} on target(s) {shown_targets}; instances that have: {} (restore one with --instance NAME)",
+                others.into_iter().collect::<Vec<_>>().join(", ")
+            ),
+            Selector::Id(id) => format!(
+                "no committed snapshot {id:?} of job {job} on target(s) {shown_targets}; see `backupd list {job} --all-instances`"
+            ),
+            _ => format!(
+                "no committed snapshot \"latest\" of job {job} on target(s) {shown_targets}; see `backupd list {job} --all-instances`"
+            ),
+        })
+    })
+}
+
+/// The sources of `m` that `only` and `skip` leave (each name a source, or the group of
+/// every object a multi-database source made); a name the snapshot lacks is an error.
+pub fn select_sources(
+    m: &Manifest,
+    only: &[String],
+    skip: &[String],
+) -> Result<Vec<(String, SourceEntry)>, RestoreError> {
+    let matches = |wanted: &String, name: &String, e: &SourceEntry| {
+        wanted == name || e.group.as_ref() == Some(wanted)
+    };
+    for wanted in only.iter().chain(skip) {
+        if !m.sources.iter().any(|(n, e)| matches(wanted, n, e)) {
+            return Err(RestoreError::Usage(format!(
+                "snapshot {} has no source {wanted:?} (sources: {})",
+                m.snapshot,
+                m.sources.keys().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
+    }
+    let chosen: Vec<_> = m
+        .sources
+        .iter()
+        .filter(|(n, e)| only.is_empty() || only.iter().any(|w| matches(w, n, e)))
+        .filter(|(n, e)| !skip.iter().any(|w| matches(w, n, e)))
+        .map(|(n, e)| (n.clone(), e.clone()))
+        .collect();
+    if chosen.is_empty() {
+        return Err(RestoreError::Usage(
+            "--only/--skip leave no source to restore".into(),
+        ));
+    }
+    Ok(chosen)
+}
+
+/// What `--into-url` asks for.
+#[derive(Debug, Clone)]
+pub struct IntoRequest {
+    pub url: String,
+    pub create: bool,
+    pub clean: bool,
+    /// The server password's file; else the engine's usual variable (PGPASSWORD, MYSQL_PWD).
+    pub password_file: Option<PathBuf>,
+}
+
+/// The server destination for `request`, checked against the one source chosen.
+pub fn into_server(
+    request: &IntoRequest,
+    chosen: &[(String, SourceEntry)],
+) -> Result<IntoServer, RestoreError> {
+    let [(name, entry)] = chosen else {
+        return Err(RestoreError::Usage(format!(
+            "--into-url restores one database source; pick it with --only (sources: {})",
+            chosen
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    };
+    let SourceStats::Database { engine, .. } = &entry.stats else {
+        return Err(RestoreError::Usage(format!(
+            "source {name} is a {} source: restore it with --to DIR",
+            entry.kind
+        )));
+    };
+    let Some(server) = source::server_engine(engine) else {
+        return Err(RestoreError::Usage(format!(
+            "source {name} is a {engine} dump, which is restored by hand: restore it with --to DIR"
+        )));
+    };
+    if !server
+        .schemes
+        .iter()
+        .any(|s| request.url.starts_with(&format!("{s}://")))
+    {
+        return Err(RestoreError::Usage(format!(
+            "source {name} is a {engine} dump; --into-url must be a {engine}:// URL"
+        )));
+    }
+    let password = match &request.password_file {
+        Some(file) => Some(source::child::read_password_file(file)?),
+        None => std::env::var(server.password_env).ok(),
+    };
+    Ok(IntoServer {
+        url: request.url.clone(),
+        password,
+        create: request.create,
+        clean: request.clean,
+    })
+}
+
+/// Where one source is restored to.
+#[derive(Debug, Clone)]
+pub enum Destination {
+    /// The source's own directory (`DIR/<source>`).
+    Dir(PathBuf, RestoreOptions),
+    Server(IntoServer),
+}
+
+/// Restores one source of `manifest` from `target` into `dest`, checking the stored and
+/// plain sha256 against the manifest on the way.
+pub async fn restore_source(
+    target: &Target,
+    manifest: &Manifest,
+    name: &str,
+    entry: &SourceEntry,
+    identities: Option<Arc<Identities>>,
+    dest: Destination,
+    progress: &crate::progress::Progress,
+) -> Result<Restored, RestoreError> {
+    let key = snapshot::object_key(&manifest.job, &manifest.snapshot, &entry.object);
+    let reader = target
+        .reader(&key)
+        .await
+        .map_err(|source| RestoreError::Read {
+            target: target.name.clone(),
+            key: key.to_string(),
+            source,
+        })?;
+    let input = progress.reader(name, entry.stored.bytes, reader);
+    let entry = entry.clone();
+    tokio::task::spawn_blocking(move || -> Result<Restored, RestoreError> {
+        let mut decoded = crate::pipeline::decode(input, &entry, identities.as_deref())?;
+        let restored = match &dest {
+            Destination::Server(into) => source::restore_into(&entry, &mut decoded.reader, into)?,
+            Destination::Dir(dir, options) => {
+                source::restore(&entry, &mut decoded.reader, dir, *options)?
+            }
+        };
+        decoded.finish()?;
+        Ok(restored)
+    })
+    .await
+    .map_err(|e| RestoreError::Task(e.to_string()))?
+}
