@@ -193,6 +193,26 @@ pub enum SourceStats {
     },
 }
 
+impl SourceStats {
+    /// One line for reports: what the source held.
+    pub fn summary(&self) -> String {
+        match self {
+            SourceStats::Tree {
+                files,
+                dirs,
+                symlinks,
+                ..
+            } => format!("{files} files, {dirs} dirs, {symlinks} symlinks"),
+            SourceStats::Sqlite { tables, .. } | SourceStats::Database { tables, .. } => format!(
+                "{} tables, {} rows",
+                tables.len(),
+                tables.values().sum::<u64>()
+            ),
+            SourceStats::Redis { keys, .. } => format!("{} keys", keys.values().sum::<u64>()),
+        }
+    }
+}
+
 #[cfg(test)]
 impl SourceStats {
     /// Stats of an empty tree, for tests that need some stats.

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use super::{EXIT_FAILED, UsageError, human_bytes, load_policy, self_command};
 use crate::job::{self, JobReport};
-use crate::snapshot::SourceStats;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -157,24 +156,7 @@ fn print_report(r: &JobReport) {
     for s in &r.sources {
         match &s.result {
             Ok(e) => {
-                let what = match &e.stats {
-                    SourceStats::Tree {
-                        files,
-                        dirs,
-                        symlinks,
-                        ..
-                    } => format!("{files} files, {dirs} dirs, {symlinks} symlinks"),
-                    SourceStats::Sqlite { tables, .. } | SourceStats::Database { tables, .. } => {
-                        format!(
-                            "{} tables, {} rows",
-                            tables.len(),
-                            tables.values().sum::<u64>()
-                        )
-                    }
-                    SourceStats::Redis { keys, .. } => {
-                        format!("{} keys", keys.values().sum::<u64>())
-                    }
-                };
+                let what = e.stats.summary();
                 println!(
                     "  {:<16} {:<9} ok      {}  {} → {}",
                     s.name,
