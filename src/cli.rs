@@ -2,6 +2,7 @@
 //! `--help`), one file per command under `cli/`, and the exit-status contract:
 //! 0 success, 1 a job/restore/check of data failed, 2 usage or policy error.
 
+mod browse;
 mod check;
 mod completions;
 mod fleet;
@@ -65,6 +66,12 @@ pub enum Command {
     Fleet(fleet::Args),
     /// Restore a snapshot into a directory, checking every checksum on the way.
     Restore(restore::Args),
+    /// List the entries of a snapshot's directory sources (from its index; no restore).
+    Ls(browse::LsArgs),
+    /// Which snapshots hold paths matching a glob, with size and time in each.
+    Find(browse::FindArgs),
+    /// Write one file of a snapshot to stdout, checked against the snapshot's index.
+    Cat(browse::CatArgs),
     /// Test-restore snapshots and record the result; exit 1 if any verification fails.
     Verify(verify::Args),
     /// Apply retention (delete what the rules do not keep) and sweep crash leftovers.
@@ -96,6 +103,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::List(args) => list::run(&cli.config, args).await,
         Command::Fleet(args) => fleet::run(&cli.config, args).await,
         Command::Restore(args) => restore::run(&cli.config, args, quiet).await,
+        Command::Ls(args) => browse::ls(&cli.config, args).await,
+        Command::Find(args) => browse::find(&cli.config, args).await,
+        Command::Cat(args) => browse::cat(&cli.config, args).await,
         Command::Verify(args) => verify::run(&cli.config, args, quiet).await,
         Command::Prune(args) => prune::run(&cli.config, args).await,
         Command::Check => check::run(&cli.config).await,

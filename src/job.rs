@@ -333,13 +333,27 @@ impl Backup<'_> {
             .map_err(|e| format!("{e:#}"))
         };
         bars.finish().await;
-        let stored = result?;
+        let mut stored = result?;
         uploaded.push(key.clone());
         for (target, upload) in live.iter().zip(&stored.uploads) {
             if let Err(e) = upload {
                 failed_targets.insert(target.name.clone(), e.clone());
             }
         }
+        let index = match stored.produced.index.take() {
+            Some(bytes) => {
+                let live: Vec<Target> = live
+                    .iter()
+                    .filter(|t| !failed_targets.contains_key(&t.name))
+                    .cloned()
+                    .collect();
+                Some(
+                    self.store_index(name, bytes, &live, failed_targets, uploaded)
+                        .await?,
+                )
+            }
+            None => None,
+        };
         let secs = source_started.elapsed().as_secs_f64();
         tracing::info!(
             job = self.job_name,
@@ -366,6 +380,49 @@ impl Backup<'_> {
             plain: stored.plain,
             stats: stored.produced.stats,
             warnings: stored.produced.warnings,
+            index,
+        })
+    }
+
+    /// Stores a directory source's index as its second object, encoded like the first.
+    async fn store_index(
+        &self,
+        name: &str,
+        bytes: Vec<u8>,
+        live: &[Target],
+        failed_targets: &mut BTreeMap<String, String>,
+        uploaded: &mut Vec<object_store::path::Path>,
+    ) -> Result<snapshot::IndexObject, String> {
+        let object = format!(
+            "{name}.index.json{}{}",
+            self.job.compression.extension(),
+            if self.recipients.is_some() {
+                ".age"
+            } else {
+                ""
+            }
+        );
+        let key = snapshot::object_key(self.job_name, self.id, &object);
+        if live.is_empty() {
+            return Err("not attempted: every target has failed".into());
+        }
+        let meter = std::sync::Arc::new(crate::progress::Meter::new(live.len()));
+        let stored = pipeline::store(live, &key, &self.encoding, self.cancel, meter, move |w| {
+            w.write_all(&bytes)?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| format!("storing the index: {e:#}"))?;
+        uploaded.push(key);
+        for (target, upload) in live.iter().zip(&stored.uploads) {
+            if let Err(e) = upload {
+                failed_targets.insert(target.name.clone(), e.clone());
+            }
+        }
+        Ok(snapshot::IndexObject {
+            object,
+            stored: stored.stored,
+            plain: stored.plain,
         })
     }
 }

@@ -18,6 +18,7 @@
 //! - [`verify`]: verification by test-restore and its stored records.
 //! - [`restore`]: finding a snapshot, choosing its sources, restoring each into a
 //!   directory or a server.
+//! - [`browse`]: a directory source's index, `ls`/`find` over it, and `cat` of one file.
 //! - [`retention`]: the pure keep/delete planner (restic `forget` semantics).
 //! - [`prune`]: applying retention to a target, and sweeping crash leftovers.
 //! - [`spool`]: local copies for a target that is down, delivered when it is back.
@@ -30,6 +31,7 @@
 //! - [`cli`]: the command line, one file per command.
 //! - [`error`]: the error policy and the exit-status contract.
 
+pub mod browse;
 pub mod claim;
 pub mod cli;
 pub mod crypto;

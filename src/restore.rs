@@ -35,6 +35,9 @@ pub enum RestoreError {
     Source(#[from] SourceError),
     #[error("the restore task stopped: {0}")]
     Task(String),
+    /// What was read does not hold together (an archive, an index); the message says what.
+    #[error("{0}")]
+    Failed(String),
 }
 
 impl RestoreError {
@@ -191,9 +194,55 @@ pub fn into_server(
 /// Where one source is restored to.
 #[derive(Debug, Clone)]
 pub enum Destination {
-    /// The source's own directory (`DIR/<source>`).
-    Dir(PathBuf, RestoreOptions),
+    /// The source's own directory (`DIR/<source>`), with the entries `Filter` selects
+    /// (directory sources only; `None`: everything).
+    Dir(PathBuf, RestoreOptions, Option<Arc<Filter>>),
     Server(IntoServer),
+}
+
+/// `restore --include/--exclude`: which entries of a directory source are restored.
+/// Globs as in the policy's excludes (`*` stays within one name, `**` crosses `/`); a
+/// pattern that matches a directory selects everything under it.
+#[derive(Debug)]
+pub struct Filter {
+    include: Option<globset::GlobSet>,
+    exclude: Option<globset::GlobSet>,
+}
+
+impl Filter {
+    /// `None` when both lists are empty (everything is restored).
+    pub fn new(include: &[String], exclude: &[String]) -> Result<Option<Self>, RestoreError> {
+        let set = |patterns: &[String]| -> Result<Option<globset::GlobSet>, RestoreError> {
+            if patterns.is_empty() {
+                return Ok(None);
+            }
+            let mut b = globset::GlobSetBuilder::new();
+            for p in patterns {
+                let glob =
+                    globset::GlobBuilder::new(p.trim_start_matches('/').trim_end_matches('/'))
+                        .literal_separator(true)
+                        .build()
+                        .map_err(|e| RestoreError::Usage(format!("bad pattern {p:?}: {e}")))?;
+                b.add(glob);
+            }
+            b.build()
+                .map(Some)
+                .map_err(|e| RestoreError::Usage(e.to_string()))
+        };
+        let (include, exclude) = (set(include)?, set(exclude)?);
+        Ok((include.is_some() || exclude.is_some()).then_some(Filter { include, exclude }))
+    }
+
+    /// Whether the entry at `path` (as archived) is restored.
+    pub fn accepts(&self, path: &str) -> bool {
+        let hit = |set: &globset::GlobSet| {
+            path.match_indices('/')
+                .map(|(i, _)| &path[..i])
+                .chain(std::iter::once(path))
+                .any(|p| set.is_match(p))
+        };
+        self.include.as_ref().is_none_or(hit) && !self.exclude.as_ref().is_some_and(hit)
+    }
 }
 
 /// Restores one source of `manifest` from `target` into `dest`, checking the stored and
@@ -222,8 +271,24 @@ pub async fn restore_source(
         let mut decoded = crate::pipeline::decode(input, &entry, identities.as_deref())?;
         let restored = match &dest {
             Destination::Server(into) => source::restore_into(&entry, &mut decoded.reader, into)?,
-            Destination::Dir(dir, options) => {
+            Destination::Dir(dir, options, None) => {
                 source::restore(&entry, &mut decoded.reader, dir, *options)?
+            }
+            Destination::Dir(dir, options, Some(filter)) => {
+                if !matches!(entry.stats, SourceStats::Tree { .. }) {
+                    return Err(RestoreError::Usage(format!(
+                        "--include/--exclude select entries of directory sources; {} is a {} source (leave it out with --skip)",
+                        entry.object, entry.kind
+                    )));
+                }
+                let how = source::directory::Unpack {
+                    overwrite: options.overwrite,
+                    same_owner: options.same_owner,
+                    data: source::directory::Data::Write,
+                };
+                source::directory::restore_selected(&mut decoded.reader, dir, how, &|p, _| {
+                    filter.accepts(p)
+                })?
             }
         };
         decoded.finish()?;
@@ -231,4 +296,32 @@ pub async fn restore_source(
     })
     .await
     .map_err(|e| RestoreError::Task(e.to_string()))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filter(include: &[&str], exclude: &[&str]) -> Filter {
+        let v = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        Filter::new(&v(include), &v(exclude)).unwrap().unwrap()
+    }
+
+    #[test]
+    fn include_and_exclude_select_entries_and_whole_directories() {
+        let f = filter(&["docs", "*.pdf", "/a/b/*.txt"], &["**/secret*"]);
+        assert!(f.accepts("docs"));
+        assert!(f.accepts("docs/deep/x.bin"), "a directory brings what is under it");
+        assert!(f.accepts("x.pdf"));
+        assert!(!f.accepts("sub/x.pdf"), "`*` stays within one name");
+        assert!(f.accepts("a/b/c.txt"));
+        assert!(!f.accepts("a/b/c/d.txt"));
+        assert!(!f.accepts("docs/secret.key"), "excluded wins");
+        assert!(!f.accepts("other.txt"));
+        let only_exclude = filter(&[], &["cache"]);
+        assert!(only_exclude.accepts("src/main.rs"));
+        assert!(!only_exclude.accepts("cache/x"));
+        assert!(Filter::new(&[], &[]).unwrap().is_none());
+        assert!(Filter::new(&["[".into()], &[]).is_err());
+    }
 }

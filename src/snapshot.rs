@@ -143,6 +143,19 @@ pub struct SourceEntry {
     /// Things the operator should know, e.g. a file that changed while being read.
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// A directory source's index (every path with its offset and sha256), a second
+    /// object encoded like the first; absent for other kinds and in older snapshots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<IndexObject>,
+}
+
+/// The index object of a directory source.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct IndexObject {
+    /// Object name within the snapshot, e.g. `docs.index.json.gz.age`.
+    pub object: String,
+    pub stored: Digest,
+    pub plain: Digest,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -356,11 +369,12 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, String> {
     {
         return Err(format!("invalid instance name {i:?}"));
     }
+    let object_ok = |object: &str| {
+        !object.is_empty() && !object.starts_with('.') && !object.contains(['/', '\\'])
+    };
     for (name, entry) in &m.sources {
-        let object_ok = !entry.object.is_empty()
-            && !entry.object.starts_with('.')
-            && !entry.object.contains(['/', '\\']);
-        if !is_valid_name(name) || !object_ok {
+        let index_ok = entry.index.as_ref().is_none_or(|i| object_ok(&i.object));
+        if !is_valid_name(name) || !object_ok(&entry.object) || !index_ok {
             return Err(format!(
                 "invalid source {name:?} / object {:?}: refusing a manifest that names paths",
                 entry.object
@@ -601,6 +615,7 @@ pub(crate) mod tests {
                         tables: BTreeMap::from([("t".to_string(), 3)]),
                     },
                     warnings: vec![],
+                    index: None,
                 },
             )]),
             digest: None,

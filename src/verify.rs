@@ -141,22 +141,58 @@ impl Verifier<'_> {
         let server = self.server_for(&manifest.job, name, entry);
         let scratch = self.policy.daemon.state_dir.join("tmp");
         let ids = self.identities.clone();
-        let entry = entry.clone();
+        let owned = entry.clone();
         let joined = tokio::task::spawn_blocking(move || {
-            checks::run(input, &entry, ids.as_deref(), server, &scratch)
+            checks::run(input, &owned, ids.as_deref(), server, &scratch)
         })
         .await;
-        let checks = match joined {
+        let mut checks = match joined {
             Ok(checks) => checks,
             Err(e) => vec![Check::fail(
                 "verification",
                 format!("the check thread failed: {e}"),
             )],
         };
+        if entry.index.is_some() {
+            checks.push(self.index_check(target, manifest, entry).await);
+        }
         SourceResult {
             ok: checks.iter().all(|c| c.ok),
             checks,
             error: None,
+        }
+    }
+
+    /// A directory source's index: decrypts, matches both sha256 sums, passes the index
+    /// rules, and lists as many entries as the archive holds.
+    async fn index_check(
+        &self,
+        target: &Target,
+        manifest: &Manifest,
+        entry: &SourceEntry,
+    ) -> Check {
+        match crate::browse::index_of(target, manifest, entry, self.identities.clone()).await {
+            Ok((index, _)) => {
+                let listed = index.entries.len() as u64;
+                let archived = match entry.stats {
+                    crate::snapshot::SourceStats::Tree {
+                        files,
+                        dirs,
+                        symlinks,
+                        ..
+                    } => files + dirs + symlinks,
+                    _ => listed,
+                };
+                if listed == archived {
+                    Check::pass("index", format!("{listed} entries, sha256 match"))
+                } else {
+                    Check::fail(
+                        "index",
+                        format!("lists {listed} entries, the archive holds {archived}"),
+                    )
+                }
+            }
+            Err(e) => Check::fail("index", e.to_string()),
         }
     }
 

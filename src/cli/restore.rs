@@ -44,6 +44,14 @@ pub struct Args {
     /// Leave these sources out (repeatable).
     #[arg(long, value_name = "SOURCE")]
     pub skip: Vec<String>,
+    /// Restore only the entries of directory sources matching this glob (repeatable;
+    /// `*` stays within one name, `**` crosses directories; a directory brings everything
+    /// under it). Every restore rule still applies.
+    #[arg(long, value_name = "GLOB", conflicts_with = "into_url")]
+    pub include: Vec<String>,
+    /// Leave out the entries matching this glob (repeatable; same syntax as --include).
+    #[arg(long, value_name = "GLOB", conflicts_with = "into_url")]
+    pub exclude: Vec<String>,
     /// age identity file (default: encryption.identity_file from the policy).
     #[arg(long, value_name = "FILE")]
     pub identity: Option<PathBuf>,
@@ -101,6 +109,20 @@ pub async fn run(config: &Path, args: Args, quiet: bool) -> anyhow::Result<ExitC
         }
     }
     let chosen = restore::select_sources(&manifest, &args.only, &args.skip).map_err(edge)?;
+    let filter = restore::Filter::new(&args.include, &args.exclude)
+        .map_err(edge)?
+        .map(std::sync::Arc::new);
+    if filter.is_some()
+        && let Some((name, e)) = chosen
+            .iter()
+            .find(|(_, e)| !matches!(e.stats, crate::snapshot::SourceStats::Tree { .. }))
+    {
+        return Err(UsageError(format!(
+            "--include/--exclude select entries of directory sources; {name} is a {} source: pick the directory sources with --only, or leave {name} out with --skip",
+            e.kind
+        ))
+        .into());
+    }
 
     println!(
         "snapshot {} of job {} (taken {} on {}, tags {}) from target {}",
@@ -177,6 +199,7 @@ pub async fn run(config: &Path, args: Args, quiet: bool) -> anyhow::Result<ExitC
                     overwrite: args.force,
                     same_owner: !args.no_same_owner,
                 },
+                filter.clone(),
             ),
         };
         let result = restore::restore_source(

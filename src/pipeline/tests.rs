@@ -51,6 +51,7 @@ fn entry_for(stored: &Stored<()>, enc: &Encoding) -> SourceEntry {
         plain: stored.plain.clone(),
         stats: SourceStats::empty_tree(),
         warnings: vec![],
+        index: None,
     }
 }
 

@@ -6,6 +6,7 @@
 //! already promised a size, so a file that shrinks is padded with zeros and one that grows
 //! is cut at that size; either way the entry stays well-formed and a warning names it.
 
+pub mod index;
 mod unpack;
 
 use std::fs::File;
@@ -19,7 +20,7 @@ use tar::{EntryType, Header, HeaderMode};
 use super::{Dumped, SourceError, io_err};
 use crate::snapshot::SourceStats;
 
-pub use unpack::{Data, Unpack, restore};
+pub use unpack::{Data, Select, Unpack, restore, restore_selected};
 
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -122,9 +123,13 @@ pub fn dump(spec: &DirectorySpec, out: &mut dyn Write) -> Result<Dumped, SourceE
         path: root.into(),
         what: format!("bad exclude pattern: {e}"),
     })?;
-    let mut tar = tar::Builder::new(out);
+    let mut tar = tar::Builder::new(Counting {
+        inner: out,
+        bytes: 0,
+    });
     tar.follow_symlinks(false);
     let mut counts = Counts::default();
+    let mut entries: Vec<index::Entry> = Vec::new();
     let walker = walkdir::WalkDir::new(root)
         .follow_links(false)
         .min_depth(1)
@@ -173,11 +178,26 @@ pub fn dump(spec: &DirectorySpec, out: &mut dyn Write) -> Result<Dumped, SourceE
         };
         let mut header = Header::new_gnu();
         header.set_metadata_in_mode(&meta, HeaderMode::Complete);
+        let offset = tar.get_ref().bytes;
+        let indexed = |kind, link: Option<&Path>| {
+            use std::os::unix::fs::MetadataExt;
+            index::Entry {
+                path: rel.to_string_lossy().into_owned(),
+                kind,
+                size: 0,
+                mode: meta.mode() & 0o7777,
+                mtime: meta.mtime(),
+                link: link.map(|l| l.to_string_lossy().into_owned()),
+                offset,
+                sha256: None,
+            }
+        };
         if ft.is_dir() {
             header.set_size(0);
             tar.append_data(&mut header, rel, io::empty())
                 .map_err(io_err(path))?;
             counts.dirs += 1;
+            entries.push(indexed(index::Kind::Dir, None));
         } else if ft.is_symlink() {
             let link = match std::fs::read_link(path) {
                 Ok(link) => link,
@@ -196,8 +216,16 @@ pub fn dump(spec: &DirectorySpec, out: &mut dyn Write) -> Result<Dumped, SourceE
             tar.append_link(&mut header, rel, &link)
                 .map_err(io_err(path))?;
             counts.symlinks += 1;
+            entries.push(indexed(index::Kind::Symlink, Some(&link)));
         } else if ft.is_file() {
-            append_file(&mut tar, &mut header, path, rel, &meta, &mut counts)?;
+            if let Some((size, sha256)) =
+                append_file(&mut tar, &mut header, path, rel, &meta, &mut counts)?
+            {
+                let mut e = indexed(index::Kind::File, None);
+                e.size = size;
+                e.sha256 = Some(sha256);
+                entries.push(e);
+            }
         } else {
             counts.skipped += 1;
             counts.warn(format!(
@@ -219,6 +247,13 @@ pub fn dump(spec: &DirectorySpec, out: &mut dyn Write) -> Result<Dumped, SourceE
             skipped: counts.skipped,
         },
         warnings: counts.warnings,
+        index: Some(
+            index::Index {
+                format: index::FORMAT,
+                entries,
+            }
+            .to_json(),
+        ),
     })
 }
 
@@ -227,14 +262,15 @@ pub fn dump(spec: &DirectorySpec, out: &mut dyn Write) -> Result<Dumped, SourceE
 /// whatever is at `path` now must still be a regular file with the same device and inode,
 /// so a file swapped for a FIFO, a device or a symlink to a secret between listing and
 /// opening is skipped with a warning, never read.
+/// Returns the size and sha256 of what was archived, `None` when the file was skipped.
 fn append_file(
-    tar: &mut tar::Builder<&mut dyn Write>,
+    tar: &mut tar::Builder<Counting<'_>>,
     header: &mut Header,
     path: &Path,
     rel: &Path,
     seen: &std::fs::Metadata,
     counts: &mut Counts,
-) -> Result<(), SourceError> {
+) -> Result<Option<(u64, String)>, SourceError> {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let opened = std::fs::OpenOptions::new()
         .read(true)
@@ -249,7 +285,7 @@ fn append_file(
                     "skipped {}: replaced by something else while backing up",
                     path.display()
                 ));
-                return Ok(());
+                return Ok(None);
             }
             Err(e) => return Err(io_err(path)(e)),
         },
@@ -260,7 +296,7 @@ fn append_file(
                 "skipped {}: replaced by a symlink while backing up",
                 path.display()
             ));
-            return Ok(());
+            return Ok(None);
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             counts.skipped += 1;
@@ -268,12 +304,12 @@ fn append_file(
                 "skipped {}: deleted while backing up",
                 path.display()
             ));
-            return Ok(());
+            return Ok(None);
         }
         Err(e) => {
             counts.skipped += 1;
             counts.warn(format!("skipped {}: cannot open: {e}", path.display()));
-            return Ok(());
+            return Ok(None);
         }
     };
     // Size and mtime from the open file, so the header matches what we are about to read.
@@ -285,6 +321,7 @@ fn append_file(
         remaining: size,
         padded: 0,
         path: path.to_path_buf(),
+        sha256: sha2::Sha256::default(),
     };
     tar.append_data(header, rel, &mut reader)
         .map_err(io_err(path))?;
@@ -303,19 +340,40 @@ fn append_file(
     }
     counts.files += 1;
     counts.file_bytes += size;
-    Ok(())
+    let sha256 = hex::encode(sha2::Digest::finalize(reader.sha256));
+    Ok(Some((size, sha256)))
 }
 
 fn modified(meta: &std::fs::Metadata) -> Option<SystemTime> {
     meta.modified().ok()
 }
 
-/// Yields exactly `remaining` bytes: the file's bytes, then zeros if it ended early.
+/// Yields exactly `remaining` bytes: the file's bytes, then zeros if it ended early;
+/// hashes what it yields (what the archive holds) for the index.
 struct FixedSize {
     inner: File,
     remaining: u64,
     padded: u64,
     path: PathBuf,
+    sha256: sha2::Sha256,
+}
+
+/// Counts the bytes of the tar stream, so each entry's offset is known for the index.
+struct Counting<'a> {
+    inner: &'a mut dyn Write,
+    bytes: u64,
+}
+
+impl Write for Counting<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 impl Read for FixedSize {
@@ -333,10 +391,12 @@ impl Read for FixedSize {
         };
         if n == 0 {
             buf[..want].fill(0);
+            sha2::Digest::update(&mut self.sha256, &buf[..want]);
             self.padded += want as u64;
             self.remaining -= want as u64;
             return Ok(want);
         }
+        sha2::Digest::update(&mut self.sha256, &buf[..n]);
         self.remaining -= n as u64;
         Ok(n)
     }
@@ -447,7 +507,10 @@ mod tests {
             let _ = std::fs::remove_file(&other);
             let mut out: Vec<u8> = Vec::new();
             let sink: &mut dyn Write = &mut out;
-            let mut tar = tar::Builder::new(sink);
+            let mut tar = tar::Builder::new(Counting {
+                inner: sink,
+                bytes: 0,
+            });
             let mut counts = Counts::default();
             let mut header = Header::new_gnu();
             append_file(
@@ -487,6 +550,7 @@ mod tests {
             remaining: 10_000,
             padded: 0,
             path: path.clone(),
+            sha256: sha2::Sha256::default(),
         };
         let mut out = Vec::new();
         r.read_to_end(&mut out).unwrap();

@@ -294,6 +294,7 @@ pub fn dump(spec: &MysqlSpec, out: &mut dyn Write) -> Result<Dumped, SourceError
             tables,
         },
         warnings: Vec::new(),
+        index: None,
     })
 }
 

@@ -168,6 +168,7 @@ pub fn dump_globals(spec: &PostgresSpec, out: &mut dyn Write) -> Result<Dumped, 
             tables: BTreeMap::new(),
         },
         warnings: Vec::new(),
+        index: None,
     })
 }
 
@@ -327,6 +328,7 @@ pub fn dump(spec: &PostgresSpec, out: &mut dyn Write) -> Result<Dumped, SourceEr
             tables,
         },
         warnings: Vec::new(),
+        index: None,
     })
 }
 

@@ -134,6 +134,7 @@ pub fn dump(spec: &RedisSpec, out: &mut dyn Write) -> Result<Dumped, SourceError
             keys,
         },
         warnings: Vec::new(),
+        index: None,
     })
 }
 

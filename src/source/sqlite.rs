@@ -108,6 +108,7 @@ pub fn dump(
             tables,
         },
         warnings: Vec::new(),
+        index: None,
     })
 }
 

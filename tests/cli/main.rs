@@ -2,6 +2,7 @@
 //! local targets, plus the standard `age`, `gzip`, `zstd`, `tar` and `sqlite3` tools.
 //! One test binary, so the crate links once.
 
+mod browse;
 mod cloud;
 mod cloud_support;
 mod daemon;

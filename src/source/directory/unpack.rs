@@ -68,8 +68,24 @@ const MAX_HOPS: usize = 40;
 /// Names shown in one summary warning before "and N more".
 const SHOWN: usize = 5;
 
+/// Which archived paths a restore writes (`restore --include/--exclude`): called with the
+/// entry's path as archived and whether it is a directory.
+pub type Select<'a> = &'a dyn Fn(&str, bool) -> bool;
+
 /// Restores the tar stream `input` into `dest` by the rules above.
 pub fn restore(input: &mut dyn Read, dest: &Path, how: Unpack) -> Result<Restored, SourceError> {
+    restore_selected(input, dest, how, &|_, _| true)
+}
+
+/// Restores the entries of `input` that `select` accepts, by the same rules: every entry
+/// is still checked (names, duplicates) and read past; missing parents of a selected
+/// entry are created; a hard link to an entry left out is left out too, with a warning.
+pub fn restore_selected(
+    input: &mut dyn Read,
+    dest: &Path,
+    how: Unpack,
+    select: Select<'_>,
+) -> Result<Restored, SourceError> {
     std::fs::create_dir_all(dest).map_err(io_err(dest))?;
     let root = rustix::fs::open(
         dest,
@@ -88,6 +104,8 @@ pub fn restore(input: &mut dyn Read, dest: &Path, how: Unpack) -> Result<Restore
         dir_index: HashMap::new(),
         links: Vec::new(),
         dropped_bits: Vec::new(),
+        left_out: HashSet::new(),
+        select,
         out: Restored::default(),
     };
     let mut archive = tar::Archive::new(input);
@@ -116,7 +134,7 @@ struct DirFix {
     meta: Meta,
 }
 
-struct Tree {
+struct Tree<'s> {
     root: OwnedFd,
     dest: PathBuf,
     how: Unpack,
@@ -130,6 +148,9 @@ struct Tree {
     dir_index: HashMap<[u8; 16], usize>,
     links: Vec<Parts>,
     dropped_bits: Vec<String>,
+    /// Entries `select` left out, so a hard link to one is left out too.
+    left_out: HashSet<[u8; 16]>,
+    select: Select<'s>,
     out: Restored,
 }
 
@@ -216,7 +237,7 @@ fn errno_io(e: Errno) -> io::Error {
     e.into()
 }
 
-impl Tree {
+impl Tree<'_> {
     fn path_of(&self, parts: &[OsString]) -> PathBuf {
         parts.iter().fold(self.dest.clone(), |p, c| p.join(c))
     }
@@ -364,6 +385,27 @@ impl Tree {
                 show_parts(&parts),
                 "it appears twice in the archive",
             ));
+        }
+        let full: Vec<&[u8]> = parts.iter().map(|p| p.as_bytes()).collect();
+        if !(self.select)(
+            &String::from_utf8_lossy(&full.join(&b'/')),
+            kind == EntryType::Directory,
+        ) {
+            self.left_out.insert(key(&parts));
+            return Ok(());
+        }
+        if kind == EntryType::Link {
+            let target = entry.link_name_bytes().unwrap_or_default().into_owned();
+            if let Ok(target_parts) = checked_parts(&target)
+                && self.left_out.contains(&key(&target_parts))
+            {
+                self.warn(format!(
+                    "not restored: {}, a hard link to {}, which the selection leaves out",
+                    show_parts(&parts),
+                    show_parts(&target_parts)
+                ));
+                return Ok(());
+            }
         }
         let header = entry.header();
         let mode = header.mode().unwrap_or(0o644);

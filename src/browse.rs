@@ -1,0 +1,299 @@
+//! Browsing a snapshot's directory sources without restoring them: the **index** of a
+//! source (read from its index object, or — for snapshots made before indexes existed —
+//! by scanning the archive), **finding** paths in it, and **cat**, which streams one
+//! regular file out of the archive and checks it against the index's sha256.
+//!
+//! Everything read here is untrusted: the index object is decoded with its stored and
+//! plain sha256 checked before it is parsed, and [`Index::parse`] refuses paths that are
+//! not plain relative paths and offsets that lie outside the stream. `cat` stops reading
+//! the archive once it has the file; then the whole object's sha256 is not checked (it
+//! could only be by reading everything), so the file is checked against the index's
+//! sha256 of it instead, and every age chunk read is authenticated as usual.
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use sha2::Digest as _;
+
+use crate::crypto::Identities;
+use crate::restore::RestoreError;
+use crate::snapshot::{self, Manifest, SourceEntry, SourceStats};
+use crate::source::directory::index::{self, Entry, Index, Kind};
+use crate::target::Target;
+
+/// The directory sources of `manifest` that `only` names (all when `None`).
+pub fn directory_sources(
+    manifest: &Manifest,
+    only: Option<&str>,
+) -> Result<Vec<(String, SourceEntry)>, RestoreError> {
+    let dirs: Vec<(String, SourceEntry)> = manifest
+        .sources
+        .iter()
+        .filter(|(_, e)| matches!(e.stats, SourceStats::Tree { .. }))
+        .map(|(n, e)| (n.clone(), e.clone()))
+        .collect();
+    match only {
+        None if dirs.is_empty() => Err(RestoreError::Usage(format!(
+            "snapshot {} has no directory source to browse (sources: {})",
+            manifest.snapshot,
+            manifest
+                .sources
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+        None => Ok(dirs),
+        Some(name) => {
+            let found: Vec<_> = dirs.into_iter().filter(|(n, _)| n == name).collect();
+            if found.is_empty() {
+                return Err(RestoreError::Usage(format!(
+                    "snapshot {} has no directory source {name:?} (sources: {})",
+                    manifest.snapshot,
+                    manifest
+                        .sources
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            Ok(found)
+        }
+    }
+}
+
+/// The index of one directory source: its index object when it has one, else a scan of
+/// the archive (older snapshots). Returns whether it came from an index object.
+pub async fn index_of(
+    target: &Target,
+    manifest: &Manifest,
+    entry: &SourceEntry,
+    identities: Option<Arc<Identities>>,
+) -> Result<(Index, bool), RestoreError> {
+    let plain_bytes = entry.plain.bytes;
+    match &entry.index {
+        Some(object) => {
+            // The index object is encoded like the source's object: decode it as one.
+            let as_entry = SourceEntry {
+                object: object.object.clone(),
+                stored: object.stored.clone(),
+                plain: object.plain.clone(),
+                index: None,
+                ..entry.clone()
+            };
+            let input = open(target, manifest, &as_entry).await?;
+            let bytes = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, RestoreError> {
+                let mut decoded = crate::pipeline::decode(input, &as_entry, identities.as_deref())?;
+                let mut bytes = Vec::new();
+                (&mut decoded.reader)
+                    .take(index::MAX_INDEX_BYTES)
+                    .read_to_end(&mut bytes)
+                    .map_err(|e| RestoreError::Failed(format!("reading the index: {e}")))?;
+                decoded.finish()?;
+                Ok(bytes)
+            })
+            .await
+            .map_err(|e| RestoreError::Task(e.to_string()))??;
+            let index = Index::parse(&bytes, plain_bytes)
+                .map_err(|e| RestoreError::Failed(format!("refusing the index: {e}")))?;
+            Ok((index, true))
+        }
+        None => {
+            let input = open(target, manifest, entry).await?;
+            let entry = entry.clone();
+            let index = tokio::task::spawn_blocking(move || -> Result<Index, RestoreError> {
+                let mut decoded = crate::pipeline::decode(input, &entry, identities.as_deref())?;
+                let index = scan(&mut decoded.reader)?;
+                // The whole stream was read: its checksums are checked too.
+                std::io::copy(&mut decoded.reader, &mut std::io::sink())
+                    .map_err(|e| RestoreError::Failed(e.to_string()))?;
+                decoded.finish()?;
+                Ok(index)
+            })
+            .await
+            .map_err(|e| RestoreError::Task(e.to_string()))??;
+            Ok((index, false))
+        }
+    }
+}
+
+async fn open(
+    target: &Target,
+    manifest: &Manifest,
+    entry: &SourceEntry,
+) -> Result<Box<dyn Read + Send>, RestoreError> {
+    let key = snapshot::object_key(&manifest.job, &manifest.snapshot, &entry.object);
+    target
+        .reader(&key)
+        .await
+        .map_err(|source| RestoreError::Read {
+            target: target.name.clone(),
+            key: key.to_string(),
+            source,
+        })
+}
+
+/// An index made by reading the archive (no sha256 per file).
+fn scan(reader: &mut dyn Read) -> Result<Index, RestoreError> {
+    let bad = |e: std::io::Error| RestoreError::Failed(format!("reading the archive: {e}"));
+    let mut archive = tar::Archive::new(reader);
+    let mut entries = Vec::new();
+    for entry in archive.entries().map_err(bad)? {
+        let entry = entry.map_err(bad)?;
+        let header = entry.header();
+        let kind = match header.entry_type() {
+            tar::EntryType::Directory => Kind::Dir,
+            tar::EntryType::Symlink => Kind::Symlink,
+            tar::EntryType::Regular | tar::EntryType::Continuous => Kind::File,
+            _ => continue,
+        };
+        let path = String::from_utf8_lossy(&entry.path_bytes())
+            .trim_end_matches('/')
+            .to_string();
+        if !index::is_plain_relative(&path) {
+            continue;
+        }
+        entries.push(Entry {
+            path,
+            kind,
+            size: if kind == Kind::File { entry.size() } else { 0 },
+            mode: header.mode().unwrap_or(0) & 0o7777,
+            mtime: header.mtime().unwrap_or(0) as i64,
+            link: entry
+                .link_name_bytes()
+                .map(|l| String::from_utf8_lossy(&l).into_owned()),
+            offset: entry.raw_header_position(),
+            sha256: None,
+        });
+    }
+    Ok(Index {
+        format: index::FORMAT,
+        entries,
+    })
+}
+
+/// What `cat` delivered and how it was checked.
+#[derive(Debug)]
+pub struct Delivered {
+    pub bytes: u64,
+    /// Checked against the index's sha256 of the file (else: the whole object's sha256).
+    pub by_index: bool,
+}
+
+/// Streams the regular file `path` of one directory source to `out`, checked against the
+/// index's sha256 of it (when the snapshot has an index) or the whole object's sha256.
+pub async fn cat(
+    target: &Target,
+    manifest: &Manifest,
+    entry: &SourceEntry,
+    path: &str,
+    identities: Option<Arc<Identities>>,
+    mut out: Box<dyn Write + Send>,
+) -> Result<Delivered, RestoreError> {
+    let wanted = path
+        .trim_start_matches('/')
+        .trim_end_matches('/')
+        .to_string();
+    let expected = match &entry.index {
+        Some(_) => {
+            let (index, _) = index_of(target, manifest, entry, identities.clone()).await?;
+            let found = index.entries.into_iter().find(|e| e.path == wanted);
+            match found {
+                Some(e) if e.kind == Kind::File => e.sha256,
+                Some(e) => {
+                    return Err(RestoreError::Usage(format!(
+                        "{wanted} is a {}, not a regular file",
+                        match e.kind {
+                            Kind::Dir => "directory",
+                            _ => "symlink",
+                        }
+                    )));
+                }
+                None => {
+                    return Err(RestoreError::NotFound(format!(
+                        "no file {wanted:?} in this source (see `backupd ls`)"
+                    )));
+                }
+            }
+        }
+        None => None,
+    };
+    let has_index = entry.index.is_some();
+    let input = open(target, manifest, entry).await?;
+    let entry = entry.clone();
+    tokio::task::spawn_blocking(move || -> Result<Delivered, RestoreError> {
+        let mut decoded = crate::pipeline::decode(input, &entry, identities.as_deref())
+            .map_err(|e| RestoreError::Failed(format!("{wanted}: {e}")))?;
+        let bad = |e: std::io::Error| RestoreError::Failed(format!("reading {wanted}: {e}"));
+        let mut delivered = None;
+        {
+            let mut archive = tar::Archive::new(&mut decoded.reader);
+            for item in archive.entries().map_err(bad)? {
+                let mut item = item.map_err(bad)?;
+                let name = String::from_utf8_lossy(&item.path_bytes()).into_owned();
+                if name != wanted || item.header().entry_type() != tar::EntryType::Regular {
+                    continue;
+                }
+                let mut hasher = sha2::Sha256::new();
+                let mut buf = vec![0u8; 256 << 10];
+                let mut bytes = 0u64;
+                loop {
+                    let n = item.read(&mut buf).map_err(bad)?;
+                    if n == 0 {
+                        break;
+                    }
+                    hasher.update(&buf[..n]);
+                    out.write_all(&buf[..n]).map_err(bad)?;
+                    bytes += n as u64;
+                }
+                out.flush().map_err(bad)?;
+                let got = hex::encode(hasher.finalize());
+                if let Some(want) = &expected
+                    && *want != got
+                {
+                    return Err(RestoreError::Failed(format!(
+                        "{wanted}: its bytes do not match the index (sha256 {got}, the index says {want}); what was written must not be trusted"
+                    )));
+                }
+                delivered = Some(bytes);
+                break;
+            }
+        }
+        let Some(bytes) = delivered else {
+            return Err(RestoreError::NotFound(format!(
+                "no file {wanted:?} in this source (see `backupd ls`)"
+            )));
+        };
+        if !has_index {
+            // No per-file digest to check against: read the rest for the object's sha256.
+            std::io::copy(&mut decoded.reader, &mut std::io::sink()).map_err(bad)?;
+            decoded.finish()?;
+        }
+        Ok(Delivered {
+            bytes,
+            by_index: has_index,
+        })
+    })
+    .await
+    .map_err(|e| RestoreError::Task(e.to_string()))?
+}
+
+/// Whether `glob` matches `path`: against the whole path when the pattern has a `/`,
+/// else against the last component (as `find -name`).
+pub fn matcher(glob: &str) -> Result<impl Fn(&str) -> bool, RestoreError> {
+    let anchored = glob.contains('/');
+    let pattern = glob.trim_start_matches('/');
+    let m = globset::GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .build()
+        .map_err(|e| RestoreError::Usage(format!("bad pattern {glob:?}: {e}")))?
+        .compile_matcher();
+    Ok(move |path: &str| {
+        if anchored {
+            m.is_match(path)
+        } else {
+            m.is_match(path.rsplit('/').next().unwrap_or(path))
+        }
+    })
+}
