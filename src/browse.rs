@@ -170,6 +170,8 @@ fn scan(reader: &mut dyn Read) -> Result<Index, RestoreError> {
     Ok(Index {
         format: index::FORMAT,
         entries,
+        gzip_members: Vec::new(),
+        gzip_block_bytes: 0,
     })
 }
 
@@ -179,6 +181,121 @@ pub struct Delivered {
     pub bytes: u64,
     /// Checked against the index's sha256 of the file (else: the whole object's sha256).
     pub by_index: bool,
+    /// With ranged reads: the bytes fetched from the target (else the whole object was
+    /// streamed, up to the file).
+    pub fetched: Option<u64>,
+}
+
+/// Where to start reading for one entry: the gzip member holding its header.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Offset of that member in the compressed stream (age's plaintext).
+    compressed_offset: u64,
+    /// Plain bytes to skip inside the member to reach the entry's header.
+    skip: u64,
+}
+
+/// A ranged-read plan for `e`, when the object allows one (gzip with a member map).
+fn plan(index: &Index, e: &Entry, entry: &SourceEntry) -> Option<Plan> {
+    if entry.compression != crate::snapshot::Compression::Gzip
+        || index.gzip_members.is_empty()
+        || index.gzip_block_bytes == 0
+    {
+        return None;
+    }
+    let block = e.offset / index.gzip_block_bytes;
+    let members = index.gzip_members.get(..block as usize)?;
+    Some(Plan {
+        compressed_offset: members.iter().sum(),
+        skip: e.offset - block * index.gzip_block_bytes,
+    })
+}
+
+/// `cat` by ranged reads: from the gzip member that holds the entry's header to the end
+/// of its data, decrypting only those age chunks (each authenticated as it is read).
+#[allow(clippy::too_many_arguments)]
+async fn cat_ranged(
+    target: &Target,
+    manifest: &Manifest,
+    entry: &SourceEntry,
+    plan: Plan,
+    wanted: String,
+    expected: Option<String>,
+    identities: Option<Arc<Identities>>,
+    mut out: Box<dyn Write + Send>,
+) -> Result<Delivered, RestoreError> {
+    use std::io::Seek;
+    let key = snapshot::object_key(&manifest.job, &manifest.snapshot, &entry.object);
+    let mut ranged = crate::target::RangedReader::new(target, &key, entry.stored.bytes);
+    let fetched = ranged.fetched.clone();
+    let entry = entry.clone();
+    tokio::task::spawn_blocking(move || -> Result<Delivered, RestoreError> {
+        let fail = |e: String| RestoreError::Failed(format!("{wanted}: {e}"));
+        let compressed: Box<dyn Read> = match &entry.encryption {
+            crate::snapshot::Encryption::None => {
+                ranged
+                    .seek(std::io::SeekFrom::Start(plan.compressed_offset))
+                    .map_err(|e| fail(e.to_string()))?;
+                Box::new(ranged)
+            }
+            crate::snapshot::Encryption::Age { .. } => {
+                let ids = identities.ok_or_else(|| fail("no identity given".into()))?;
+                let d = age::Decryptor::new(ranged).map_err(|e| fail(e.to_string()))?;
+                let mut r = d
+                    .decrypt(ids.iter().map(|i| i.as_ref() as &dyn age::Identity))
+                    .map_err(|e| fail(format!("cannot decrypt: {e}")))?;
+                r.seek(std::io::SeekFrom::Start(plan.compressed_offset))
+                    .map_err(|e| fail(e.to_string()))?;
+                Box::new(r)
+            }
+        };
+        let mut plain = flate2::read::MultiGzDecoder::new(compressed);
+        std::io::copy(&mut (&mut plain).take(plan.skip), &mut std::io::sink())
+            .map_err(|e| fail(e.to_string()))?;
+        let mut archive = tar::Archive::new(plain);
+        let mut item = archive
+            .entries()
+            .map_err(|e| fail(e.to_string()))?
+            .next()
+            .ok_or_else(|| fail("the index points past the archive's end".into()))?
+            .map_err(|e| fail(e.to_string()))?;
+        let name = String::from_utf8_lossy(&item.path_bytes()).into_owned();
+        if name != wanted || item.header().entry_type() != tar::EntryType::Regular {
+            return Err(fail(format!(
+                "the index points at {name:?}, not at this file: the index does not match the archive"
+            )));
+        }
+        let mut hasher = sha2::Sha256::new();
+        let mut buf = vec![0u8; 256 << 10];
+        let mut bytes = 0u64;
+        loop {
+            let n = item.read(&mut buf).map_err(|e| fail(e.to_string()))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n]).map_err(|e| fail(e.to_string()))?;
+            bytes += n as u64;
+        }
+        out.flush().map_err(|e| fail(e.to_string()))?;
+        let got = hex::encode(hasher.finalize());
+        match &expected {
+            Some(want) if *want == got => {}
+            Some(want) => {
+                return Err(fail(format!(
+                    "its bytes do not match the index (sha256 {got}, the index says {want}); what was written must not be trusted"
+                )));
+            }
+            None => return Err(fail("the index has no sha256 for it".into())),
+        }
+        Ok(Delivered {
+            bytes,
+            by_index: true,
+            fetched: Some(fetched.load(std::sync::atomic::Ordering::Relaxed)),
+        })
+    })
+    .await
+    .map_err(|e| RestoreError::Task(e.to_string()))?
 }
 
 /// Streams the regular file `path` of one directory source to `out`, checked against the
@@ -195,12 +312,16 @@ pub async fn cat(
         .trim_start_matches('/')
         .trim_end_matches('/')
         .to_string();
+    let mut ranged_plan = None;
     let expected = match &entry.index {
         Some(_) => {
             let (index, _) = index_of(target, manifest, entry, identities.clone()).await?;
-            let found = index.entries.into_iter().find(|e| e.path == wanted);
+            let found = index.entries.iter().find(|e| e.path == wanted).cloned();
             match found {
-                Some(e) if e.kind == Kind::File => e.sha256,
+                Some(e) if e.kind == Kind::File => {
+                    ranged_plan = plan(&index, &e, entry);
+                    e.sha256
+                }
                 Some(e) => {
                     return Err(RestoreError::Usage(format!(
                         "{wanted} is a {}, not a regular file",
@@ -220,6 +341,12 @@ pub async fn cat(
         None => None,
     };
     let has_index = entry.index.is_some();
+    if let Some(plan) = ranged_plan {
+        return cat_ranged(
+            target, manifest, entry, plan, wanted, expected, identities, out,
+        )
+        .await;
+    }
     let input = open(target, manifest, entry).await?;
     let entry = entry.clone();
     tokio::task::spawn_blocking(move || -> Result<Delivered, RestoreError> {
@@ -273,6 +400,7 @@ pub async fn cat(
         Ok(Delivered {
             bytes,
             by_index: has_index,
+            fetched: None,
         })
     })
     .await

@@ -342,6 +342,17 @@ impl Backup<'_> {
         }
         let index = match stored.produced.index.take() {
             Some(bytes) => {
+                // The member map is known only now that the object is written.
+                let bytes = match serde_json::from_slice::<crate::source::directory::index::Index>(
+                    &bytes,
+                ) {
+                    Ok(mut index) if !stored.gzip_members.is_empty() => {
+                        index.gzip_members = std::mem::take(&mut stored.gzip_members);
+                        index.gzip_block_bytes = pipeline::GZIP_BLOCK_BYTES as u64;
+                        index.to_json()
+                    }
+                    _ => bytes,
+                };
                 let live: Vec<Target> = live
                     .iter()
                     .filter(|t| !failed_targets.contains_key(&t.name))

@@ -151,10 +151,16 @@ fn chain(
     Compressor::new(encrypted, enc.compression, enc.level, enc.threads)
 }
 
-fn finish_chain(w: Chain) -> io::Result<Digest> {
+/// Finishes the chain: the stored bytes' digest, and the gzip member sizes (empty for
+/// other compressions).
+fn finish_chain(w: Chain) -> io::Result<(Digest, Vec<u64>)> {
+    let members = w.members();
     let mut stored = w.finish()?.finish()?;
     stored.inner.send_chunk()?;
-    Ok(stored.tally.digest())
+    let members = members
+        .map(|m| std::mem::take(&mut *m.lock().expect("never poisoned")))
+        .unwrap_or_default();
+    Ok((stored.tally.digest(), members))
 }
 
 /// The producer's end of the read-ahead: 1 MiB chunks to the encoder thread, so reading
@@ -200,6 +206,8 @@ pub struct Stored<T> {
     pub stored: Digest,
     /// Per target, in the order given: `Ok` when the object is complete there.
     pub uploads: Vec<Result<(), String>>,
+    /// gzip: the compressed size of each 1 MiB member, in order (empty otherwise).
+    pub gzip_members: Vec<u64>,
 }
 
 /// Streams what `produce` writes through the encoding into `key` on every target.
@@ -233,7 +241,7 @@ where
     let encoding = encoding.clone();
     let (chunk_tx, chunk_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(READ_AHEAD_CHUNKS);
     let encoder_meter = meter.clone();
-    let encoder = tokio::task::spawn_blocking(move || -> anyhow::Result<Digest> {
+    let encoder = tokio::task::spawn_blocking(move || -> anyhow::Result<(Digest, Vec<u64>)> {
         let mut w = chain(&encoding, outs, encoder_meter)?;
         for chunk in chunk_rx {
             w.write_all(&chunk)?;
@@ -315,11 +323,13 @@ where
             tracing::error!(target = %target.name, "upload failed: {e}");
         }
     }
+    let (stored, gzip_members) = stored;
     Ok(Stored {
         produced,
         plain,
         stored,
         uploads,
+        gzip_members,
     })
 }
 
@@ -363,6 +373,7 @@ mod upload;
 pub use upload::PartWriter;
 
 pub use decode::{Decoded, IntegrityError, decode};
+pub use pargzip::BLOCK_BYTES as GZIP_BLOCK_BYTES;
 
 #[cfg(test)]
 mod tests;

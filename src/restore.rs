@@ -311,7 +311,10 @@ mod tests {
     fn include_and_exclude_select_entries_and_whole_directories() {
         let f = filter(&["docs", "*.pdf", "/a/b/*.txt"], &["**/secret*"]);
         assert!(f.accepts("docs"));
-        assert!(f.accepts("docs/deep/x.bin"), "a directory brings what is under it");
+        assert!(
+            f.accepts("docs/deep/x.bin"),
+            "a directory brings what is under it"
+        );
         assert!(f.accepts("x.pdf"));
         assert!(!f.accepts("sub/x.pdf"), "`*` stays within one name");
         assert!(f.accepts("a/b/c.txt"));

@@ -125,6 +125,86 @@ pub fn check_url(url: &str) -> Result<(), String> {
 
 pub use crate::secret::{redact, secret_in_url};
 
+/// A blocking `Read + Seek` view of one object that fetches only the byte ranges read
+/// (object_store range requests, 1 MiB at a time), for use on a blocking thread inside
+/// the runtime. `fetched` counts the bytes that came from the target.
+pub struct RangedReader {
+    target: Target,
+    key: ObjectPath,
+    size: u64,
+    pos: u64,
+    buf: bytes::Bytes,
+    buf_start: u64,
+    runtime: tokio::runtime::Handle,
+    pub fetched: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl RangedReader {
+    /// Each fetch asks for at least this much, so small reads do not become requests.
+    const FETCH_BYTES: u64 = 1 << 20;
+
+    /// `size` is the object's length as the manifest records it (a range past the real
+    /// end fails the read).
+    pub fn new(target: &Target, key: &ObjectPath, size: u64) -> Self {
+        Self {
+            target: target.clone(),
+            key: key.clone(),
+            size,
+            pos: 0,
+            buf: bytes::Bytes::new(),
+            buf_start: 0,
+            runtime: tokio::runtime::Handle::current(),
+            fetched: Default::default(),
+        }
+    }
+}
+
+impl std::io::Read for RangedReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.pos >= self.size || out.is_empty() {
+            return Ok(0);
+        }
+        let in_buf =
+            self.pos >= self.buf_start && self.pos < self.buf_start + self.buf.len() as u64;
+        if !in_buf {
+            let end = (self.pos + Self::FETCH_BYTES.max(out.len() as u64)).min(self.size);
+            let got = self
+                .runtime
+                .block_on(self.target.store.get_range(&self.key, self.pos..end))
+                .map_err(std::io::Error::other)?;
+            if got.is_empty() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("{} ends before the manifest says", self.key),
+                ));
+            }
+            self.fetched
+                .fetch_add(got.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            self.buf = got;
+            self.buf_start = self.pos;
+        }
+        let at = (self.pos - self.buf_start) as usize;
+        let n = out.len().min(self.buf.len() - at);
+        out[..n].copy_from_slice(&self.buf[at..at + n]);
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl std::io::Seek for RangedReader {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        let pos = match to {
+            std::io::SeekFrom::Start(p) => Some(p),
+            std::io::SeekFrom::End(d) => self.size.checked_add_signed(d),
+            std::io::SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = pos.ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "seek before the start")
+        })?;
+        Ok(self.pos)
+    }
+}
+
 /// Opens the store behind a target URL with every option at its default.
 pub fn open(name: &str, url: &str) -> Result<Target, TargetError> {
     open_spec(name, &TargetPolicy::from_url(url))

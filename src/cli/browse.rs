@@ -341,7 +341,14 @@ pub async fn cat(config: &Path, args: CatArgs) -> anyhow::Result<ExitCode> {
     )
     .await
     .map_err(edge)?;
-    if delivered.by_index {
+    if let Some(fetched) = delivered.fetched {
+        eprintln!(
+            "{} bytes; the file's sha256 matches the index; {} of the {} object read by ranged requests (the object's own sha256 is not checked on a partial read; each age chunk read is authenticated)",
+            delivered.bytes,
+            super::human_bytes(fetched),
+            super::human_bytes(entry.stored.bytes)
+        );
+    } else if delivered.by_index {
         eprintln!(
             "{} bytes; the file's sha256 matches the index (the rest of the archive was not read)",
             delivered.bytes

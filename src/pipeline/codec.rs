@@ -39,6 +39,14 @@ impl<W: Write> Compressor<W> {
         })
     }
 
+    /// gzip's member-size log (see `ParGzip::members`).
+    pub(crate) fn members(&self) -> Option<std::sync::Arc<std::sync::Mutex<Vec<u64>>>> {
+        match self {
+            Compressor::Gzip(w) => Some(w.members()),
+            _ => None,
+        }
+    }
+
     pub(crate) fn finish(self) -> io::Result<W> {
         match self {
             Compressor::Gzip(w) => w.finish(),

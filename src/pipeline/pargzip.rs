@@ -28,6 +28,10 @@ pub struct ParGzip<W: Write> {
     pending: VecDeque<Receiver<io::Result<Vec<u8>>>>,
     max_pending: usize,
     workers: Vec<JoinHandle<()>>,
+    /// The compressed size of each member written, in order: member `i` holds plain bytes
+    /// `i × BLOCK_BYTES ..`, so a reader can start decoding at any member (the index keeps
+    /// this map for ranged reads).
+    members: Arc<Mutex<Vec<u64>>>,
 }
 
 impl<W: Write> ParGzip<W> {
@@ -57,7 +61,13 @@ impl<W: Write> ParGzip<W> {
             pending: VecDeque::new(),
             max_pending: 2 * threads,
             workers,
+            members: Arc::default(),
         }
+    }
+
+    /// Where the compressed size of each member is recorded.
+    pub fn members(&self) -> Arc<Mutex<Vec<u64>>> {
+        self.members.clone()
     }
 
     fn submit(&mut self) -> io::Result<()> {
@@ -81,6 +91,10 @@ impl<W: Write> ParGzip<W> {
                 .recv()
                 .map_err(|_| io::Error::other("a gzip worker died"))??;
             self.inner.write_all(&member)?;
+            self.members
+                .lock()
+                .expect("never poisoned")
+                .push(member.len() as u64);
         }
         Ok(())
     }

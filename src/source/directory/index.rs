@@ -21,6 +21,16 @@ pub const MAX_INDEX_BYTES: u64 = 1 << 30;
 pub struct Index {
     pub format: u32,
     pub entries: Vec<Entry>,
+    /// With gzip: the compressed size of each member; member `i` holds plain bytes from
+    /// `i × gzip_block_bytes`. Lets a reader start decoding near an entry (ranged reads).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gzip_members: Vec<u64>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub gzip_block_bytes: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,6 +128,25 @@ impl Index {
             }
             previous = Some(e.offset);
         }
+        if !index.gzip_members.is_empty() {
+            let block = index.gzip_block_bytes;
+            let blocks = if block == 0 {
+                0
+            } else {
+                plain_bytes.div_ceil(block).max(1)
+            };
+            if index.gzip_members.len() as u64 != blocks
+                || index
+                    .gzip_members
+                    .iter()
+                    .any(|&m| m == 0 || m > 2 * block + 1024)
+            {
+                return Err(IndexError::Parse(format!(
+                    "its gzip member map ({} members of {block} bytes) does not fit a {plain_bytes}-byte stream",
+                    index.gzip_members.len()
+                )));
+            }
+        }
         Ok(index)
     }
 }
@@ -156,6 +185,8 @@ mod tests {
         Index {
             format: FORMAT,
             entries,
+            gzip_members: Vec::new(),
+            gzip_block_bytes: 0,
         }
         .to_json()
     }
