@@ -181,6 +181,7 @@ fn ten_thousand_snapshots_list_and_prune_fast_compared_with_a_raw_listing() {
     let end = start + unsigned[start..].find("[targets").unwrap();
     world.write_policy(&format!("{}{}", &unsigned[..start], &unsigned[end..]));
     let object = std::fs::read(src_dir.join("files.tar.gz.age")).unwrap();
+    let index = std::fs::read(src_dir.join("files.index.json.gz.age")).unwrap();
     for i in 0..9_999u32 {
         let id = format!(
             "2025-{:02}-{:02}T{:02}-{:02}-{:02}.000Z-{:06x}",
@@ -194,6 +195,7 @@ fn ten_thousand_snapshots_list_and_prune_fast_compared_with_a_raw_listing() {
         let dir = world.target_dir().join("app").join(&id);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("files.tar.gz.age"), &object).unwrap();
+        std::fs::write(dir.join("files.index.json.gz.age"), &index).unwrap();
         std::fs::write(dir.join("manifest.json"), manifest.replace(&real_id, &id)).unwrap();
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -208,7 +210,10 @@ fn ten_thousand_snapshots_list_and_prune_fast_compared_with_a_raw_listing() {
             .len()
     });
     let raw = raw.elapsed();
-    assert_eq!(n, 20_000);
+    assert_eq!(
+        n, 30_000,
+        "an object, its index and a manifest per snapshot"
+    );
     let t = Instant::now();
     let out = world.backupd(&["list", "--json"]);
     let list_time = t.elapsed();

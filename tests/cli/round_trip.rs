@@ -77,6 +77,23 @@ fn stored_objects_restore_with_standard_tools_alone() {
             manual.display()
         ));
         assert_same_tree(&world.path("src"), &manual);
+        // The index object is plain JSON under the same encoding.
+        let index_obj = world.stored(&format!(".index.json.{ext}.age"));
+        assert_eq!(index_obj.len(), 1);
+        let index = sh(&format!(
+            "age -d -i '{}' '{}' | {decompress}",
+            world.key.display(),
+            index_obj[0].display()
+        ));
+        let index: serde_json::Value = serde_json::from_str(&index).unwrap();
+        assert!(
+            index["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["path"] == "plain.txt" && e["size"] == 6),
+            "{index}"
+        );
 
         let db_obj = world.stored(&format!(".sqlite.{ext}.age"));
         assert_eq!(db_obj.len(), 1);
