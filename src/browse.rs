@@ -170,8 +170,8 @@ fn scan(reader: &mut dyn Read) -> Result<Index, RestoreError> {
     Ok(Index {
         format: index::FORMAT,
         entries,
-        gzip_members: Vec::new(),
-        gzip_block_bytes: 0,
+        members: Vec::new(),
+        member_bytes: 0,
     })
 }
 
@@ -186,7 +186,7 @@ pub struct Delivered {
     pub fetched: Option<u64>,
 }
 
-/// Where to start reading for one entry: the gzip member holding its header.
+/// Where to start reading for one entry: the member holding its header.
 #[derive(Debug, Clone)]
 pub struct Plan {
     /// Offset of that member in the compressed stream (age's plaintext).
@@ -195,23 +195,23 @@ pub struct Plan {
     skip: u64,
 }
 
-/// A ranged-read plan for `e`, when the object allows one (gzip with a member map).
+/// A ranged-read plan for `e`, when the object allows one (gzip or zstd with a member map).
 fn plan(index: &Index, e: &Entry, entry: &SourceEntry) -> Option<Plan> {
-    if entry.compression != crate::snapshot::Compression::Gzip
-        || index.gzip_members.is_empty()
-        || index.gzip_block_bytes == 0
+    if entry.compression == crate::snapshot::Compression::None
+        || index.members.is_empty()
+        || index.member_bytes == 0
     {
         return None;
     }
-    let block = e.offset / index.gzip_block_bytes;
-    let members = index.gzip_members.get(..block as usize)?;
+    let block = e.offset / index.member_bytes;
+    let members = index.members.get(..block as usize)?;
     Some(Plan {
         compressed_offset: members.iter().sum(),
-        skip: e.offset - block * index.gzip_block_bytes,
+        skip: e.offset - block * index.member_bytes,
     })
 }
 
-/// `cat` by ranged reads: from the gzip member that holds the entry's header to the end
+/// `cat` by ranged reads: from the member (gzip member, zstd frame) that holds the entry's header to the end
 /// of its data, decrypting only those age chunks (each authenticated as it is read).
 #[allow(clippy::too_many_arguments)]
 async fn cat_ranged(
@@ -249,7 +249,12 @@ async fn cat_ranged(
                 Box::new(r)
             }
         };
-        let mut plain = flate2::read::MultiGzDecoder::new(compressed);
+        let mut plain: Box<dyn Read> = match entry.compression {
+            crate::snapshot::Compression::Zstd => {
+                Box::new(zstd::Decoder::new(compressed).map_err(|e| fail(e.to_string()))?)
+            }
+            _ => Box::new(flate2::read::MultiGzDecoder::new(compressed)),
+        };
         std::io::copy(&mut (&mut plain).take(plan.skip), &mut std::io::sink())
             .map_err(|e| fail(e.to_string()))?;
         let mut archive = tar::Archive::new(plain);

@@ -346,9 +346,9 @@ impl Backup<'_> {
                 let bytes = match serde_json::from_slice::<crate::source::directory::index::Index>(
                     &bytes,
                 ) {
-                    Ok(mut index) if !stored.gzip_members.is_empty() => {
-                        index.gzip_members = std::mem::take(&mut stored.gzip_members);
-                        index.gzip_block_bytes = pipeline::GZIP_BLOCK_BYTES as u64;
+                    Ok(mut index) if !stored.members.is_empty() => {
+                        index.members = std::mem::take(&mut stored.members);
+                        index.member_bytes = pipeline::MEMBER_BYTES as u64;
                         index.to_json()
                     }
                     _ => bytes,

@@ -207,7 +207,7 @@ pub struct Stored<T> {
     /// Per target, in the order given: `Ok` when the object is complete there.
     pub uploads: Vec<Result<(), String>>,
     /// gzip: the compressed size of each 1 MiB member, in order (empty otherwise).
-    pub gzip_members: Vec<u64>,
+    pub members: Vec<u64>,
 }
 
 /// Streams what `produce` writes through the encoding into `key` on every target.
@@ -323,13 +323,13 @@ where
             tracing::error!(target = %target.name, "upload failed: {e}");
         }
     }
-    let (stored, gzip_members) = stored;
+    let (stored, members) = stored;
     Ok(Stored {
         produced,
         plain,
         stored,
         uploads,
-        gzip_members,
+        members,
     })
 }
 
@@ -373,7 +373,7 @@ mod upload;
 pub use upload::PartWriter;
 
 pub use decode::{Decoded, IntegrityError, decode};
-pub use pargzip::BLOCK_BYTES as GZIP_BLOCK_BYTES;
+pub use pargzip::BLOCK_BYTES as MEMBER_BYTES;
 
 #[cfg(test)]
 mod tests;

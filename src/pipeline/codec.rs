@@ -9,7 +9,7 @@ use crate::snapshot::Compression;
 
 pub(crate) enum Compressor<W: Write> {
     Gzip(ParGzip<W>),
-    Zstd(zstd::Encoder<'static, W>),
+    Zstd(ParGzip<W>),
     Plain(W),
 }
 
@@ -24,17 +24,13 @@ impl<W: Write> Compressor<W> {
             Compression::Gzip => {
                 Compressor::Gzip(ParGzip::new(inner, level.clamp(0, 9) as u32, threads))
             }
-            Compression::Zstd => {
-                let mut z = zstd::Encoder::new(inner, level)?;
-                // zstd's own worker threads; 1 would mean one extra thread, so only above.
-                if threads > 1 {
-                    z.multithread(threads as u32)?;
-                    // Smaller jobs than zstd's default (4 windows) keep peak memory bounded
-                    // at a cost in ratio too small to measure at level 3.
-                    z.set_parameter(zstd::stream::raw::CParameter::JobSize(2 << 20))?;
-                }
-                Compressor::Zstd(z)
-            }
+            // Independent 1 MiB frames (not one multithreaded frame): a reader can start at
+            // any of them, which `cat` does through the index.
+            Compression::Zstd => Compressor::Zstd(ParGzip::with(
+                inner,
+                super::pargzip::Members::Zstd(level),
+                threads,
+            )),
             Compression::None => Compressor::Plain(inner),
         })
     }
@@ -42,7 +38,7 @@ impl<W: Write> Compressor<W> {
     /// gzip's member-size log (see `ParGzip::members`).
     pub(crate) fn members(&self) -> Option<std::sync::Arc<std::sync::Mutex<Vec<u64>>>> {
         match self {
-            Compressor::Gzip(w) => Some(w.members()),
+            Compressor::Gzip(w) | Compressor::Zstd(w) => Some(w.members()),
             _ => None,
         }
     }

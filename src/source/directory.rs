@@ -251,8 +251,8 @@ pub fn dump(spec: &DirectorySpec, out: &mut dyn Write) -> Result<Dumped, SourceE
             index::Index {
                 format: index::FORMAT,
                 entries,
-                gzip_members: Vec::new(),
-                gzip_block_bytes: 0,
+                members: Vec::new(),
+                member_bytes: 0,
             }
             .to_json(),
         ),

@@ -46,7 +46,8 @@ fn a_good_snapshot_verifies_and_the_result_is_recorded() {
             "directory count",
             "symlink count",
             "file bytes",
-            "sha256"
+            "sha256",
+            "index"
         ]
     );
     let db_checks = records[0]["sources"]["db"]["checks"].to_string();

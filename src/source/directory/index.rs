@@ -1,6 +1,7 @@
 //! The **index** of a directory object: one **entry** per archived path (type, size, mode,
 //! mtime, link target, its header's **offset** in the plain tar stream, and a sha256 of
-//! each regular file's bytes), written as a second object of the source in the same run.
+//! each regular file's bytes) plus the compressed size of each **member** of the object,
+//! written as a second object of the source in the same run.
 //! `ls` and `find` read only the index; `cat` checks the file it delivers against it.
 //!
 //! An index read from a target is untrusted like everything else there: [`Index::parse`]
@@ -21,12 +22,13 @@ pub const MAX_INDEX_BYTES: u64 = 1 << 30;
 pub struct Index {
     pub format: u32,
     pub entries: Vec<Entry>,
-    /// With gzip: the compressed size of each member; member `i` holds plain bytes from
-    /// `i × gzip_block_bytes`. Lets a reader start decoding near an entry (ranged reads).
+    /// With gzip or zstd: the compressed size of each member (gzip member, zstd frame);
+    /// member `i` holds plain bytes from `i × member_bytes`. Lets a reader start decoding
+    /// near an entry (ranged reads).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub gzip_members: Vec<u64>,
+    pub members: Vec<u64>,
     #[serde(default, skip_serializing_if = "is_zero")]
-    pub gzip_block_bytes: u64,
+    pub member_bytes: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -128,22 +130,22 @@ impl Index {
             }
             previous = Some(e.offset);
         }
-        if !index.gzip_members.is_empty() {
-            let block = index.gzip_block_bytes;
+        if !index.members.is_empty() {
+            let block = index.member_bytes;
             let blocks = if block == 0 {
                 0
             } else {
                 plain_bytes.div_ceil(block).max(1)
             };
-            if index.gzip_members.len() as u64 != blocks
+            if index.members.len() as u64 != blocks
                 || index
-                    .gzip_members
+                    .members
                     .iter()
                     .any(|&m| m == 0 || m > 2 * block + 1024)
             {
                 return Err(IndexError::Parse(format!(
-                    "its gzip member map ({} members of {block} bytes) does not fit a {plain_bytes}-byte stream",
-                    index.gzip_members.len()
+                    "its member map ({} members of {block} bytes) does not fit a {plain_bytes}-byte stream",
+                    index.members.len()
                 )));
             }
         }
@@ -185,8 +187,8 @@ mod tests {
         Index {
             format: FORMAT,
             entries,
-            gzip_members: Vec::new(),
-            gzip_block_bytes: 0,
+            members: Vec::new(),
+            member_bytes: 0,
         }
         .to_json()
     }
