@@ -24,6 +24,7 @@
 //! - [`spool`]: local copies for a target that is down, delivered when it is back.
 //! - [`claim`]: one run per scheduled slot among replicas, through the bucket.
 //! - [`secret`]: password files and URLs that must not leak (a leaf).
+//! - [`units`]: durations as the policy writes them (a leaf).
 //! - [`state`]: the host's own records (last runs, private directories).
 //! - [`notify`]: webhooks and healthcheck pings.
 //! - [`progress`]: progress bars on a terminal.
@@ -52,4 +53,5 @@ pub mod source;
 pub mod spool;
 pub mod state;
 pub mod target;
+pub mod units;
 pub mod verify;

@@ -24,7 +24,10 @@ pub struct WebhookPolicy {
     #[serde(default)]
     pub jobs: Vec<String>,
     /// Per attempt.
-    #[serde(default = "default_timeout_secs")]
+    #[serde(
+        default = "default_timeout_secs",
+        deserialize_with = "crate::units::secs::deserialize"
+    )]
     pub timeout_secs: u64,
 }
 

@@ -77,7 +77,7 @@ pub struct DaemonPolicy {
     pub state_dir: PathBuf,
     /// Objects of no committed snapshot older than this are crash leftovers that prune
     /// removes, e.g. `"24h"`. Younger ones may belong to a backup still running.
-    #[serde(default = "default_orphan_grace", with = "humantime_serde")]
+    #[serde(default = "default_orphan_grace", with = "crate::units::duration")]
     pub orphan_grace: std::time::Duration,
     /// Address of the `/metrics`, `/healthz` and `/status` listener of `backupd run`;
     /// loopback by default, `"off"` for none. Port 0 picks a free port (written to
@@ -89,7 +89,10 @@ pub struct DaemonPolicy {
     pub max_concurrent_jobs: usize,
     /// On SIGTERM, how long running jobs may finish before they are cancelled (nothing
     /// of a cancelled snapshot is committed).
-    #[serde(default = "default_shutdown_timeout_secs")]
+    #[serde(
+        default = "default_shutdown_timeout_secs",
+        deserialize_with = "crate::units::secs::deserialize"
+    )]
     pub shutdown_timeout_secs: u64,
     /// Where a snapshot waits (encrypted) for a remote target that was down when it was
     /// taken; delivered later by the daemon and by `run-now`. Off unless set.
@@ -100,7 +103,10 @@ pub struct DaemonPolicy {
     pub spool_max_bytes: u64,
     /// First delay between the daemon's delivery attempts; doubles while a target stays
     /// down (up to 60 times this), back to this once everything is delivered.
-    #[serde(default = "default_spool_retry_secs")]
+    #[serde(
+        default = "default_spool_retry_secs",
+        deserialize_with = "crate::units::secs::deserialize"
+    )]
     pub spool_retry_secs: u64,
     /// Who this backupd is among the hosts sharing a bucket: recorded in every manifest;
     /// retention, `latest` and `list` act on this instance's snapshots unless told
@@ -162,33 +168,6 @@ fn default_orphan_grace() -> std::time::Duration {
     std::time::Duration::from_secs(24 * 3600)
 }
 
-/// `"24h"`-style durations in the policy.
-pub(crate) mod humantime_serde {
-    use serde::{Deserialize, Deserializer};
-    use std::time::Duration;
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "{s:?} is not a duration like \"24h\" or \"2d\": {e}"
-            ))
-        })
-    }
-
-    /// The same for an optional key.
-    pub mod option {
-        use serde::{Deserialize, Deserializer};
-        use std::time::Duration;
-
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-            #[derive(Deserialize)]
-            struct Wrap(#[serde(deserialize_with = "super::deserialize")] Duration);
-            Ok(Option::<Wrap>::deserialize(d)?.map(|w| w.0))
-        }
-    }
-}
-
 impl Default for DaemonPolicy {
     fn default() -> Self {
         Self {
@@ -222,7 +201,7 @@ pub struct JobPolicy {
     pub schedule: Option<String>,
     /// Start up to this many seconds after the scheduled time (random), so many hosts on
     /// the same schedule do not hit a target at once.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::units::secs::deserialize")]
     pub jitter_secs: u64,
     /// When the daemon starts and the newest snapshot predates the last scheduled time
     /// (the host was down), run once soon after start.
@@ -234,14 +213,17 @@ pub struct JobPolicy {
     pub coordination: Coordination,
     /// With `"lease"`: the holder of a slot renews its claim every third of this; a replica
     /// that sees the claim unchanged this long takes the slot over.
-    #[serde(default = "default_lease_ttl_secs")]
+    #[serde(
+        default = "default_lease_ttl_secs",
+        deserialize_with = "crate::units::secs::deserialize"
+    )]
     pub lease_ttl_secs: u64,
     /// Cancel a run that takes longer than this (nothing of it is committed).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::units::secs::option::deserialize")]
     pub timeout_secs: Option<u64>,
     /// Freshness alarm: when no committed snapshot is newer than this (e.g. `"26h"`), the
     /// `backupd_job_fresh` metric drops to 0 and webhooks are told, once.
-    #[serde(default, with = "humantime_serde::option")]
+    #[serde(default, with = "crate::units::duration::option")]
     pub alert_if_older_than: Option<std::time::Duration>,
     /// Commands run before/after the backup and on failure.
     #[serde(default)]

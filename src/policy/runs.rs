@@ -19,7 +19,10 @@ pub struct HooksPolicy {
     #[serde(default)]
     pub on_failure: Vec<String>,
     /// Each hook is killed after this long and counts as failed.
-    #[serde(default = "default_timeout_secs")]
+    #[serde(
+        default = "default_timeout_secs",
+        deserialize_with = "crate::units::secs::deserialize"
+    )]
     pub timeout_secs: u64,
     /// Variables of backupd's own environment that hooks may see (by name).
     #[serde(default)]

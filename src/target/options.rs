@@ -69,10 +69,16 @@ pub struct TargetPolicy {
     #[serde(default = "default_max_retries")]
     pub max_retries: usize,
     /// Give up retrying a request after this long.
-    #[serde(default = "default_retry_timeout_secs")]
+    #[serde(
+        default = "default_retry_timeout_secs",
+        deserialize_with = "crate::units::secs::deserialize"
+    )]
     pub retry_timeout_secs: u64,
     /// Connection timeout of each request.
-    #[serde(default = "default_connect_timeout_secs")]
+    #[serde(
+        default = "default_connect_timeout_secs",
+        deserialize_with = "crate::units::secs::deserialize"
+    )]
     pub connect_timeout_secs: u64,
 }
 

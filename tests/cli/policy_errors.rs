@@ -184,3 +184,34 @@ fn every_shipped_policy_parses() {
         "config/ should hold the quickstart and a production example"
     );
 }
+
+/// Durations are strings with units everywhere; `*_secs` keys still take seconds (older
+/// policies) and say what is wrong with a bad one.
+#[test]
+fn durations_take_units_and_seconds_keys_still_take_numbers() {
+    let world = World::new();
+    std::fs::create_dir_all(world.path("src")).unwrap();
+    std::fs::write(world.path("src/a"), "a").unwrap();
+    let job = |timeout: &str, hook: &str| {
+        format!(
+            "[daemon]\nshutdown_timeout_secs = \"5m\"\n{HEAD}[jobs.app]\ntargets = [\"local\"]\ntimeout_secs = {timeout}\njitter_secs = 30\nhooks = {{ timeout_secs = {hook} }}\n[jobs.app.sources.s]\nkind = \"directory\"\npath = \"src\"\n"
+        )
+    };
+    for (timeout, hook) in [("\"2h 30m\"", "\"90s\""), ("9000", "90")] {
+        world.write_policy(&job(timeout, hook));
+        let out = world.backupd(&["run-now"]);
+        assert!(out.status.success(), "{timeout}: {}", text(&out));
+    }
+    // A bad one changes nothing.
+    std::fs::remove_dir_all(world.target_dir()).unwrap();
+    expect_policy_error(
+        &world,
+        &job("\"soon\"", "\"1500ms\""),
+        &[
+            "jobs.app.timeout_secs",
+            "\"soon\" is not a duration",
+            "jobs.app.hooks.timeout_secs",
+            "whole seconds",
+        ],
+    );
+}
