@@ -261,6 +261,7 @@ impl Work {
                     }
                     let me = policy.daemon.instance();
                     list.retain(|m| m.instance() == me);
+                    warn_if_doubled(policy, job, &me, &list);
                     counts.insert(target.name.clone(), list.len() as u64);
                     newest.push(list.into_iter().next());
                 }
@@ -380,4 +381,22 @@ fn open_targets(policy: &Policy, job: &str) -> Vec<Target> {
             }
         })
         .collect()
+}
+
+/// Two daemons that share this instance's name without coordination both run every slot
+/// (and their retention counts each other's snapshots as their own): said in the log,
+/// from the instance's own manifests, whenever the inventory runs.
+fn warn_if_doubled(policy: &Policy, job: &str, me: &str, own: &[crate::snapshot::Manifest]) {
+    let spec = &policy.jobs[job];
+    if spec.coordination != crate::policy::Coordination::None {
+        return;
+    }
+    let window = chrono::Duration::seconds(spec.jitter_secs.max(60) as i64);
+    let refs: Vec<&crate::snapshot::Manifest> = own.iter().collect();
+    if let Some((a, b)) = crate::snapshot::doubled_hosts(&refs, window) {
+        tracing::warn!(
+            job,
+            "hosts {a} and {b} both back up as instance {me}: give each its own daemon.instance, or set coordination = \"lease\""
+        );
+    }
 }

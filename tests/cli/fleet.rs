@@ -3,6 +3,7 @@
 
 use std::process::Command;
 
+use super::daemon_support::Daemon;
 use super::support::{BIN, World, text};
 
 /// Runs backupd on the world's policy as instance `instance`.
@@ -274,4 +275,23 @@ fn two_hosts_sharing_an_instance_name_are_pointed_out() {
         warning.contains("other-host") && warning.contains("coordination"),
         "{rows:?}"
     );
+    // The daemon of that instance says it too, from its start-up inventory.
+    let body = std::fs::read_to_string(&policy).unwrap().replacen(
+        "[daemon]\n",
+        "[daemon]\nlisten = \"off\"\n",
+        1,
+    );
+    world.write_policy(&body);
+    let mut daemon = Daemon::start(&world, &[("BACKUPD_DAEMON__INSTANCE", "shared")]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !daemon.logs().contains("both back up as instance shared") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no warning from the daemon: {}",
+            daemon.logs()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(daemon.logs().contains("other-host"), "{}", daemon.logs());
+    assert!(daemon.stop().success(), "{}", daemon.logs());
 }
