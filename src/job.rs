@@ -341,18 +341,13 @@ impl Backup<'_> {
             }
         }
         let index = match stored.produced.index.take() {
-            Some(bytes) => {
+            Some(mut index) => {
                 // The member map is known only now that the object is written.
-                let bytes = match serde_json::from_slice::<crate::source::directory::index::Index>(
-                    &bytes,
-                ) {
-                    Ok(mut index) if !stored.members.is_empty() => {
-                        index.members = std::mem::take(&mut stored.members);
-                        index.member_bytes = pipeline::MEMBER_BYTES as u64;
-                        index.to_json()
-                    }
-                    _ => bytes,
-                };
+                if !stored.members.is_empty() {
+                    index.members = std::mem::take(&mut stored.members);
+                    index.member_bytes = pipeline::MEMBER_BYTES as u64;
+                }
+                let bytes = index.to_json();
                 let live: Vec<Target> = live
                     .iter()
                     .filter(|t| !failed_targets.contains_key(&t.name))

@@ -256,8 +256,8 @@ pub(crate) fn member_name<T>(source: &str, database: &str, taken: &[(String, T)]
 pub struct Dumped {
     pub stats: SourceStats,
     pub warnings: Vec<String>,
-    /// A directory's index (`directory::index`), stored as a second object of the source.
-    pub index: Option<Vec<u8>>,
+    /// A directory's index, stored as a second object of the source.
+    pub index: Option<directory::index::Index>,
 }
 
 /// Where sources may stage data that cannot be streamed directly (a SQLite backup copy).

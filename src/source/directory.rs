@@ -247,15 +247,12 @@ pub fn dump(spec: &DirectorySpec, out: &mut dyn Write) -> Result<Dumped, SourceE
             skipped: counts.skipped,
         },
         warnings: counts.warnings,
-        index: Some(
-            index::Index {
-                format: index::FORMAT,
-                entries,
-                members: Vec::new(),
-                member_bytes: 0,
-            }
-            .to_json(),
-        ),
+        index: Some(index::Index {
+            format: index::FORMAT,
+            entries,
+            members: Vec::new(),
+            member_bytes: 0,
+        }),
     })
 }
 
