@@ -16,7 +16,7 @@ use std::sync::Arc;
 use sha2::Digest as _;
 
 use crate::crypto::Identities;
-use crate::restore::RestoreError;
+use crate::restore::{self, RestoreError};
 use crate::snapshot::{self, Manifest, SourceEntry, SourceStats};
 use crate::source::directory::index::{self, Entry, Index, Kind};
 use crate::target::Target;
@@ -32,9 +32,9 @@ pub fn directory_sources(
         .filter(|(_, e)| matches!(e.stats, SourceStats::Tree { .. }))
         .map(|(n, e)| (n.clone(), e.clone()))
         .collect();
-    match only {
-        None if dirs.is_empty() => Err(RestoreError::Usage(format!(
-            "snapshot {} has no directory source to browse (sources: {})",
+    let missing = |what: String| {
+        RestoreError::Usage(format!(
+            "snapshot {} has no {what} (sources: {})",
             manifest.snapshot,
             manifest
                 .sources
@@ -42,25 +42,19 @@ pub fn directory_sources(
                 .cloned()
                 .collect::<Vec<_>>()
                 .join(", ")
-        ))),
-        None => Ok(dirs),
-        Some(name) => {
-            let found: Vec<_> = dirs.into_iter().filter(|(n, _)| n == name).collect();
-            if found.is_empty() {
-                return Err(RestoreError::Usage(format!(
-                    "snapshot {} has no directory source {name:?} (sources: {})",
-                    manifest.snapshot,
-                    manifest
-                        .sources
-                        .keys()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )));
-            }
-            Ok(found)
-        }
+        ))
+    };
+    let found: Vec<_> = match only {
+        None => dirs,
+        Some(name) => dirs.into_iter().filter(|(n, _)| n == name).collect(),
+    };
+    if found.is_empty() {
+        return Err(missing(match only {
+            None => "directory source to browse".into(),
+            Some(name) => format!("directory source {name:?}"),
+        }));
     }
+    Ok(found)
 }
 
 /// The index of one directory source: its index object when it has one, else a scan of
@@ -82,7 +76,7 @@ pub async fn index_of(
                 index: None,
                 ..entry.clone()
             };
-            let input = open(target, manifest, &as_entry).await?;
+            let input = restore::open_object(target, manifest, &as_entry).await?;
             let bytes = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, RestoreError> {
                 let mut decoded = crate::pipeline::decode(input, &as_entry, identities.as_deref())?;
                 let mut bytes = Vec::new();
@@ -100,7 +94,7 @@ pub async fn index_of(
             Ok((index, true))
         }
         None => {
-            let input = open(target, manifest, entry).await?;
+            let input = restore::open_object(target, manifest, entry).await?;
             let entry = entry.clone();
             let index = tokio::task::spawn_blocking(move || -> Result<Index, RestoreError> {
                 let mut decoded = crate::pipeline::decode(input, &entry, identities.as_deref())?;
@@ -116,22 +110,6 @@ pub async fn index_of(
             Ok((index, false))
         }
     }
-}
-
-async fn open(
-    target: &Target,
-    manifest: &Manifest,
-    entry: &SourceEntry,
-) -> Result<Box<dyn Read + Send>, RestoreError> {
-    let key = snapshot::object_key(&manifest.job, &manifest.snapshot, &entry.object);
-    target
-        .reader(&key)
-        .await
-        .map_err(|source| RestoreError::Read {
-            target: target.name.clone(),
-            key: key.to_string(),
-            source,
-        })
 }
 
 /// An index made by reading the archive (no sha256 per file).
@@ -270,29 +248,10 @@ async fn cat_ranged(
                 "the index points at {name:?}, not at this file: the index does not match the archive"
             )));
         }
-        let mut hasher = sha2::Sha256::new();
-        let mut buf = vec![0u8; 256 << 10];
-        let mut bytes = 0u64;
-        loop {
-            let n = item.read(&mut buf).map_err(|e| fail(e.to_string()))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            out.write_all(&buf[..n]).map_err(|e| fail(e.to_string()))?;
-            bytes += n as u64;
-        }
-        out.flush().map_err(|e| fail(e.to_string()))?;
-        let got = hex::encode(hasher.finalize());
-        match &expected {
-            Some(want) if *want == got => {}
-            Some(want) => {
-                return Err(fail(format!(
-                    "its bytes do not match the index (sha256 {got}, the index says {want}); what was written must not be trusted"
-                )));
-            }
-            None => return Err(fail("the index has no sha256 for it".into())),
-        }
+        let Some(want) = expected.as_deref() else {
+            return Err(fail("the index has no sha256 for it".into()));
+        };
+        let bytes = copy_checked(&mut item, &mut out, &wanted, Some(want))?;
         Ok(Delivered {
             bytes,
             by_index: true,
@@ -352,7 +311,7 @@ pub async fn cat(
         )
         .await;
     }
-    let input = open(target, manifest, entry).await?;
+    let input = restore::open_object(target, manifest, entry).await?;
     let entry = entry.clone();
     tokio::task::spawn_blocking(move || -> Result<Delivered, RestoreError> {
         let mut decoded = crate::pipeline::decode(input, &entry, identities.as_deref())
@@ -367,28 +326,12 @@ pub async fn cat(
                 if name != wanted || item.header().entry_type() != tar::EntryType::Regular {
                     continue;
                 }
-                let mut hasher = sha2::Sha256::new();
-                let mut buf = vec![0u8; 256 << 10];
-                let mut bytes = 0u64;
-                loop {
-                    let n = item.read(&mut buf).map_err(bad)?;
-                    if n == 0 {
-                        break;
-                    }
-                    hasher.update(&buf[..n]);
-                    out.write_all(&buf[..n]).map_err(bad)?;
-                    bytes += n as u64;
-                }
-                out.flush().map_err(bad)?;
-                let got = hex::encode(hasher.finalize());
-                if let Some(want) = &expected
-                    && *want != got
-                {
-                    return Err(RestoreError::Failed(format!(
-                        "{wanted}: its bytes do not match the index (sha256 {got}, the index says {want}); what was written must not be trusted"
-                    )));
-                }
-                delivered = Some(bytes);
+                delivered = Some(copy_checked(
+                    &mut item,
+                    &mut out,
+                    &wanted,
+                    expected.as_deref(),
+                )?);
                 break;
             }
         }
@@ -410,6 +353,37 @@ pub async fn cat(
     })
     .await
     .map_err(|e| RestoreError::Task(e.to_string()))?
+}
+
+/// Copies one archived file to `out`, hashing it on the way; with `expected` (the index's
+/// sha256) a mismatch fails, naming the file. Returns the bytes copied.
+fn copy_checked(
+    item: &mut dyn Read,
+    out: &mut dyn Write,
+    wanted: &str,
+    expected: Option<&str>,
+) -> Result<u64, RestoreError> {
+    let fail = |e: String| RestoreError::Failed(format!("{wanted}: {e}"));
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 256 << 10];
+    let mut bytes = 0u64;
+    loop {
+        let n = item.read(&mut buf).map_err(|e| fail(e.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n]).map_err(|e| fail(e.to_string()))?;
+        bytes += n as u64;
+    }
+    out.flush().map_err(|e| fail(e.to_string()))?;
+    let got = hex::encode(hasher.finalize());
+    match expected {
+        Some(want) if want != got => Err(fail(format!(
+            "its bytes do not match the index (sha256 {got}, the index says {want}); what was written must not be trusted"
+        ))),
+        _ => Ok(bytes),
+    }
 }
 
 /// Whether `glob` matches `path`: against the whole path when the pattern has a `/`,

@@ -245,6 +245,23 @@ impl Filter {
     }
 }
 
+/// The stored object of `entry` as a blocking reader (for a blocking thread).
+pub async fn open_object(
+    target: &Target,
+    manifest: &Manifest,
+    entry: &SourceEntry,
+) -> Result<Box<dyn std::io::Read + Send>, RestoreError> {
+    let key = snapshot::object_key(&manifest.job, &manifest.snapshot, &entry.object);
+    target
+        .reader(&key)
+        .await
+        .map_err(|source| RestoreError::Read {
+            target: target.name.clone(),
+            key: key.to_string(),
+            source,
+        })
+}
+
 /// Restores one source of `manifest` from `target` into `dest`, checking the stored and
 /// plain sha256 against the manifest on the way.
 pub async fn restore_source(
@@ -256,15 +273,7 @@ pub async fn restore_source(
     dest: Destination,
     progress: &crate::progress::Progress,
 ) -> Result<Restored, RestoreError> {
-    let key = snapshot::object_key(&manifest.job, &manifest.snapshot, &entry.object);
-    let reader = target
-        .reader(&key)
-        .await
-        .map_err(|source| RestoreError::Read {
-            target: target.name.clone(),
-            key: key.to_string(),
-            source,
-        })?;
+    let reader = open_object(target, manifest, entry).await?;
     let input = progress.reader(name, entry.stored.bytes, reader);
     let entry = entry.clone();
     tokio::task::spawn_blocking(move || -> Result<Restored, RestoreError> {
