@@ -365,15 +365,15 @@ async fn feed(
     Ok(w)
 }
 
+mod blocks;
 mod codec;
 mod decode;
-mod pargzip;
 mod upload;
 
 pub use upload::PartWriter;
 
+pub use blocks::BLOCK_BYTES as MEMBER_BYTES;
 pub use decode::{Decoded, IntegrityError, decode};
-pub use pargzip::BLOCK_BYTES as MEMBER_BYTES;
 
 #[cfg(test)]
 mod tests;

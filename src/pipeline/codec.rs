@@ -4,12 +4,12 @@
 
 use std::io::{self, Write};
 
-use super::pargzip::ParGzip;
+use super::blocks::ParBlocks;
 use crate::snapshot::Compression;
 
 pub(crate) enum Compressor<W: Write> {
-    Gzip(ParGzip<W>),
-    Zstd(ParGzip<W>),
+    Gzip(ParBlocks<W>),
+    Zstd(ParBlocks<W>),
     Plain(W),
 }
 
@@ -22,20 +22,20 @@ impl<W: Write> Compressor<W> {
     ) -> io::Result<Self> {
         Ok(match compression {
             Compression::Gzip => {
-                Compressor::Gzip(ParGzip::new(inner, level.clamp(0, 9) as u32, threads))
+                Compressor::Gzip(ParBlocks::new(inner, level.clamp(0, 9) as u32, threads))
             }
             // Independent 1 MiB frames (not one multithreaded frame): a reader can start at
             // any of them, which `cat` does through the index.
-            Compression::Zstd => Compressor::Zstd(ParGzip::with(
+            Compression::Zstd => Compressor::Zstd(ParBlocks::with(
                 inner,
-                super::pargzip::Members::Zstd(level),
+                super::blocks::Members::Zstd(level),
                 threads,
             )),
             Compression::None => Compressor::Plain(inner),
         })
     }
 
-    /// gzip's member-size log (see `ParGzip::members`).
+    /// gzip's member-size log (see `ParBlocks::members`).
     pub(crate) fn members(&self) -> Option<std::sync::Arc<std::sync::Mutex<Vec<u64>>>> {
         match self {
             Compressor::Gzip(w) | Compressor::Zstd(w) => Some(w.members()),

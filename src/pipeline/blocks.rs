@@ -26,7 +26,7 @@ type Job = (Vec<u8>, SyncSender<io::Result<Vec<u8>>>);
 /// One worker's compressor: a block in, a complete member out.
 type CompressFn = Box<dyn FnMut(&[u8]) -> io::Result<Vec<u8>>>;
 
-pub struct ParGzip<W: Write> {
+pub struct ParBlocks<W: Write> {
     inner: W,
     block: Vec<u8>,
     jobs: Option<SyncSender<Job>>,
@@ -48,7 +48,7 @@ pub enum Members {
     Zstd(i32),
 }
 
-impl<W: Write> ParGzip<W> {
+impl<W: Write> ParBlocks<W> {
     pub fn new(inner: W, level: u32, threads: usize) -> Self {
         Self::with(inner, Members::Gzip(level), threads)
     }
@@ -183,7 +183,7 @@ impl Compressor {
     }
 }
 
-impl<W: Write> Write for ParGzip<W> {
+impl<W: Write> Write for ParBlocks<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = buf.len().min(BLOCK_BYTES - self.block.len());
         self.block.extend_from_slice(&buf[..n]);
@@ -213,7 +213,7 @@ mod tests {
     fn members_in_order_make_one_gzip_stream() {
         for len in [0, 1, BLOCK_BYTES - 1, BLOCK_BYTES, 5 * BLOCK_BYTES + 17] {
             let input = data(len);
-            let mut z = ParGzip::new(Vec::new(), 6, 1 + len % 3);
+            let mut z = ParBlocks::new(Vec::new(), 6, 1 + len % 3);
             z.write_all(&input).unwrap();
             let out = z.finish().unwrap();
             let mut back = Vec::new();
@@ -231,7 +231,7 @@ mod tests {
                 b"the quick brown fox jumps over the lazy dog "[i % 44] ^ ((i / 1000) % 3) as u8
             })
             .collect();
-        let mut par = ParGzip::new(Vec::new(), 6, 2);
+        let mut par = ParBlocks::new(Vec::new(), 6, 2);
         par.write_all(&input).unwrap();
         let par = par.finish().unwrap();
         let mut one = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
@@ -252,7 +252,7 @@ mod tests {
     fn standard_tools_decode_the_stream_and_each_member() {
         use std::process::{Command, Stdio};
         let input = data(3 * BLOCK_BYTES + 4321);
-        let mut z = ParGzip::new(Vec::new(), 6, 2);
+        let mut z = ParBlocks::new(Vec::new(), 6, 2);
         z.write_all(&input).unwrap();
         let whole = z.finish().unwrap();
         let run = |tool: &str, args: &[&str], stdin: &[u8]| -> Vec<u8> {
