@@ -1,7 +1,7 @@
 //! The streaming pipeline, both ways.
 //!
-//! Store: producer → sha256(plain) ⇢ read-ahead ⇢ gzip (parallel blocks) / zstd (its own
-//! threads) → age → sha256(stored) → tee to one multipart upload per target. The source
+//! Store: producer → sha256(plain) ⇢ read-ahead ⇢ gzip / zstd (parallel 1 MiB blocks, see
+//! `blocks`) → age → sha256(stored) → tee to one multipart upload per target. The source
 //! runs on one blocking thread, the codecs on another (plus compression workers), and
 //! 1 MiB chunks reach the async upload tasks over bounded channels, so memory is bounded
 //! by fixed buffers whatever the data size (BACKUP_POLICY.md, "Memory"). A target whose
