@@ -136,3 +136,46 @@ fn with_signing_on_an_old_snapshot_needs_the_operators_word() {
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0]["authenticity"]["verdict"], "trusted");
 }
+
+/// The 0.1.0 snapshot has no index: `ls`, `find` and `cat` read its archive instead, and
+/// `restore --include` selects from it like from any other.
+#[test]
+fn a_snapshot_from_0_1_0_browses_and_restores_in_part() {
+    let world = legacy_world("");
+    let out = world.backupd(&["ls", "legacy", ID]);
+    assert!(out.status.success(), "{}", text(&out));
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    for want in [
+        "files/hello.txt",
+        "files/sub/",
+        "files/sub/notes.md",
+        "files/link-to-hello",
+    ] {
+        assert!(listing.lines().any(|l| l == want), "{want} in:\n{listing}");
+    }
+    assert!(text(&out).contains("has no index"), "{}", text(&out));
+    let out = world.backupd(&["find", "legacy", "*.md"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("sub/notes.md"));
+    let out = world.backupd(&["cat", "legacy", ID, "sub/notes.md"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(out.stdout, b"second file\n");
+    let to = world.path("part");
+    let out = world.backupd(&[
+        "restore",
+        "legacy",
+        ID,
+        "--only",
+        "files",
+        "--include",
+        "sub",
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        std::fs::read_to_string(to.join("files/sub/notes.md")).unwrap(),
+        "second file\n"
+    );
+    assert!(!to.join("files/hello.txt").exists());
+}
