@@ -30,7 +30,25 @@ use crate::target::Target;
 pub struct SourceReport {
     pub name: String,
     pub kind: &'static str,
-    pub result: Result<SourceEntry, String>,
+    pub result: Result<SourceEntry, SourceFailure>,
+}
+
+/// Why one source is not in the snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceFailure {
+    #[error("not attempted: the run was cancelled")]
+    Cancelled,
+    #[error("not attempted: every target has failed")]
+    NoTarget,
+    /// Listing what a source covers (its databases, say) failed before any dump.
+    #[error("{0}")]
+    Expand(#[from] source::SourceError),
+    #[error("listing the source stopped: {0}")]
+    ExpandTask(#[from] tokio::task::JoinError),
+    #[error("{0}")]
+    Store(#[from] pipeline::PipelineError),
+    #[error("storing the index: {0}")]
+    Index(pipeline::PipelineError),
 }
 
 /// What happened to one job run; `ok()` decides the exit status.
@@ -267,8 +285,8 @@ async fn expand_sources(
         let (g, sp) = (group.clone(), spec.clone());
         let expanded = tokio::task::spawn_blocking(move || source::expand(&g, &sp))
             .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
+            .map_err(SourceFailure::from)
+            .and_then(|r| r.map_err(SourceFailure::from));
         match expanded {
             Ok(list) => work.extend(list.into_iter().map(|(n, e)| (group.clone(), n, e))),
             Err(e) => {
@@ -295,7 +313,7 @@ impl Backup<'_> {
         live: &[Target],
         failed_targets: &mut BTreeMap<String, String>,
         uploaded: &mut Vec<object_store::path::Path>,
-    ) -> Result<SourceEntry, String> {
+    ) -> Result<SourceEntry, SourceFailure> {
         let object = source::object_name(
             name,
             spec,
@@ -316,9 +334,9 @@ impl Backup<'_> {
         let names: Vec<String> = live.iter().map(|t| t.name.clone()).collect();
         let bars = self.progress.source(name, estimate, &names);
         let result = if self.cancel.is_cancelled() {
-            Err("not attempted: the run was cancelled".to_string())
+            Err(SourceFailure::Cancelled)
         } else if live.is_empty() {
-            Err("not attempted: every target has failed".to_string())
+            Err(SourceFailure::NoTarget)
         } else {
             let (spec, ctx) = (spec.clone(), self.ctx.clone());
             pipeline::store(
@@ -327,17 +345,17 @@ impl Backup<'_> {
                 &self.encoding,
                 self.cancel,
                 bars.meter.clone(),
-                move |w| Ok(source::dump(&spec, &ctx, w)?),
+                move |w| source::dump(&spec, &ctx, w),
             )
             .await
-            .map_err(|e| format!("{e:#}"))
+            .map_err(SourceFailure::Store)
         };
         bars.finish().await;
         let mut stored = result?;
         uploaded.push(key.clone());
         for (target, upload) in live.iter().zip(&stored.uploads) {
             if let Err(e) = upload {
-                failed_targets.insert(target.name.clone(), e.clone());
+                failed_targets.insert(target.name.clone(), e.to_string());
             }
         }
         let index = match stored.produced.index.take() {
@@ -398,7 +416,7 @@ impl Backup<'_> {
         live: &[Target],
         failed_targets: &mut BTreeMap<String, String>,
         uploaded: &mut Vec<object_store::path::Path>,
-    ) -> Result<snapshot::IndexObject, String> {
+    ) -> Result<snapshot::IndexObject, SourceFailure> {
         let object = format!(
             "{name}.index.json{}{}",
             self.job.compression.extension(),
@@ -410,19 +428,18 @@ impl Backup<'_> {
         );
         let key = snapshot::object_key(self.job_name, self.id, &object);
         if live.is_empty() {
-            return Err("not attempted: every target has failed".into());
+            return Err(SourceFailure::NoTarget);
         }
         let meter = std::sync::Arc::new(crate::progress::Meter::new(live.len()));
         let stored = pipeline::store(live, &key, &self.encoding, self.cancel, meter, move |w| {
-            w.write_all(&bytes)?;
-            Ok(())
+            w.write_all(&bytes)
         })
         .await
-        .map_err(|e| format!("storing the index: {e:#}"))?;
+        .map_err(SourceFailure::Index)?;
         uploaded.push(key);
         for (target, upload) in live.iter().zip(&stored.uploads) {
             if let Err(e) = upload {
-                failed_targets.insert(target.name.clone(), e.clone());
+                failed_targets.insert(target.name.clone(), e.to_string());
             }
         }
         Ok(snapshot::IndexObject {

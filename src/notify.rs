@@ -97,10 +97,10 @@ impl Event {
 }
 
 /// A check of a notification URL at policy load time.
-pub fn check_url(url: &str) -> Result<(), String> {
+pub fn check_url(url: &str) -> Result<(), crate::error::Invalid> {
     let parsed = url::Url::parse(url).map_err(|e| format!("{:?} is not a URL: {e}", shown(url)))?;
     if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(format!("{} must be an http:// or https:// URL", shown(url)));
+        return Err(crate::error::Invalid(format!("{} must be an http:// or https:// URL", shown(url))));
     }
     Ok(())
 }

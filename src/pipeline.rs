@@ -199,13 +199,40 @@ impl Write for ReadAhead {
     }
 }
 
+/// Why `store` stored nothing. Each message is whole on its own (no cause chain to print).
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The producer (a source's dump) failed; its own error says why.
+    #[error("{0}")]
+    Produce(Box<dyn std::error::Error + Send + Sync>),
+    /// Compressing or encrypting failed, or every target was gone.
+    #[error("{0}")]
+    Encode(#[from] io::Error),
+    #[error("a pipeline thread failed: {0}")]
+    Thread(#[from] tokio::task::JoinError),
+    #[error("cancelled (timeout or shutdown) while the source was still being read")]
+    Cancelled,
+    /// The producer and the encoder both failed: the encoder's error is usually the cause.
+    #[error("{producer}: {encoder}")]
+    Both {
+        producer: Box<PipelineError>,
+        encoder: Box<PipelineError>,
+    },
+    /// Uploads had failed before the stream did: their errors are the cause worth reading.
+    #[error("{}: {cause}", targets.iter().map(|(name, e)| format!("target {name}: {e}")).collect::<Vec<_>>().join("; "))]
+    Uploads {
+        targets: Vec<(String, UploadError)>,
+        cause: Box<PipelineError>,
+    },
+}
+
 /// What `store` returns when the producer succeeded.
 pub struct Stored<T> {
     pub produced: T,
     pub plain: Digest,
     pub stored: Digest,
     /// Per target, in the order given: `Ok` when the object is complete there.
-    pub uploads: Vec<Result<(), String>>,
+    pub uploads: Vec<Result<(), UploadError>>,
     /// gzip: the compressed size of each 1 MiB member, in order (empty otherwise).
     pub members: Vec<u64>,
 }
@@ -213,17 +240,18 @@ pub struct Stored<T> {
 /// Streams what `produce` writes through the encoding into `key` on every target.
 /// On a producer error every upload is aborted and the error returned; on success the
 /// uploads are completed, and each target's outcome reported.
-pub async fn store<T, F>(
+pub async fn store<T, E, F>(
     targets: &[Target],
     key: &ObjectPath,
     encoding: &Encoding,
     cancel: &CancellationToken,
     meter: Arc<Meter>,
     produce: F,
-) -> anyhow::Result<Stored<T>>
+) -> Result<Stored<T>, PipelineError>
 where
     T: Send + 'static,
-    F: FnOnce(&mut dyn Write) -> anyhow::Result<T> + Send + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    F: FnOnce(&mut dyn Write) -> Result<T, E> + Send + 'static,
 {
     let mut feeds = Vec::new();
     let mut outs = Vec::new();
@@ -241,14 +269,14 @@ where
     let encoding = encoding.clone();
     let (chunk_tx, chunk_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(READ_AHEAD_CHUNKS);
     let encoder_meter = meter.clone();
-    let encoder = tokio::task::spawn_blocking(move || -> anyhow::Result<(Digest, Vec<u64>)> {
+    let encoder = tokio::task::spawn_blocking(move || -> io::Result<(Digest, Vec<u64>)> {
         let mut w = chain(&encoding, outs, encoder_meter)?;
         for chunk in chunk_rx {
             w.write_all(&chunk)?;
         }
-        Ok(finish_chain(w)?)
+        finish_chain(w)
     });
-    let producer = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+    let producer = tokio::task::spawn_blocking(move || -> Result<_, PipelineError> {
         let mut w = TallyWriter {
             inner: ReadAhead {
                 buf: Vec::with_capacity(CHUNK_BYTES),
@@ -257,15 +285,16 @@ where
             },
             tally: Tally::default(),
         };
-        let produced = produce(&mut w)?;
+        let produced = produce(&mut w).map_err(|e| PipelineError::Produce(e.into()))?;
         w.inner.send()?;
         Ok((produced, w.tally.digest()))
     });
-    let thread_failed =
-        |e: tokio::task::JoinError| anyhow::anyhow!("a pipeline thread failed: {e}");
     let joined = async {
-        let produced = producer.await.map_err(thread_failed).and_then(|r| r);
-        let stored = encoder.await.map_err(thread_failed).and_then(|r| r);
+        let produced = producer.await.map_err(PipelineError::from).and_then(|r| r);
+        let stored = encoder
+            .await
+            .map_err(PipelineError::from)
+            .and_then(|r| r.map_err(PipelineError::from));
         (produced, stored)
     };
     // A producer blocked in a read (a hung network mount, a device) must not hold the run
@@ -273,24 +302,24 @@ where
     // awaited, and the uploads are aborted below.
     let (produced, stored) = tokio::select! {
         both = joined => both,
-        () = cancel.cancelled() => {
-            let cancelled = || anyhow::anyhow!("cancelled (timeout or shutdown) while the source was still being read");
-            (Err(cancelled()), Err(cancelled()))
-        }
+        () = cancel.cancelled() => (Err(PipelineError::Cancelled), Err(PipelineError::Cancelled)),
     };
     // When the encoder failed first (every target gone), its error is the cause.
     let produced = match (produced, stored) {
         (Ok((p, plain)), Ok(stored)) => Ok((p, plain, stored)),
         (Ok(_), Err(e)) => Err(e),
         (Err(e), Ok(_)) => Err(e),
-        (Err(p), Err(e)) => Err(e.context(format!("{p:#}"))),
+        (Err(p), Err(e)) => Err(PipelineError::Both {
+            producer: Box::new(p),
+            encoder: Box::new(e),
+        }),
     };
 
     let mut writers = Vec::new();
     for f in feeds {
         writers.push(match f.await {
             Ok(r) => r,
-            Err(e) => Err(format!("upload task failed: {e}")),
+            Err(e) => Err(UploadError::Task(e)),
         });
     }
     let (produced, plain, stored) = match produced {
@@ -302,14 +331,17 @@ where
                     Ok(w) => {
                         w.abort().await;
                     }
-                    Err(msg) => target_errors.push(format!("target {}: {msg}", target.name)),
+                    Err(e) => target_errors.push((target.name.clone(), e)),
                 }
             }
             // When the uploads failed first, their errors are the cause worth reading.
             return Err(if target_errors.is_empty() {
                 e
             } else {
-                e.context(target_errors.join("; "))
+                PipelineError::Uploads {
+                    targets: target_errors,
+                    cause: Box::new(e),
+                }
             });
         }
     };
@@ -341,7 +373,7 @@ async fn feed(
     mut rx: mpsc::Receiver<Bytes>,
     cancel: CancellationToken,
     (meter, index): (Arc<Meter>, usize),
-) -> Result<PartWriter, String> {
+) -> Result<PartWriter, UploadError> {
     let mut w = PartWriter::start(&target, &key).await?;
     loop {
         // Cancelling closes the channel, which stops the encoder and the source behind it.
@@ -349,7 +381,7 @@ async fn feed(
             chunk = rx.recv() => chunk,
             () = cancel.cancelled() => {
                 w.abort().await;
-                return Err("cancelled".into());
+                return Err(UploadError::Cancelled);
             }
         };
         let Some(chunk) = chunk else { break };
@@ -370,7 +402,7 @@ mod codec;
 mod decode;
 mod upload;
 
-pub use upload::PartWriter;
+pub use upload::{PartWriter, UploadError};
 
 pub use blocks::BLOCK_BYTES as MEMBER_BYTES;
 pub use decode::{Decoded, IntegrityError, decode};

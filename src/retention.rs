@@ -9,6 +9,7 @@
 //! of the tags. A snapshot kept by several rules is kept once, with every reason. Two rails
 //! no rule can override: the newest snapshot and the newest verified one are always kept.
 
+use crate::error::Invalid;
 use chrono::{DateTime, Datelike, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
@@ -50,7 +51,7 @@ pub struct Within {
 }
 
 impl Within {
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, Invalid> {
         let hint = |why: &str| {
             format!(
                 "{text:?} {why}; keep_within uses restic's notation: numbers with y (years), m (MONTHS), d (days), h (hours), e.g. \"1y6m\", \"14d\", \"36h\""
@@ -58,15 +59,15 @@ impl Within {
         };
         let lower = text.to_ascii_lowercase();
         if lower.contains("min") {
-            return Err(hint(
+            return Err(Invalid(hint(
                 "looks like minutes, which keep_within has no unit for (write hours, e.g. \"1h\")",
-            ));
+            )));
         }
         if lower.contains('w') {
-            return Err(hint("uses weeks (write days: \"14d\" for two weeks)"));
+            return Err(Invalid(hint("uses weeks (write days: \"14d\" for two weeks)")));
         }
         if lower.contains('s') {
-            return Err(hint("uses seconds or a word"));
+            return Err(Invalid(hint("uses seconds or a word")));
         }
         let mut out = Within::default();
         let mut seen = String::new();
@@ -77,12 +78,12 @@ impl Within {
                 continue;
             }
             if digits.is_empty() {
-                return Err(hint("is not a number followed by a unit"));
+                return Err(Invalid(hint("is not a number followed by a unit")));
             }
             let n: u32 = digits.parse().map_err(|_| hint("has a number too large"))?;
             digits.clear();
             if seen.contains(c) {
-                return Err(hint(&format!("gives '{c}' twice")));
+                return Err(Invalid(hint(&format!("gives '{c}' twice"))));
             }
             seen.push(c);
             match c {
@@ -90,14 +91,14 @@ impl Within {
                 'm' => out.months = n,
                 'd' => out.days = n,
                 'h' => out.hours = n,
-                _ => return Err(hint(&format!("has the unit {c:?}"))),
+                _ => return Err(Invalid(hint(&format!("has the unit {c:?}")))),
             }
         }
         if !digits.is_empty() {
-            return Err(hint("ends in a number without a unit"));
+            return Err(Invalid(hint("ends in a number without a unit")));
         }
         if seen.is_empty() {
-            return Err(hint("is empty"));
+            return Err(Invalid(hint("is empty")));
         }
         Ok(out)
     }

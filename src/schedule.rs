@@ -11,6 +11,7 @@
 //!   after the gap: 02:30 on the spring-forward night runs at 03:00;
 //! - a local time that occurs twice (clocks went back) fires once, at its first occurrence.
 
+use crate::error::Invalid;
 use chrono::{DateTime, Duration, LocalResult, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
@@ -31,12 +32,12 @@ const MAX_STEPS: usize = 10_000;
 impl Schedule {
     /// Parses `expr` (5 fields, 6 with seconds first, or `@hourly`/`@daily`/`@weekly`/
     /// `@monthly`/`@yearly`) for time zone `tz`.
-    pub fn parse(expr: &str, tz: Tz) -> Result<Self, String> {
+    pub fn parse(expr: &str, tz: Tz) -> Result<Self, Invalid> {
         let fields = expr.split_whitespace().count();
         if !expr.trim_start().starts_with('@') && !(5..=6).contains(&fields) {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "{expr:?} has {fields} fields: use 5 (minute hour day month weekday, e.g. \"30 2 * * *\"), 6 with seconds first, or @daily/@hourly/@weekly/@monthly/@yearly"
-            ));
+            )));
         }
         let cron = CronParser::builder()
             .seconds(Seconds::Optional)

@@ -13,6 +13,7 @@ pub mod redis;
 pub mod scratch_db;
 pub mod sqlite;
 
+use crate::error::Invalid;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -36,14 +37,14 @@ impl SourceSpec {
                 "exclude",
                 directory::Excludes::new(&dir.exclude)
                     .map(|_| ())
-                    .map_err(|e| e.to_string()),
+                    .map_err(|e| Invalid(e.to_string())),
             ),
             SourceSpec::Sqlite(_) => ("path", Ok(())),
             SourceSpec::Postgres(pg) => ("url", postgres::check_spec(pg)),
             SourceSpec::Mysql(my) => ("url", mysql::check_spec(my)),
             SourceSpec::Redis(r) => ("url", redis::check_url(&r.url)),
         };
-        result.err().map(|e| (field, e)).into_iter().collect()
+        result.err().map(|e| (field, e.0)).into_iter().collect()
     }
 
     /// The spec with its relative paths made absolute by `resolve` (against the policy
@@ -167,11 +168,11 @@ pub enum Databases {
 }
 
 impl Databases {
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), Invalid> {
         match self {
             Databases::Keyword(k) if k == "all" => Ok(()),
             Databases::Keyword(k) => {
-                Err(format!("databases = {k:?}: use a list of names or \"all\""))
+                Err(Invalid(format!("databases = {k:?}: use a list of names or \"all\"")))
             }
             Databases::List(l) if l.is_empty() => {
                 Err("databases = []: list at least one, or use \"all\"".into())
@@ -187,8 +188,8 @@ pub(crate) fn check_database_spec(
     url: &str,
     databases: Option<&Databases>,
     maintenance_db: &str,
-    check_url: fn(&str) -> Result<(), String>,
-) -> Result<(), String> {
+    check_url: fn(&str) -> Result<(), Invalid>,
+) -> Result<(), Invalid> {
     match databases {
         None => check_url(url),
         Some(d) => {
@@ -435,7 +436,7 @@ pub fn to_scratch(
     reader: &mut dyn std::io::Read,
     dir: &std::path::Path,
     name: &str,
-) -> Result<std::path::PathBuf, String> {
+) -> Result<std::path::PathBuf, SourceError> {
     use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join(name);
     // A decrypted copy of a database: readable by this user alone, never through a link.
@@ -445,8 +446,8 @@ pub fn to_scratch(
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    std::io::copy(reader, &mut file).map_err(|e| format!("reading the object: {e}"))?;
+        .map_err(io_err(&path))?;
+    std::io::copy(reader, &mut file).map_err(io_err(&path))?;
     Ok(path)
 }
 
@@ -458,7 +459,7 @@ pub fn test_restore(
     entry: &SourceEntry,
     server: Option<scratch_db::Server>,
     scratch: &Path,
-) -> Result<Vec<crate::snapshot::record::Check>, String> {
+) -> Result<Vec<crate::snapshot::record::Check>, SourceError> {
     match &entry.stats {
         SourceStats::Tree {
             files,
@@ -474,9 +475,12 @@ pub fn test_restore(
         }
         SourceStats::Database { engine, tables, .. } => match server {
             Some(server) => scratch_db::test_restore(reader, engine, tables, &server),
-            None => Err(format!(
-                "no server to test-restore into: the policy no longer has this source; set verify.{engine}_url"
-            )),
+            None => Err(SourceError::Invalid {
+                path: PathBuf::from(&entry.object),
+                what: format!(
+                    "no server to test-restore into: the policy no longer has this source; set verify.{engine}_url"
+                ),
+            }),
         },
     }
 }

@@ -20,6 +20,32 @@ use crate::policy::Policy;
 use crate::snapshot;
 use crate::target::{self, Target};
 
+/// Why a target is not reachable now, or why a spooled snapshot was not delivered (it
+/// stays in the spool for the next try).
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error(transparent)]
+    Target(#[from] target::TargetError),
+    /// The store gave no answer; the text is `target::explain`'s.
+    #[error("{0}")]
+    Unreachable(String),
+    #[error(transparent)]
+    Snapshot(#[from] snapshot::SnapshotError),
+    #[error("its manifest vanished from the spool")]
+    ManifestGone,
+    #[error("the spool is not local")]
+    NotLocal,
+    #[error("listing the spool: {0}")]
+    List(object_store::Error),
+    #[error("reading {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Upload(#[from] crate::pipeline::UploadError),
+}
+
 /// Spooled snapshots dropped by `spool_max_bytes` since the process started.
 pub static DROPPED: AtomicU64 = AtomicU64::new(0);
 
@@ -52,18 +78,18 @@ pub fn open(spool_dir: &Path, name: &str) -> Result<Target, target::TargetError>
 /// should not wait minutes on a target that is down when the spool can take its copy.
 /// Only "no answer" counts as down: a server that answers with an error (credentials,
 /// missing bucket) is a mistake to report, not to spool around.
-pub async fn reachable(policy: &Policy, name: &str) -> Result<(), String> {
+pub async fn reachable(policy: &Policy, name: &str) -> Result<(), SpoolError> {
     let mut quick = policy.targets[name].clone();
     quick.max_retries = 0;
     quick.retry_timeout_secs = 10;
     quick.connect_timeout_secs = quick.connect_timeout_secs.min(5);
-    let t = target::open_spec(name, &quick).map_err(|e| e.to_string())?;
+    let t = target::open_spec(name, &quick)?;
     match t
         .store
         .head(&object_store::path::Path::from(".backupd-reachable"))
         .await
     {
-        Err(e) if target::is_unreachable(&e) => Err(target::explain(&t, &e)),
+        Err(e) if target::is_unreachable(&e) => Err(SpoolError::Unreachable(target::explain(&t, &e))),
         _ => Ok(()),
     }
 }
@@ -170,14 +196,13 @@ pub async fn deliver(policy: &Policy) -> (Vec<Pending>, Vec<String>) {
     (delivered, errors)
 }
 
-async fn deliver_one(policy: &Policy, spool_dir: &Path, p: &Pending) -> Result<(), String> {
-    let spool = open(spool_dir, &p.target).map_err(|e| e.to_string())?;
-    let real = policy.open_target(&p.target).map_err(|e| e.to_string())?;
+async fn deliver_one(policy: &Policy, spool_dir: &Path, p: &Pending) -> Result<(), SpoolError> {
+    let spool = open(spool_dir, &p.target)?;
+    let real = policy.open_target(&p.target)?;
     let manifest = snapshot::read_manifest(&spool, &p.job, &p.snapshot)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or("its manifest vanished from the spool")?;
-    let root = spool.local_root.clone().ok_or("the spool is not local")?;
+        .await?
+        .ok_or(SpoolError::ManifestGone)?;
+    let root = spool.local_root.clone().ok_or(SpoolError::NotLocal)?;
     // Everything but the manifest (objects, verification records), then the manifest.
     let prefix = object_store::path::Path::from(format!("{}/{}", p.job, p.snapshot));
     let keys: Vec<object_store::path::Path> = spool
@@ -186,7 +211,7 @@ async fn deliver_one(policy: &Policy, spool_dir: &Path, p: &Pending) -> Result<(
         .map_ok(|m| m.location)
         .try_collect()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(SpoolError::List)?;
     let manifest_key = snapshot::manifest_key(&p.job, &p.snapshot);
     for key in keys.iter().filter(|k| **k != manifest_key) {
         copy_file(&real, key, &root.join(key.as_ref())).await?;
@@ -195,17 +220,21 @@ async fn deliver_one(policy: &Policy, spool_dir: &Path, p: &Pending) -> Result<(
         Ok(()) => {}
         // Delivered before, and the spool copy survived a crash: nothing to do.
         Err(snapshot::SnapshotError::AlreadyCommitted { .. }) => {}
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(e.into()),
     }
-    snapshot::maintenance::delete(&spool, &p.job, &p.snapshot)
-        .await
-        .map_err(|e| e.to_string())
+    Ok(snapshot::maintenance::delete(&spool, &p.job, &p.snapshot).await?)
 }
 
-async fn copy_file(to: &Target, key: &object_store::path::Path, from: &Path) -> Result<(), String> {
-    let mut file = tokio::fs::File::open(from)
-        .await
-        .map_err(|e| format!("reading {}: {e}", from.display()))?;
+async fn copy_file(
+    to: &Target,
+    key: &object_store::path::Path,
+    from: &Path,
+) -> Result<(), SpoolError> {
+    let read_err = |source| SpoolError::Read {
+        path: from.to_path_buf(),
+        source,
+    };
+    let mut file = tokio::fs::File::open(from).await.map_err(read_err)?;
     let mut w = crate::pipeline::PartWriter::start(to, key).await?;
     loop {
         let mut buf = vec![0u8; 1 << 20];
@@ -214,7 +243,7 @@ async fn copy_file(to: &Target, key: &object_store::path::Path, from: &Path) -> 
             let n = file
                 .read(&mut buf[filled..])
                 .await
-                .map_err(|e| format!("reading {}: {e}", from.display()))?;
+                .map_err(read_err)?;
             if n == 0 {
                 break;
             }
@@ -226,10 +255,10 @@ async fn copy_file(to: &Target, key: &object_store::path::Path, from: &Path) -> 
         buf.truncate(filled);
         if let Err(e) = w.write(bytes::Bytes::from(buf)).await {
             w.abort().await;
-            return Err(e);
+            return Err(e.into());
         }
     }
-    w.finish().await
+    Ok(w.finish().await?)
 }
 
 /// The daemon's delivery loop: tries at start, then every `spool_retry_secs`, the delay

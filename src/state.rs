@@ -98,7 +98,7 @@ pub fn read_daemon_info(state_dir: &Path) -> Option<DaemonInfo> {
 /// user can write to it: backupd trusts what it finds there (locks, upload journals,
 /// spooled snapshots, scratch copies), so another user who can write there could steer it.
 /// `key` names the policy key in the message.
-pub fn check_private_dir(dir: &Path, key: &str) -> Result<(), String> {
+pub fn check_private_dir(dir: &Path, key: &str) -> Result<(), crate::error::Invalid> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -112,20 +112,20 @@ pub fn check_private_dir(dir: &Path, key: &str) -> Result<(), String> {
     let meta = std::fs::metadata(dir).map_err(|e| format!("{key} {}: {e}", dir.display()))?;
     let me = rustix::process::geteuid().as_raw();
     if meta.uid() != me {
-        return Err(format!(
+        return Err(crate::error::Invalid(format!(
             "{key} {} belongs to uid {}, not to this user (uid {me}): another user could plant files backupd trusts there; run `chown {me} {}` or choose another directory",
             dir.display(),
             meta.uid(),
             dir.display()
-        ));
+        )));
     }
     let mode = meta.mode() & 0o7777;
     if mode & 0o022 != 0 {
-        return Err(format!(
+        return Err(crate::error::Invalid(format!(
             "{key} {} is writable by other users (mode {mode:04o}): run `chmod 700 {}`",
             dir.display(),
             dir.display()
-        ));
+        )));
     }
     Ok(())
 }

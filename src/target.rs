@@ -11,6 +11,7 @@ mod explain;
 pub mod journal;
 mod options;
 
+use crate::error::Invalid;
 use std::sync::Arc;
 
 use futures::TryStreamExt;
@@ -85,7 +86,7 @@ pub enum TargetError {
 }
 
 /// Pure check of a target URL, for policy validation.
-pub fn check_url(url: &str) -> Result<(), String> {
+pub fn check_url(url: &str) -> Result<(), Invalid> {
     let parsed = Url::parse(url).map_err(|e| {
         format!(
             "{:?} is not a URL ({e}); e.g. \"file:///var/backups/backupd\"",
@@ -103,11 +104,11 @@ pub fn check_url(url: &str) -> Result<(), String> {
         }
         "s3" | "az" | "azure" | "gs" => {
             if parsed.host_str().is_none_or(str::is_empty) {
-                return Err(format!(
+                return Err(Invalid(format!(
                     "{} names no bucket or container: use e.g. \"{}://NAME/optional/prefix\"",
                     redact(url),
                     parsed.scheme()
-                ));
+                )));
             }
             if !parsed.username().is_empty()
                 || parsed.password().is_some()
@@ -117,9 +118,9 @@ pub fn check_url(url: &str) -> Result<(), String> {
             }
             Ok(())
         }
-        other => Err(format!(
+        other => Err(Invalid(format!(
             "scheme {other:?} is not supported (supported: file, s3, az, gs)"
-        )),
+        ))),
     }
 }
 
@@ -236,7 +237,7 @@ pub fn open_spec(name: &str, spec: &TargetPolicy) -> Result<Target, TargetError>
         url: display_url.clone(),
         message,
     };
-    check_url(&url).map_err(&fail)?;
+    check_url(&url).map_err(|e| fail(e.0))?;
     let parsed = Url::parse(&url).map_err(|e| fail(e.to_string()))?;
     let (store, local_root, remote): (Arc<dyn ObjectStore>, _, _) = match parsed.scheme() {
         "file" => {

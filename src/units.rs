@@ -3,15 +3,16 @@
 //! older policies wrote them. A leaf: the policy and the components that own settings
 //! (targets, notifications) use it, and it uses none of them.
 
+use crate::error::Invalid;
 use std::fmt;
 use std::time::Duration;
 
 use serde::Deserializer;
 use serde::de::{self, Visitor};
 
-fn parse(s: &str) -> Result<Duration, String> {
+fn parse(s: &str) -> Result<Duration, Invalid> {
     humantime::parse_duration(s.trim())
-        .map_err(|e| format!("{s:?} is not a duration like \"90s\", \"15m\" or \"26h\": {e}"))
+        .map_err(|e| Invalid(format!("{s:?} is not a duration like \"90s\", \"15m\" or \"26h\": {e}")))
 }
 
 /// A duration key (`"24h"`).

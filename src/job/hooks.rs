@@ -24,6 +24,33 @@ pub struct HookEnv<'a> {
     pub pass_env: &'a [String],
 }
 
+/// A hook that did not succeed. `hook` reads like "before hook `pg_isready`".
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    #[error("{hook} could not start: {source} (is {program:?} installed and on PATH?)")]
+    Start {
+        hook: String,
+        program: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "{hook} timed out after {} s and was killed (raise hooks.timeout_secs if it needs longer)",
+        timeout.as_secs()
+    )]
+    TimedOut { hook: String, timeout: Duration },
+    #[error("{hook}: {source}")]
+    Wait {
+        hook: String,
+        source: std::io::Error,
+    },
+    #[error("{hook} failed ({status}){}", if output_tail.is_empty() { String::new() } else { format!(": {output_tail}") })]
+    Failed {
+        hook: String,
+        status: std::process::ExitStatus,
+        output_tail: String,
+    },
+}
+
 /// How much of a hook's output is kept for its error message.
 const OUTPUT_TAIL_BYTES: usize = 4 << 10;
 
@@ -33,7 +60,7 @@ pub async fn run(
     argv: &[String],
     timeout: Duration,
     env: &HookEnv<'_>,
-) -> Result<(), String> {
+) -> Result<(), HookError> {
     let Some((program, args)) = argv.split_first() else {
         return Ok(());
     };
@@ -57,8 +84,10 @@ pub async fn run(
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| {
-            format!("{shown} could not start: {e} (is {program:?} installed and on PATH?)")
+        .map_err(|source| HookError::Start {
+            hook: shown.clone(),
+            program: program.clone(),
+            source,
         })?;
     // Both pipes are drained while waiting so a chatty hook cannot block on a full pipe.
     let mut stdout = child.stdout.take().expect("piped");
@@ -78,13 +107,16 @@ pub async fn run(
         Ok(v) => v,
         Err(_) => {
             let _ = child.kill().await;
-            return Err(format!(
-                "{shown} timed out after {} s and was killed (raise hooks.timeout_secs if it needs longer)",
-                timeout.as_secs()
-            ));
+            return Err(HookError::TimedOut {
+                hook: shown,
+                timeout,
+            });
         }
     };
-    let status = status.map_err(|e| format!("{shown}: {e}"))?;
+    let status = status.map_err(|source| HookError::Wait {
+        hook: shown.clone(),
+        source,
+    })?;
     let text = String::from_utf8_lossy(&output);
     let tail = tail(text.trim(), OUTPUT_TAIL_BYTES);
     if status.success() {
@@ -93,14 +125,11 @@ pub async fn run(
         }
         Ok(())
     } else {
-        Err(format!(
-            "{shown} failed ({status}){}",
-            if tail.is_empty() {
-                String::new()
-            } else {
-                format!(": {tail}")
-            }
-        ))
+        Err(HookError::Failed {
+            hook: shown,
+            status,
+            output_tail: tail.to_owned(),
+        })
     }
 }
 

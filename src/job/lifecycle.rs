@@ -79,13 +79,13 @@ pub async fn run_job(
     if report.ok() {
         if let Err(e) = hooks::run("after", &spec.hooks.after, hook_timeout, &env).await {
             tracing::error!(job, "{e}");
-            report.after_errors.push(e);
+            report.after_errors.push(e.to_string());
         }
     } else if let Err(e) =
         hooks::run("on_failure", &spec.hooks.on_failure, hook_timeout, &env).await
     {
         tracing::error!(job, "{e}");
-        report.after_errors.push(e);
+        report.after_errors.push(e.to_string());
     }
 
     let ok = report.ok();
@@ -147,7 +147,7 @@ async fn backup(ctx: &RunContext<'_>, job: &str, tags: &[String]) -> JobReport {
             match crate::spool::open(spool_dir, name) {
                 Ok(stand_in) => {
                     tracing::warn!(job, target = %name, "target unreachable, spooling its copy: {why}");
-                    spooled.insert(name.clone(), why);
+                    spooled.insert(name.clone(), why.to_string());
                     targets.push(stand_in);
                     continue;
                 }

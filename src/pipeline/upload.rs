@@ -30,6 +30,39 @@ const MAX_PART_BYTES: usize = 5 << 30;
 /// S3's limit on parts per upload.
 const MAX_PARTS: usize = 10_000;
 
+/// Why one target's upload failed. `explained` is the store's error with the target's hint
+/// (`target::explain`): what the store said and what to check.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error("{step} {key}: {explained}")]
+    Store {
+        step: &'static str,
+        key: String,
+        explained: String,
+    },
+    #[error(
+        "uploading part {part} of {key}: {explained}"
+    )]
+    Part {
+        part: usize,
+        key: String,
+        explained: String,
+    },
+    #[error("cannot journal the upload in {}: {source} (is daemon.state_dir writable?)", dir.display())]
+    Journal {
+        dir: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{key} is larger than one object can be ({MAX_PARTS} parts, about 7.8 TiB); split the source into several (e.g. databases or directories)"
+    )]
+    TooLarge { key: String },
+    #[error("an upload task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("cancelled")]
+    Cancelled,
+}
+
 /// The size of part `idx` (0-based).
 pub fn part_size(idx: usize) -> usize {
     let doublings = (idx / PARTS_PER_STEP).min(20) as u32;
@@ -64,9 +97,12 @@ pub struct PartWriter {
 
 impl PartWriter {
     /// Starts the upload of `key` (relative to the target).
-    pub async fn start(target: &Target, key: &ObjectPath) -> Result<Self, String> {
-        let failed =
-            |e: object_store::Error| format!("starting upload of {key}: {}", explain(target, &e));
+    pub async fn start(target: &Target, key: &ObjectPath) -> Result<Self, UploadError> {
+        let failed = |e: object_store::Error| UploadError::Store {
+            step: "starting upload of",
+            key: key.to_string(),
+            explained: explain(target, &e),
+        };
         let sink = match &target.remote {
             None => Sink::Local(target.store.put_multipart(key).await.map_err(failed)?),
             Some(remote) => {
@@ -95,12 +131,12 @@ impl PartWriter {
                         };
                         match journal::record(dir, &entry) {
                             Ok(h) => Some(h),
-                            Err(e) => {
+                            Err(source) => {
                                 let _ = remote.multipart.abort_multipart(&path, &id).await;
-                                return Err(format!(
-                                    "cannot journal the upload in {}: {e} (is daemon.state_dir writable?)",
-                                    dir.display()
-                                ));
+                                return Err(UploadError::Journal {
+                                    dir: dir.clone(),
+                                    source,
+                                });
                             }
                         }
                     }
@@ -127,7 +163,7 @@ impl PartWriter {
     }
 
     /// Buffers `chunk`, sending every part that is full.
-    pub async fn write(&mut self, mut chunk: Bytes) -> Result<(), String> {
+    pub async fn write(&mut self, mut chunk: Bytes) -> Result<(), UploadError> {
         while !chunk.is_empty() {
             let room = part_size(self.next_idx) - self.buffered;
             let take = chunk.split_to(room.min(chunk.len()));
@@ -140,12 +176,11 @@ impl PartWriter {
         Ok(())
     }
 
-    async fn send_part(&mut self) -> Result<(), String> {
+    async fn send_part(&mut self) -> Result<(), UploadError> {
         if self.next_idx >= MAX_PARTS {
-            return Err(format!(
-                "{} is larger than one object can be ({MAX_PARTS} parts, about 7.8 TiB); split the source into several (e.g. databases or directories)",
-                self.key
-            ));
+            return Err(UploadError::TooLarge {
+                key: self.key.to_string(),
+            });
         }
         while self.in_flight.len() >= PARTS_IN_FLIGHT {
             self.reap_one().await?;
@@ -176,25 +211,24 @@ impl PartWriter {
         Ok(())
     }
 
-    async fn reap_one(&mut self) -> Result<(), String> {
+    async fn reap_one(&mut self) -> Result<(), UploadError> {
         match self.in_flight.join_next().await {
             Some(Ok((idx, Ok(part)))) => {
                 self.parts[idx] = part;
                 Ok(())
             }
-            Some(Ok((idx, Err(e)))) => Err(format!(
-                "uploading part {} of {}: {}",
-                idx + 1,
-                self.key,
-                explain(&self.target, &e)
-            )),
-            Some(Err(e)) => Err(format!("an upload task failed: {e}")),
+            Some(Ok((idx, Err(e)))) => Err(UploadError::Part {
+                part: idx + 1,
+                key: self.key.to_string(),
+                explained: explain(&self.target, &e),
+            }),
+            Some(Err(e)) => Err(UploadError::Task(e)),
             None => Ok(()),
         }
     }
 
     /// Sends the last part, waits for all, and completes the upload.
-    pub async fn finish(mut self) -> Result<(), String> {
+    pub async fn finish(mut self) -> Result<(), UploadError> {
         // S3 needs at least one part, even for an empty object.
         if self.buffered > 0 || self.next_idx == 0 {
             self.send_part().await?;
@@ -207,8 +241,10 @@ impl PartWriter {
         }
         let key = self.key.clone();
         let target = self.target.clone();
-        let failed = |e: object_store::Error| {
-            format!("completing upload of {key}: {}", explain(&target, &e))
+        let failed = |e: object_store::Error| UploadError::Store {
+            step: "completing upload of",
+            key: key.to_string(),
+            explained: explain(&target, &e),
         };
         match self.sink {
             Sink::Local(mut upload) => upload.complete().await.map(|_| ()).map_err(failed),

@@ -2,6 +2,7 @@
 //! Their behaviour lives in `job::hooks` and `verify`; the words are the policy's, so
 //! the policy composes them without importing the modules that act on them.
 
+use crate::error::Invalid;
 use serde::Deserialize;
 
 /// `[jobs.NAME.hooks]`.
@@ -46,16 +47,16 @@ impl Default for HooksPolicy {
 }
 
 impl HooksPolicy {
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), Invalid> {
         for (name, argv) in [
             ("before", &self.before),
             ("after", &self.after),
             ("on_failure", &self.on_failure),
         ] {
             if argv.first().is_some_and(|p| p.trim().is_empty()) {
-                return Err(format!(
+                return Err(Invalid(format!(
                     "{name}: the first element is the program to run and cannot be empty"
-                ));
+                )));
             }
         }
         if self.timeout_secs == 0 {
@@ -103,12 +104,12 @@ impl Default for VerifyPolicy {
 }
 
 impl VerifyPolicy {
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), Invalid> {
         if !matches!(self.snapshot.as_str(), "latest" | "all") {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "snapshot = {:?}: use \"latest\" or \"all\"",
                 self.snapshot
-            ));
+            )));
         }
         if let Some(u) = &self.postgres_url {
             crate::source::postgres::check_url(&crate::source::child::with_database(u, "postgres"))

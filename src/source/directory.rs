@@ -409,7 +409,7 @@ pub fn test_restore(
     reader: &mut dyn std::io::Read,
     expected: [u64; 4],
     scratch: &std::path::Path,
-) -> Result<Vec<crate::snapshot::record::Check>, String> {
+) -> Result<Vec<crate::snapshot::record::Check>, SourceError> {
     let how = Unpack {
         overwrite: false,
         same_owner: false,

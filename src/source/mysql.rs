@@ -6,6 +6,7 @@
 //! transaction; on a database being written to they can differ from the dump by the
 //! writes in between (the manifest says `row_counts = "exact"` only for what was counted).
 
+use crate::error::Invalid;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -45,7 +46,7 @@ pub const SERVER: super::ServerEngine = super::ServerEngine {
 };
 
 /// Policy check of a whole spec: with `databases`, the URL may name no database.
-pub fn check_spec(spec: &MysqlSpec) -> Result<(), String> {
+pub fn check_spec(spec: &MysqlSpec) -> Result<(), Invalid> {
     super::check_database_spec(&spec.url, spec.databases.as_ref(), "mysql", check_url)
 }
 
@@ -96,14 +97,14 @@ pub fn expand(name: &str, spec: &MysqlSpec) -> Result<Vec<(String, super::Expand
 }
 
 /// Pure check for policy validation.
-pub fn check_url(url: &str) -> Result<(), String> {
+pub fn check_url(url: &str) -> Result<(), Invalid> {
     let parsed = url::Url::parse(url)
         .map_err(|e| format!("not a URL ({e}); e.g. \"mysql://backup@db.internal:3306/app\""))?;
     if !matches!(parsed.scheme(), "mysql" | "mariadb") {
         return Err("must start with mysql://".into());
     }
     if let Some(why) = crate::secret::secret_in_url(&parsed) {
-        return Err(why);
+        return Err(Invalid(why));
     }
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err("names no host".into());
@@ -125,7 +126,7 @@ struct Conn {
 fn parse(url: &str) -> Result<Conn, SourceError> {
     check_url(url).map_err(|what| SourceError::Invalid {
         path: PathBuf::from(crate::secret::redact(url)),
-        what,
+        what: what.0,
     })?;
     let u = url::Url::parse(url).expect("checked");
     Ok(Conn {

@@ -6,6 +6,7 @@
 //! `pg_dump --snapshot`; the transaction stays open until pg_dump has finished.
 //! The password reaches pg_dump through `PGPASSWORD` in its environment, never argv.
 
+use crate::error::Invalid;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -66,14 +67,14 @@ pub const SERVER: super::ServerEngine = super::ServerEngine {
 };
 
 /// Pure checks for policy validation: a parseable URL without an embedded password.
-pub fn check_url(url: &str) -> Result<(), String> {
+pub fn check_url(url: &str) -> Result<(), Invalid> {
     let parsed = url::Url::parse(url)
         .map_err(|e| format!("not a URL ({e}); e.g. \"postgres://backup@db.internal:5432/app\""))?;
     if !matches!(parsed.scheme(), "postgres" | "postgresql") {
         return Err("must start with postgres://".into());
     }
     if let Some(why) = crate::secret::secret_in_url(&parsed) {
-        return Err(why);
+        return Err(Invalid(why));
     }
     if parsed.path().trim_start_matches('/').is_empty() {
         return Err(
@@ -84,7 +85,7 @@ pub fn check_url(url: &str) -> Result<(), String> {
 }
 
 /// Policy check of a whole spec: with `databases`, the URL may name no database.
-pub fn check_spec(spec: &PostgresSpec) -> Result<(), String> {
+pub fn check_spec(spec: &PostgresSpec) -> Result<(), Invalid> {
     super::check_database_spec(&spec.url, spec.databases.as_ref(), "postgres", check_url)
 }
 
@@ -186,7 +187,7 @@ fn server_label(url: &str) -> String {
     crate::secret::redact(url)
 }
 
-fn db_err(url: &str) -> impl Fn(postgres::Error) -> SourceError + '_ {
+pub(super) fn db_err(url: &str) -> impl Fn(postgres::Error) -> SourceError + '_ {
     move |e| {
         let mut message = e.to_string();
         if let Some(db) = e.as_db_error() {
@@ -378,7 +379,7 @@ fn row_counts(
 pub fn restore_into(input: &mut dyn Read, into: &IntoServer) -> Result<Restored, SourceError> {
     check_url(&into.url).map_err(|what| SourceError::Invalid {
         path: PathBuf::from(server_label(&into.url)),
-        what,
+        what: what.0,
     })?;
     let pg_restore = child::find_tool(&["pg_restore"], "postgresql-client")?;
     if into.create {

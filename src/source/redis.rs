@@ -7,6 +7,7 @@
 //! and only that length is passed on. The password reaches redis-cli through
 //! `REDISCLI_AUTH`, never argv.
 
+use crate::error::Invalid;
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -30,14 +31,14 @@ pub struct RedisSpec {
     pub password_file: Option<PathBuf>,
 }
 
-pub fn check_url(url: &str) -> Result<(), String> {
+pub fn check_url(url: &str) -> Result<(), Invalid> {
     let parsed = url::Url::parse(url)
         .map_err(|e| format!("not a URL ({e}); e.g. \"redis://127.0.0.1:6379\""))?;
     if parsed.scheme() != "redis" {
         return Err("must start with redis://".into());
     }
     if let Some(why) = crate::secret::secret_in_url(&parsed) {
-        return Err(why);
+        return Err(Invalid(why));
     }
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err("names no host".into());
@@ -48,7 +49,7 @@ pub fn check_url(url: &str) -> Result<(), String> {
 fn command(tool: &Path, url: &str, password: Option<&str>) -> Result<Command, SourceError> {
     check_url(url).map_err(|what| SourceError::Invalid {
         path: PathBuf::from(crate::secret::redact(url)),
-        what,
+        what: what.0,
     })?;
     let u = url::Url::parse(url).expect("checked");
     let mut cmd = child::command(tool, &[]);
@@ -225,10 +226,9 @@ pub fn test_restore(
     reader: &mut dyn std::io::Read,
     keys: &std::collections::BTreeMap<String, u64>,
     dir: &std::path::Path,
-) -> Result<Vec<crate::snapshot::record::Check>, String> {
+) -> Result<Vec<crate::snapshot::record::Check>, SourceError> {
     let path = super::to_scratch(reader, dir, "dump.rdb")?;
-    let tool =
-        super::child::find_tool(&["redis-check-rdb"], "redis-tools").map_err(|e| e.to_string())?;
+    let tool = super::child::find_tool(&["redis-check-rdb"], "redis-tools")?;
     let mut cmd = super::child::command(tool, &[]);
     cmd.arg(&path);
     let out = super::child::output(cmd, None);

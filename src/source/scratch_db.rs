@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::path::PathBuf;
 
-use super::IntoServer;
+use super::{IntoServer, SourceError};
 use crate::snapshot::record::Check;
 
 /// A database server to restore into, with the source's credentials.
@@ -27,9 +27,8 @@ pub fn test_restore(
     engine: &str,
     tables: &BTreeMap<String, u64>,
     server: &Server,
-) -> Result<Vec<Check>, String> {
-    let password = super::child::password(server.password_file.as_deref(), server.password_env)
-        .map_err(|e| e.to_string())?;
+) -> Result<Vec<Check>, SourceError> {
+    let password = super::child::password(server.password_file.as_deref(), server.password_env)?;
     let scratch_db = format!(
         "backupd_verify_{:012x}",
         rand::random::<u64>() & 0xffff_ffff_ffff
@@ -84,7 +83,7 @@ pub fn test_restore(
                     *expected,
                     v.trim().parse().unwrap_or(u64::MAX),
                 ),
-                Err(e) => Check::fail(format!("rows in {table}"), e),
+                Err(e) => Check::fail(format!("rows in {table}"), e.to_string()),
             },
         );
     }
@@ -102,23 +101,26 @@ pub fn test_restore(
                 format!("check: {q}"),
                 format!("returned {:?}, not true", v.trim()),
             ),
-            Err(e) => Check::fail(format!("check: {q}"), e),
+            Err(e) => Check::fail(format!("check: {q}"), e.to_string()),
         });
     }
     Ok(out)
 }
 
-fn query_one(engine: &str, url: &str, password: Option<&str>, sql: &str) -> Result<String, String> {
+fn query_one(
+    engine: &str,
+    url: &str,
+    password: Option<&str>,
+    sql: &str,
+) -> Result<String, SourceError> {
     if engine == "postgres" {
         let mut client = pg_connect(url, password)?;
-        let row = client.query_one(sql, &[]).map_err(|e| {
-            e.as_db_error()
-                .map(|d| d.message().to_string())
-                .unwrap_or(e.to_string())
-        })?;
+        let row = client
+            .query_one(sql, &[])
+            .map_err(super::postgres::db_err(url))?;
         Ok(row.get::<_, Option<String>>(0).unwrap_or_default())
     } else {
-        super::mysql::query_url(url, password, sql).map_err(|e| e.to_string())
+        super::mysql::query_url(url, password, sql)
     }
 }
 
@@ -155,18 +157,20 @@ impl Drop for ScratchDb {
     }
 }
 
-fn pg_connect(url: &str, password: Option<&str>) -> Result<postgres::Client, String> {
-    let mut config: postgres::Config = url.parse().map_err(|e: postgres::Error| e.to_string())?;
+fn pg_connect(url: &str, password: Option<&str>) -> Result<postgres::Client, SourceError> {
+    let mut config: postgres::Config = url.parse().map_err(super::postgres::db_err(url))?;
     if let Some(p) = password {
         config.password(p);
     }
-    config.connect(postgres::NoTls).map_err(|e| e.to_string())
+    config
+        .connect(postgres::NoTls)
+        .map_err(super::postgres::db_err(url))
 }
 
-fn drop_pg(admin: &str, password: Option<&str>, db: &str) -> Result<String, String> {
+fn drop_pg(admin: &str, password: Option<&str>, db: &str) -> Result<String, SourceError> {
     let mut client = pg_connect(admin, password)?;
     client
         .batch_execute(&format!("drop database if exists \"{db}\" with (force)"))
-        .map_err(|e| e.to_string())?;
+        .map_err(super::postgres::db_err(admin))?;
     Ok(String::new())
 }

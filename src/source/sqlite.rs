@@ -146,15 +146,19 @@ pub fn test_restore(
     reader: &mut dyn std::io::Read,
     tables: &std::collections::BTreeMap<String, u64>,
     dir: &std::path::Path,
-) -> Result<Vec<crate::snapshot::record::Check>, String> {
+) -> Result<Vec<crate::snapshot::record::Check>, SourceError> {
     let path = super::to_scratch(reader, dir, "restore.sqlite")?;
+    let sqlite_err = |source| SourceError::Sqlite {
+        path: path.clone(),
+        source,
+    };
     let db =
         rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(|e| format!("opening the restored database: {e}"))?;
+            .map_err(sqlite_err)?;
     let mut out = Vec::new();
     let integrity: String = db
         .query_row("pragma integrity_check", [], |r| r.get(0))
-        .map_err(|e| format!("integrity_check: {e}"))?;
+        .map_err(sqlite_err)?;
     out.push(if integrity == "ok" {
         crate::snapshot::record::Check::pass("integrity_check", "ok")
     } else {

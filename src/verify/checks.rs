@@ -41,7 +41,7 @@ pub fn run(
     let restored = crate::source::test_restore(&mut decoded.reader, entry, server, scratch.path());
     match restored {
         Ok(found) => checks.extend(found),
-        Err(e) => checks.push(Check::fail("test-restore", e)),
+        Err(e) => checks.push(Check::fail("test-restore", e.to_string())),
     }
     match decoded.finish() {
         Ok(()) => checks.push(Check::pass(
