@@ -78,13 +78,58 @@ pub fn key(instance: &str, job: &str, slot: DateTime<Utc>) -> ObjectPath {
     ))
 }
 
+/// Why a claim could not be made or read, or why a target cannot coordinate.
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError {
+    #[error("claiming slot {slot} of job {job} on target {target}: {put}")]
+    Vanished {
+        slot: DateTime<Utc>,
+        job: String,
+        target: String,
+        /// What the create said, when it failed ("" when it succeeded).
+        put: String,
+    },
+    #[error("reading the claim {key}: {source}")]
+    Read {
+        key: String,
+        source: object_store::Error,
+    },
+    #[error("the claim {key} is not one: {why}")]
+    NotAClaim { key: String, why: String },
+    /// The probe's first create-if-absent write, or the update matching the current version,
+    /// failed: the store cannot do what coordination needs.
+    #[error("target {target}: {step} failed ({source}){hint}")]
+    Write {
+        target: String,
+        step: &'static str,
+        source: object_store::Error,
+        hint: &'static str,
+    },
+    /// A conditional write the store should have refused went through.
+    #[error(
+        "target {target} accepted {what}: the server ignores {header}, so {risk}; coordination needs a store that honours conditional writes"
+    )]
+    Ignored {
+        target: String,
+        what: &'static str,
+        header: &'static str,
+        risk: &'static str,
+    },
+    #[error("target {target}: {what} failed with an unexpected error: {source}")]
+    Unexpected {
+        target: String,
+        what: &'static str,
+        source: object_store::Error,
+    },
+}
+
 /// Tries to claim `slot` of `job` for this replica.
 pub async fn claim(
     target: &Target,
     instance: &str,
     job: &str,
     slot: DateTime<Utc>,
-) -> Result<Outcome, String> {
+) -> Result<Outcome, ClaimError> {
     let mine = new_claim(instance, job, slot, None);
     let key = key(instance, job, slot);
     let sent = std::time::Instant::now();
@@ -106,11 +151,12 @@ pub async fn claim(
         Err(_) => {}
     }
     let Some((theirs, version)) = read(target, &key).await? else {
-        return Err(format!(
-            "claiming slot {slot} of job {job} on target {}: {}",
-            target.name,
-            put.err().map(|e| e.to_string()).unwrap_or_default()
-        ));
+        return Err(ClaimError::Vanished {
+            slot,
+            job: job.to_owned(),
+            target: target.name.clone(),
+            put: put.err().map(|e| e.to_string()).unwrap_or_default(),
+        });
     };
     Ok(judge(key, mine, theirs, version, sent))
 }
@@ -160,11 +206,18 @@ fn judge(
 }
 
 /// The claim at `key` and its version; `None` when there is none.
-async fn read(target: &Target, key: &ObjectPath) -> Result<Option<(Claim, UpdateVersion)>, String> {
+async fn read(
+    target: &Target,
+    key: &ObjectPath,
+) -> Result<Option<(Claim, UpdateVersion)>, ClaimError> {
+    let read_err = |source| ClaimError::Read {
+        key: key.to_string(),
+        source,
+    };
     let got = match target.store.get(key).await {
         Ok(got) => got,
         Err(object_store::Error::NotFound { .. }) => return Ok(None),
-        Err(e) => return Err(format!("reading the claim {key}: {e}")),
+        Err(e) => return Err(read_err(e)),
     };
     let version = UpdateVersion {
         e_tag: got.meta.e_tag.clone(),
@@ -172,14 +225,16 @@ async fn read(target: &Target, key: &ObjectPath) -> Result<Option<(Claim, Update
     };
     // A claim is a few hundred bytes; anything large is not one of ours.
     if got.meta.size > 64 * 1024 {
-        return Err(format!(
-            "the claim {key} is not one: {} bytes",
-            got.meta.size
-        ));
+        return Err(ClaimError::NotAClaim {
+            key: key.to_string(),
+            why: format!("{} bytes", got.meta.size),
+        });
     }
-    let bytes = got.bytes().await.map_err(|e| e.to_string())?;
-    let claim: Claim =
-        serde_json::from_slice(&bytes).map_err(|e| format!("the claim {key} is not one: {e}"))?;
+    let bytes = got.bytes().await.map_err(read_err)?;
+    let claim: Claim = serde_json::from_slice(&bytes).map_err(|e| ClaimError::NotAClaim {
+        key: key.to_string(),
+        why: e.to_string(),
+    })?;
     Ok(Some((claim, version)))
 }
 
@@ -463,15 +518,20 @@ async fn renew(
 /// Proves `target` refuses a second create-if-absent write of one key and (where claims
 /// are renewed) an update over a stale version; coordination is only as good as that.
 /// Returns what the target supports, for `check` to say.
-pub async fn probe(target: &Target) -> Result<&'static str, String> {
+pub async fn probe(target: &Target) -> Result<&'static str, ClaimError> {
     let key = ObjectPath::from(format!("{PREFIX}/.probe-{:016x}", rand::random::<u64>()));
     let outcome = probe_key(target, &key).await;
     let _ = target.store.delete(&key).await;
     outcome
 }
 
-async fn probe_key(target: &Target, key: &ObjectPath) -> Result<&'static str, String> {
+async fn probe_key(target: &Target, key: &ObjectPath) -> Result<&'static str, ClaimError> {
     let name = &target.name;
+    let unexpected = |what, source| ClaimError::Unexpected {
+        target: name.clone(),
+        what,
+        source,
+    };
     let create = || PutOptions {
         mode: PutMode::Create,
         ..Default::default()
@@ -480,7 +540,12 @@ async fn probe_key(target: &Target, key: &ObjectPath) -> Result<&'static str, St
         .store
         .put_opts(key, PutPayload::from_static(b"1"), create())
         .await
-        .map_err(|e| format!("target {name}: a create-if-absent write failed: {e}"))?;
+        .map_err(|source| ClaimError::Write {
+            target: name.clone(),
+            step: "a create-if-absent write",
+            source,
+            hint: "",
+        })?;
     match target
         .store
         .put_opts(key, PutPayload::from_static(b"2"), create())
@@ -490,15 +555,14 @@ async fn probe_key(target: &Target, key: &ObjectPath) -> Result<&'static str, St
             object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. },
         ) => {}
         Ok(_) => {
-            return Err(format!(
-                "target {name} accepted a second create-if-absent write of the same key: the server ignores If-None-Match, so two replicas could both run a slot; coordination needs a store that honours conditional writes"
-            ));
+            return Err(ClaimError::Ignored {
+                target: name.clone(),
+                what: "a second create-if-absent write of the same key",
+                header: "If-None-Match",
+                risk: "two replicas could both run a slot",
+            });
         }
-        Err(e) => {
-            return Err(format!(
-                "target {name}: the second create-if-absent write failed with an unexpected error: {e}"
-            ));
-        }
+        Err(e) => return Err(unexpected("the second create-if-absent write", e)),
     }
     if !renewable(target) {
         return Ok(
@@ -519,23 +583,25 @@ async fn probe_key(target: &Target, key: &ObjectPath) -> Result<&'static str, St
             },
         )
     };
-    let renewed = update(current.clone(), b"3").await.map_err(|e| {
-        format!(
-            "target {name}: an update matching the current ETag failed ({e}): claims could not be renewed; coordination needs a store that honours If-Match"
-        )
-    })?;
+    let renewed = update(current.clone(), b"3")
+        .await
+        .map_err(|source| ClaimError::Write {
+            target: name.clone(),
+            step: "an update matching the current ETag",
+            source,
+            hint: ": claims could not be renewed; coordination needs a store that honours If-Match",
+        })?;
     match update(current, b"4").await {
         Err(object_store::Error::Precondition { .. }) => {}
         Ok(_) => {
-            return Err(format!(
-                "target {name} accepted an update over a stale ETag: the server ignores If-Match, so a replica could take over a live claim; coordination needs a store that honours conditional writes"
-            ));
+            return Err(ClaimError::Ignored {
+                target: name.clone(),
+                what: "an update over a stale ETag",
+                header: "If-Match",
+                risk: "a replica could take over a live claim",
+            });
         }
-        Err(e) => {
-            return Err(format!(
-                "target {name}: an update over a stale ETag failed with an unexpected error: {e}"
-            ));
-        }
+        Err(e) => return Err(unexpected("an update over a stale ETag", e)),
     }
     let _ = renewed;
     Ok(

@@ -39,7 +39,7 @@ pub async fn run(config: &Path) -> anyhow::Result<ExitCode> {
     let state_dir = policy.daemon.state_dir.clone();
     check_state_dir(&state_dir)?;
     if let Some(spool) = &policy.daemon.spool_dir {
-        state::check_private_dir(spool, "daemon.spool_dir").map_err(anyhow::Error::msg)?;
+        state::check_private_dir(spool, "daemon.spool_dir")?;
     }
     // Coordination is only as good as the store's create-if-absent: prove it now.
     for (name, job) in &policy.jobs {
@@ -164,7 +164,7 @@ pub async fn run(config: &Path) -> anyhow::Result<ExitCode> {
 }
 
 fn check_state_dir(dir: &Path) -> anyhow::Result<()> {
-    state::check_private_dir(dir, "daemon.state_dir").map_err(anyhow::Error::msg)?;
+    state::check_private_dir(dir, "daemon.state_dir")?;
     tempfile::tempfile_in(dir).with_context(|| {
         format!(
             "daemon.state_dir {} is not writable by this user",

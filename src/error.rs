@@ -1,8 +1,10 @@
 //! The error policy, and the two words the edge needs (**usage error**, **exit status**).
 //!
 //! - Library modules return **typed errors** (`thiserror` enums), one per module boundary:
-//!   `PolicyError`, `SourceError`, `TargetError`, `SnapshotError`, `KeyError`,
-//!   `SecretError`, `SealError`, `PipelineError`, `UploadError`, `LockError`, … Each message says what went
+//!   `PolicyError`, `SourceError` (with `job::SourceFailure` around it), `TargetError`,
+//!   `ProbeError`, `SnapshotError`, `ManifestError`, `SelectError`, `KeyError`,
+//!   `SecretError`, `SealError`, `PipelineError`, `UploadError`, `SpoolError`, `ClaimError`,
+//!   `HookError`, `VerifyError`, `RestoreError`, `LockError`. Each message says what went
 //!   wrong, where (file, key, target, snapshot) and how to fix it, without secrets (URLs are
 //!   redacted by `secret`).
 //! - A caller that crosses a boundary adds what only it knows (the job, the source, the
@@ -45,5 +47,12 @@ pub const EXIT_USAGE: u8 = 2;
 impl From<Invalid> for String {
     fn from(e: Invalid) -> Self {
         e.0
+    }
+}
+
+/// A bad value given on the command line or in the policy is a usage error at the edge.
+impl From<Invalid> for UsageError {
+    fn from(e: Invalid) -> Self {
+        UsageError(e.0)
     }
 }

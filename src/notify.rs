@@ -100,7 +100,10 @@ impl Event {
 pub fn check_url(url: &str) -> Result<(), crate::error::Invalid> {
     let parsed = url::Url::parse(url).map_err(|e| format!("{:?} is not a URL: {e}", shown(url)))?;
     if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(crate::error::Invalid(format!("{} must be an http:// or https:// URL", shown(url))));
+        return Err(crate::error::Invalid(format!(
+            "{} must be an http:// or https:// URL",
+            shown(url)
+        )));
     }
     Ok(())
 }
@@ -235,8 +238,8 @@ mod tests {
     #[test]
     fn urls_are_checked_and_never_shown_with_their_path() {
         assert!(check_url("https://hc-ping.example/abc").is_ok());
-        assert!(check_url("ftp://x/y").unwrap_err().contains("http"));
-        assert!(check_url("not a url").unwrap_err().contains("not a URL"));
+        assert!(check_url("ftp://x/y").unwrap_err().0.contains("http"));
+        assert!(check_url("not a url").unwrap_err().0.contains("not a URL"));
         let s = shown("https://hooks.example:8443/services/T000/B000/SECRET");
         assert_eq!(s, "https://hooks.example:8443/…");
         assert!(!s.contains("SECRET"));

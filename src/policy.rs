@@ -316,17 +316,17 @@ impl Policy {
     }
 
     /// The named jobs, or all of them; an unknown name is a usage error naming the known ones.
-    pub fn select_jobs(&self, names: &[String]) -> Result<Vec<String>, String> {
+    pub fn select_jobs(&self, names: &[String]) -> Result<Vec<String>, crate::error::Invalid> {
         if names.is_empty() {
             return Ok(self.jobs.keys().cloned().collect());
         }
         for name in names {
             if !self.jobs.contains_key(name) {
-                return Err(format!(
+                return Err(crate::error::Invalid(format!(
                     "no job named {name:?} in {} (jobs: {})",
                     self.path.display(),
                     self.jobs.keys().cloned().collect::<Vec<_>>().join(", ")
-                ));
+                )));
             }
         }
         Ok(names.to_vec())

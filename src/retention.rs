@@ -64,7 +64,9 @@ impl Within {
             )));
         }
         if lower.contains('w') {
-            return Err(Invalid(hint("uses weeks (write days: \"14d\" for two weeks)")));
+            return Err(Invalid(hint(
+                "uses weeks (write days: \"14d\" for two weeks)",
+            )));
         }
         if lower.contains('s') {
             return Err(Invalid(hint("uses seconds or a word")));

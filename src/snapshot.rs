@@ -333,7 +333,7 @@ pub async fn read_manifest(
             )));
         }
     };
-    let m = parse_manifest(&bytes).map_err(bad)?;
+    let m = parse_manifest(&bytes).map_err(|e| bad(e.to_string()))?;
     // Object keys are derived from the manifest's own job and id: one copied to another
     // place would send restore to someone else's objects.
     if m.job != job || m.snapshot != id {
@@ -345,29 +345,45 @@ pub async fn read_manifest(
     Ok(Some(m))
 }
 
-pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, String> {
+/// Why bytes read as a manifest are not one backupd can use.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    #[error(
+        "format {0} is newer than this backupd understands ({FORMAT_VERSION}); upgrade backupd"
+    )]
+    Newer(u32),
+    #[error("invalid job name {0:?}")]
+    JobName(String),
+    #[error("invalid instance name {0:?}")]
+    InstanceName(String),
+    #[error("invalid source {name:?} / object {object:?}: refusing a manifest that names paths")]
+    Names { name: String, object: String },
+    #[error(transparent)]
+    Seal(#[from] seal::SealError),
+}
+
+pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, ManifestError> {
     #[derive(Deserialize)]
     struct Version {
         format: u32,
     }
-    let v: Version = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    let v: Version = serde_json::from_slice(bytes)?;
     if v.format > FORMAT_VERSION {
-        return Err(format!(
-            "format {} is newer than this backupd understands ({FORMAT_VERSION}); upgrade backupd",
-            v.format
-        ));
+        return Err(ManifestError::Newer(v.format));
     }
-    let raw: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    let mut m: Manifest = serde_json::from_value(raw.clone()).map_err(|e| e.to_string())?;
+    let raw: serde_json::Value = serde_json::from_slice(bytes)?;
+    let mut m: Manifest = serde_json::from_value(raw.clone())?;
     // A manifest comes from storage, which is not trusted: its names become paths on
     // restore, so they must be what backupd itself would have written.
     if !is_valid_name(&m.job) {
-        return Err(format!("invalid job name {:?}", m.job));
+        return Err(ManifestError::JobName(m.job));
     }
     if let Some(i) = &m.instance
         && !is_valid_instance(i)
     {
-        return Err(format!("invalid instance name {i:?}"));
+        return Err(ManifestError::InstanceName(i.clone()));
     }
     let object_ok = |object: &str| {
         !object.is_empty() && !object.starts_with('.') && !object.contains(['/', '\\'])
@@ -375,10 +391,10 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, String> {
     for (name, entry) in &m.sources {
         let index_ok = entry.index.as_ref().is_none_or(|i| object_ok(&i.object));
         if !is_valid_name(name) || !object_ok(&entry.object) || !index_ok {
-            return Err(format!(
-                "invalid source {name:?} / object {:?}: refusing a manifest that names paths",
-                entry.object
-            ));
+            return Err(ManifestError::Names {
+                name: name.clone(),
+                object: entry.object.clone(),
+            });
         }
     }
     // After the checks above, so a hostile name is reported as that, not as a bad digest.
@@ -653,6 +669,6 @@ pub(crate) mod tests {
     #[test]
     fn newer_format_is_refused_with_a_hint() {
         let err = parse_manifest(br#"{"format": 2}"#).unwrap_err();
-        assert!(err.contains("upgrade backupd"), "{err}");
+        assert!(err.to_string().contains("upgrade backupd"), "{err}");
     }
 }

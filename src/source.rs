@@ -171,9 +171,9 @@ impl Databases {
     pub fn check(&self) -> Result<(), Invalid> {
         match self {
             Databases::Keyword(k) if k == "all" => Ok(()),
-            Databases::Keyword(k) => {
-                Err(Invalid(format!("databases = {k:?}: use a list of names or \"all\"")))
-            }
+            Databases::Keyword(k) => Err(Invalid(format!(
+                "databases = {k:?}: use a list of names or \"all\""
+            ))),
             Databases::List(l) if l.is_empty() => {
                 Err("databases = []: list at least one, or use \"all\"".into())
             }

@@ -89,7 +89,9 @@ pub async fn reachable(policy: &Policy, name: &str) -> Result<(), SpoolError> {
         .head(&object_store::path::Path::from(".backupd-reachable"))
         .await
     {
-        Err(e) if target::is_unreachable(&e) => Err(SpoolError::Unreachable(target::explain(&t, &e))),
+        Err(e) if target::is_unreachable(&e) => {
+            Err(SpoolError::Unreachable(target::explain(&t, &e)))
+        }
         _ => Ok(()),
     }
 }
@@ -240,10 +242,7 @@ async fn copy_file(
         let mut buf = vec![0u8; 1 << 20];
         let mut filled = 0;
         while filled < buf.len() {
-            let n = file
-                .read(&mut buf[filled..])
-                .await
-                .map_err(read_err)?;
+            let n = file.read(&mut buf[filled..]).await.map_err(read_err)?;
             if n == 0 {
                 break;
             }

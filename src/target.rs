@@ -85,6 +85,22 @@ pub enum TargetError {
     },
 }
 
+/// Why `Target::probe` failed; `explained` is the store's error with `explain`'s hint.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("{step}: {explained}")]
+    Store {
+        step: &'static str,
+        explained: String,
+    },
+    #[error("the probe object read back differs from what was written")]
+    Differs,
+    #[error(
+        "cannot delete the probe object {key}: {explained} (backupd needs delete for retention)"
+    )]
+    Delete { key: String, explained: String },
+}
+
 /// Pure check of a target URL, for policy validation.
 pub fn check_url(url: &str) -> Result<(), Invalid> {
     let parsed = Url::parse(url).map_err(|e| {
@@ -256,7 +272,7 @@ pub fn open_spec(name: &str, spec: &TargetPolicy) -> Result<Target, TargetError>
             (Arc::new(fs), Some(dir), None)
         }
         _ => {
-            let opened = cloud::open(&parsed, spec).map_err(&fail)?;
+            let opened = cloud::open(&parsed, spec).map_err(|e| fail(e.to_string()))?;
             let store: Arc<dyn ObjectStore> = if opened.prefix.is_empty() {
                 opened.store
             } else {
@@ -334,35 +350,32 @@ impl Target {
 
     /// Writes, reads back and deletes a small probe object: proof that backups can land.
     /// Errors say what to fix (credentials, bucket, endpoint), see `explain`.
-    pub async fn probe(&self) -> Result<(), String> {
+    pub async fn probe(&self) -> Result<(), ProbeError> {
         let key = ObjectPath::from(format!(".backupd-probe-{:016x}", rand::random::<u64>()));
         let body = b"backupd reachability probe".to_vec();
+        let failed = |step, e: object_store::Error| ProbeError::Store {
+            step,
+            explained: explain(self, &e),
+        };
         self.store
             .put(&key, PutPayload::from(body.clone()))
             .await
-            .map_err(|e| format!("cannot write a probe object: {}", explain(self, &e)))?;
+            .map_err(|e| failed("cannot write a probe object", e))?;
         let read = self
             .store
             .get(&key)
             .await
-            .map_err(|e| {
-                format!(
-                    "wrote a probe object but cannot read it back: {}",
-                    explain(self, &e)
-                )
-            })?
+            .map_err(|e| failed("wrote a probe object but cannot read it back", e))?
             .bytes()
             .await
-            .map_err(|e| format!("cannot read the probe object: {}", explain(self, &e)))?;
+            .map_err(|e| failed("cannot read the probe object", e))?;
         let deleted = self.store.delete(&key).await;
         if read.as_ref() != body.as_slice() {
-            return Err("the probe object read back differs from what was written".into());
+            return Err(ProbeError::Differs);
         }
-        deleted.map_err(|e| {
-            format!(
-                "cannot delete the probe object {key}: {} (backupd needs delete for retention)",
-                explain(self, &e)
-            )
+        deleted.map_err(|e| ProbeError::Delete {
+            key: key.to_string(),
+            explained: explain(self, &e),
         })
     }
 }
@@ -383,11 +396,12 @@ mod tests {
     #[test]
     fn relative_file_url_is_explained() {
         let err = check_url("file://backups/x").unwrap_err();
-        assert!(err.contains("three slashes"), "{err}");
+        assert!(err.to_string().contains("three slashes"), "{err}");
         assert!(check_url("file:///var/backups").is_ok());
         assert!(
             check_url("gopher://x")
                 .unwrap_err()
+                .to_string()
                 .contains("not supported")
         );
         assert!(check_url("s3://bucket/prefix").is_ok());
@@ -396,11 +410,13 @@ mod tests {
         assert!(
             check_url("s3:///prefix")
                 .unwrap_err()
+                .to_string()
                 .contains("names no bucket")
         );
         assert!(
             check_url("s3://AKIA:secret@bucket/x")
                 .unwrap_err()
+                .to_string()
                 .contains("credentials do not belong")
         );
     }

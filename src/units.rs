@@ -11,8 +11,11 @@ use serde::Deserializer;
 use serde::de::{self, Visitor};
 
 fn parse(s: &str) -> Result<Duration, Invalid> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| Invalid(format!("{s:?} is not a duration like \"90s\", \"15m\" or \"26h\": {e}")))
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        Invalid(format!(
+            "{s:?} is not a duration like \"90s\", \"15m\" or \"26h\": {e}"
+        ))
+    })
 }
 
 /// A duration key (`"24h"`).

@@ -19,6 +19,19 @@ use crate::target::Target;
 
 pub use crate::snapshot::record::{Check, SourceResult, VerifyRecord, latest_record};
 
+/// Why `verify_snapshots` could not start verifying (a failed check is a record, not this).
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("[signing]: {0}")]
+    Signing(crate::snapshot::seal::SealError),
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
+    #[error(transparent)]
+    Select(#[from] crate::snapshot::SelectError),
+    #[error(transparent)]
+    Key(#[from] crate::crypto::KeyError),
+}
+
 /// Verifies the `which` snapshots (`latest`, `all`, or an id prefix) of `job` on each of
 /// `targets`. The identity (`identity`, else the policy's) is loaded only when an
 /// encrypted snapshot is met.
@@ -30,8 +43,8 @@ pub async fn verify_snapshots(
     identity: Option<&std::path::Path>,
     allow_unsigned: bool,
     progress: &crate::progress::Progress,
-) -> anyhow::Result<Vec<VerifyRecord>> {
-    let mut trust = Trust::new(&policy.signing).map_err(|e| anyhow::anyhow!("[signing]: {e}"))?;
+) -> Result<Vec<VerifyRecord>, VerifyError> {
+    let mut trust = Trust::new(&policy.signing).map_err(VerifyError::Signing)?;
     trust.allow_unsigned = allow_unsigned;
     let mut identities = None;
     let mut records = Vec::new();

@@ -52,7 +52,7 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
     let policy = load_policy(config)?;
     let jobs = policy
         .select_jobs(args.job.as_slice())
-        .map_err(UsageError)?;
+        .map_err(UsageError::from)?;
     let now = Utc::now();
     // A planted snapshot must not make a dead host look alive.
     let trust = super::trust(&policy)?;

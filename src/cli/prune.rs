@@ -30,7 +30,7 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
     let policy = load_policy(config)?;
     let jobs = policy
         .select_jobs(args.job.as_slice())
-        .map_err(UsageError)?;
+        .map_err(UsageError::from)?;
     let instance = super::chosen_instance(&policy, args.instance.as_ref())?;
     let mut outcomes = Vec::new();
     for job in &jobs {

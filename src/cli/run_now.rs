@@ -17,7 +17,7 @@ pub struct Args {
 
 pub async fn run(config: &Path, args: Args, quiet: bool) -> anyhow::Result<ExitCode> {
     let policy = load_policy(config)?;
-    let jobs = policy.select_jobs(&args.jobs).map_err(|e| UsageError(e))?;
+    let jobs = policy.select_jobs(&args.jobs).map_err(UsageError::from)?;
     let mut tags = vec!["manual".to_string()];
     for tag in args.tags {
         if !crate::policy::is_valid_name(&tag) {
@@ -206,9 +206,9 @@ fn print_report(r: &JobReport) {
 /// The local directories backupd trusts are its own (see `state::check_private_dir`).
 pub(super) fn check_dirs(policy: &crate::policy::Policy) -> anyhow::Result<()> {
     crate::state::check_private_dir(&policy.daemon.state_dir, "daemon.state_dir")
-        .map_err(|e| UsageError(e.0))?;
+        .map_err(UsageError::from)?;
     if let Some(spool) = &policy.daemon.spool_dir {
-        crate::state::check_private_dir(spool, "daemon.spool_dir").map_err(|e| UsageError(e.0))?;
+        crate::state::check_private_dir(spool, "daemon.spool_dir").map_err(UsageError::from)?;
     }
     Ok(())
 }

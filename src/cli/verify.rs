@@ -34,7 +34,7 @@ pub async fn run(config: &Path, args: Args, quiet: bool) -> anyhow::Result<ExitC
     let policy = load_policy(config)?;
     let jobs = policy
         .select_jobs(args.job.as_slice())
-        .map_err(UsageError)?;
+        .map_err(UsageError::from)?;
     let mut records: Vec<VerifyRecord> = Vec::new();
     for job in &jobs {
         let targets = chosen_targets(&policy, Some(job), args.target.as_ref())?;

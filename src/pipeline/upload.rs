@@ -40,9 +40,7 @@ pub enum UploadError {
         key: String,
         explained: String,
     },
-    #[error(
-        "uploading part {part} of {key}: {explained}"
-    )]
+    #[error("uploading part {part} of {key}: {explained}")]
     Part {
         part: usize,
         key: String,

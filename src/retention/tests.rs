@@ -448,7 +448,7 @@ fn keep_within_spellings_that_could_mean_something_else_are_refused() {
         ("", "empty"),
     ] {
         let err = Within::parse(bad).unwrap_err();
-        assert!(err.contains(says), "{bad:?}: {err}");
-        assert!(err.contains("m (MONTHS)"), "{bad:?}: {err}");
+        assert!(err.to_string().contains(says), "{bad:?}: {err}");
+        assert!(err.to_string().contains("m (MONTHS)"), "{bad:?}: {err}");
     }
 }

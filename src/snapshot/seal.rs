@@ -89,6 +89,23 @@ pub enum SealError {
         "{0:?} is not a backupd signing public key (expected backupd-sign- and 64 hex digits, as printed by `backupd keygen --signing`)"
     )]
     BadPublic(String),
+    #[error(transparent)]
+    Key(#[from] crate::crypto::KeyError),
+    // What `open` finds wrong with a manifest read from storage; "it" is the manifest.
+    #[error("it has a signature but no digest: forged or corrupt")]
+    SignedWithoutDigest,
+    #[error(
+        "its content does not match its digest ({stored}, content is {actual}): corrupt or edited"
+    )]
+    DigestMismatch { stored: String, actual: String },
+    #[error("its signature key: {0}")]
+    SignatureKey(Box<SealError>),
+    #[error("its signature is not 64 hex-encoded bytes: forged or corrupt")]
+    SignatureBytes,
+    #[error("its signature is not written in canonical lower-case hex: edited")]
+    NotCanonical,
+    #[error("its signature by {key} does not verify: forged or corrupt")]
+    DoesNotVerify { key: String },
 }
 
 pub fn parse_public(s: &str) -> Result<ed25519_dalek::VerifyingKey, SealError> {
@@ -220,40 +237,38 @@ pub fn seal(manifest: &mut Manifest, key: Option<&ed25519_dalek::SigningKey>) {
 }
 
 /// Checks the seal of a manifest read from storage (`raw` is its JSON as stored).
-pub fn open(raw: &serde_json::Value, manifest: &Manifest) -> Result<Seal, String> {
+pub fn open(raw: &serde_json::Value, manifest: &Manifest) -> Result<Seal, SealError> {
     let Some(stored) = &manifest.digest else {
         if manifest.signature.is_some() {
-            return Err("it has a signature but no digest: forged or corrupt".into());
+            return Err(SealError::SignedWithoutDigest);
         }
         // Written before digests existed: nothing to check.
         return Ok(Seal::Unsigned);
     };
     let actual = digest_of(raw);
     if *stored != actual {
-        return Err(format!(
-            "its content does not match its digest ({stored}, content is {actual}): corrupt or edited"
-        ));
+        return Err(SealError::DigestMismatch {
+            stored: stored.clone(),
+            actual,
+        });
     }
     let Some(sig) = &manifest.signature else {
         return Ok(Seal::Unsigned);
     };
-    let key = parse_public(&sig.key).map_err(|e| format!("its signature key: {e}"))?;
+    let key = parse_public(&sig.key).map_err(|e| SealError::SignatureKey(Box::new(e)))?;
     let bytes: [u8; 64] = hex::decode(&sig.ed25519)
         .ok()
         .and_then(|b| b.try_into().ok())
-        .ok_or("its signature is not 64 hex-encoded bytes: forged or corrupt")?;
+        .ok_or(SealError::SignatureBytes)?;
     // One spelling only (lower-case hex), so a key string compares equal to the policy's.
     if public_string(&key) != sig.key || hex::encode(bytes) != sig.ed25519 {
-        return Err("its signature is not written in canonical lower-case hex: edited".into());
+        return Err(SealError::NotCanonical);
     }
     let mut message = CONTEXT.to_vec();
     message.extend_from_slice(stored.as_bytes());
     key.verify(&message, &ed25519_dalek::Signature::from_bytes(&bytes))
-        .map_err(|_| {
-            format!(
-                "its signature by {} does not verify: forged or corrupt",
-                sig.key
-            )
+        .map_err(|_| SealError::DoesNotVerify {
+            key: sig.key.clone(),
         })?;
     Ok(Seal::Signed {
         key: sig.key.clone(),
@@ -300,15 +315,15 @@ impl Judgment {
 
 impl Trust {
     /// From the policy: `trusted_keys` plus the public half of `key_file` when readable.
-    pub fn new(policy: &SigningPolicy) -> Result<Self, String> {
+    pub fn new(policy: &SigningPolicy) -> Result<Self, SealError> {
         let mut keys = BTreeSet::new();
         for k in &policy.trusted_keys {
-            keys.insert(public_string(&parse_public(k).map_err(|e| e.to_string())?));
+            keys.insert(public_string(&parse_public(k)?));
         }
         if let Some(path) = &policy.key_file
             && path.exists()
         {
-            let key = load_signing_key(path).map_err(|e| e.to_string())?;
+            let key = load_signing_key(path)?;
             keys.insert(public_string(&key.verifying_key()));
         }
         Ok(Self {
@@ -439,7 +454,7 @@ mod tests {
         seal(&mut b, None);
         b.signature = a.signature.clone();
         let err = crate::snapshot::parse_manifest(&stored(&b)).unwrap_err();
-        assert!(err.contains("does not verify"), "{err}");
+        assert!(err.to_string().contains("does not verify"), "{err}");
     }
 
     #[test]

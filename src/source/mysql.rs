@@ -358,11 +358,13 @@ mod tests {
         assert!(
             check_url("mysql://backup:pw@db/app")
                 .unwrap_err()
+                .to_string()
                 .contains("password_file")
         );
         assert!(
             check_url("mysql://backup@db/")
                 .unwrap_err()
+                .to_string()
                 .contains("no database")
         );
     }

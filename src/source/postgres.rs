@@ -456,11 +456,13 @@ mod tests {
         assert!(
             check_url("postgres://backup:hunter2@db/app")
                 .unwrap_err()
+                .to_string()
                 .contains("password_file")
         );
         assert!(
             check_url("postgres://backup@db")
                 .unwrap_err()
+                .to_string()
                 .contains("no database")
         );
         assert!(check_url("mysql://x@y/z").is_err());

@@ -42,27 +42,47 @@ fn client(spec: &TargetPolicy) -> ClientOptions {
         .with_timeout_disabled()
 }
 
-fn secret(path: &std::path::Path, what: &str) -> Result<String, String> {
-    crate::secret::read_password_file(path).map_err(|e| format!("{what}: {e}"))
+/// Why a cloud store could not be set up (the caller names the target).
+#[derive(Debug, thiserror::Error)]
+pub enum CloudError {
+    #[error("the URL names no {noun}: use {scheme}://NAME/optional/prefix")]
+    NoBucket { noun: &'static str, scheme: String },
+    #[error("{key}: {source}")]
+    Secret {
+        key: &'static str,
+        source: crate::secret::SecretError,
+    },
+    #[error("{0}")]
+    Build(#[from] object_store::Error),
+    #[error("object_store does not know {key}: {source}")]
+    ConfigKey {
+        key: &'static str,
+        source: object_store::Error,
+    },
+    #[error("unsupported scheme {0:?}")]
+    Scheme(String),
+}
+
+fn secret(path: &std::path::Path, key: &'static str) -> Result<String, CloudError> {
+    crate::secret::read_password_file(path).map_err(|source| CloudError::Secret { key, source })
 }
 
 fn prefix_of(url: &Url) -> String {
     url.path().trim_matches('/').to_string()
 }
 
-pub fn open(url: &Url, spec: &TargetPolicy) -> Result<Opened, String> {
+pub fn open(url: &Url, spec: &TargetPolicy) -> Result<Opened, CloudError> {
     let prefix = prefix_of(url);
     let bucket = url.host_str().unwrap_or_default().to_string();
     if bucket.is_empty() {
-        return Err(format!(
-            "the URL names no {}: use {}://NAME/optional/prefix",
-            if url.scheme() == "az" {
+        return Err(CloudError::NoBucket {
+            noun: if url.scheme() == "az" {
                 "container"
             } else {
                 "bucket"
             },
-            url.scheme()
-        ));
+            scheme: url.scheme().to_owned(),
+        });
     }
     match url.scheme() {
         "s3" => {
@@ -90,7 +110,7 @@ pub fn open(url: &Url, spec: &TargetPolicy) -> Result<Opened, String> {
             if let Some(k) = &spec.sse_kms_key_id {
                 b = b.with_config(config_key("aws_sse_kms_key_id")?, k);
             }
-            let s3 = Arc::new(b.build().map_err(|e| e.to_string())?);
+            let s3 = Arc::new(b.build()?);
             Ok(Opened {
                 store: s3.clone(),
                 multipart: s3,
@@ -122,7 +142,7 @@ pub fn open(url: &Url, spec: &TargetPolicy) -> Result<Opened, String> {
             if let Some(f) = &spec.access_key_file {
                 b = b.with_access_key(secret(f, "access_key_file")?);
             }
-            let az = Arc::new(b.build().map_err(|e| e.to_string())?);
+            let az = Arc::new(b.build()?);
             Ok(Opened {
                 store: az.clone(),
                 multipart: az,
@@ -141,7 +161,7 @@ pub fn open(url: &Url, spec: &TargetPolicy) -> Result<Opened, String> {
             if let Some(e) = &spec.endpoint {
                 b = b.with_base_url(e);
             }
-            let gcs = Arc::new(b.build().map_err(|e| e.to_string())?);
+            let gcs = Arc::new(b.build()?);
             Ok(Opened {
                 store: gcs.clone(),
                 multipart: gcs,
@@ -149,7 +169,7 @@ pub fn open(url: &Url, spec: &TargetPolicy) -> Result<Opened, String> {
                 kind: "gcs",
             })
         }
-        other => Err(format!("unsupported scheme {other:?}")),
+        other => Err(CloudError::Scheme(other.to_owned())),
     }
 }
 
@@ -159,7 +179,7 @@ const EMULATOR_KEY: &str =
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 const EMULATOR_ENDPOINT: &str = "http://127.0.0.1:10000";
 
-fn config_key(name: &str) -> Result<AmazonS3ConfigKey, String> {
-    name.parse()
-        .map_err(|e| format!("object_store does not know {name}: {e}"))
+fn config_key(key: &'static str) -> Result<AmazonS3ConfigKey, CloudError> {
+    key.parse()
+        .map_err(|source| CloudError::ConfigKey { key, source })
 }
