@@ -60,7 +60,8 @@ pub async fn prune(
             target: target.name.clone(),
             message: format!("[signing]: {e}"),
         })?;
-        let mut manifests = snapshot::list(target, Some(job)).await?;
+        let mut listing = snapshot::listing::scan(target, Some(job)).await?;
+        let mut manifests = std::mem::take(&mut listing.manifests);
         committed.extend(manifests.iter().map(|m| m.snapshot.clone()));
         manifests.retain(|m| m.instance() == instance);
         manifests.retain(|m| match trust.judge(m) {
@@ -73,7 +74,8 @@ pub async fn prune(
         });
         let mut infos = Vec::new();
         for m in &manifests {
-            let verified = crate::verify::latest_record(target, job, &m.snapshot)
+            let verified = listing
+                .latest_record(target, job, &m.snapshot)
                 .await
                 .is_some_and(|r| r.ok);
             infos.push(SnapshotInfo {

@@ -12,6 +12,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 
+pub mod listing;
 pub mod maintenance;
 pub mod record;
 pub mod seal;
@@ -333,7 +334,24 @@ pub async fn read_manifest(
             )));
         }
     };
-    let m = parse_manifest(&bytes).map_err(|e| bad(e.to_string()))?;
+    check_manifest(target, &key, job, id, &bytes).map(Some)
+}
+
+/// The manifest in `bytes`, read from `key` (snapshot `job/id`) on `target`, if it passes
+/// every rule for what is read from a target.
+pub(crate) fn check_manifest(
+    target: &Target,
+    key: &ObjectPath,
+    job: &str,
+    id: &str,
+    bytes: &[u8],
+) -> Result<Manifest, SnapshotError> {
+    let bad = |reason| SnapshotError::BadManifest {
+        target: target.name.clone(),
+        key: key.to_string(),
+        reason,
+    };
+    let m = parse_manifest(bytes).map_err(|e| bad(e.to_string()))?;
     // Object keys are derived from the manifest's own job and id: one copied to another
     // place would send restore to someone else's objects.
     if m.job != job || m.snapshot != id {
@@ -342,7 +360,7 @@ pub async fn read_manifest(
             m.job, m.snapshot
         )));
     }
-    Ok(Some(m))
+    Ok(m)
 }
 
 /// Why bytes read as a manifest are not one backupd can use.
@@ -373,8 +391,7 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, ManifestError> {
     if v.format > FORMAT_VERSION {
         return Err(ManifestError::Newer(v.format));
     }
-    let raw: serde_json::Value = serde_json::from_slice(bytes)?;
-    let mut m: Manifest = serde_json::from_value(raw.clone())?;
+    let mut m: Manifest = serde_json::from_slice(bytes)?;
     // A manifest comes from storage, which is not trusted: its names become paths on
     // restore, so they must be what backupd itself would have written.
     if !is_valid_name(&m.job) {
@@ -398,6 +415,12 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, ManifestError> {
         }
     }
     // After the checks above, so a hostile name is reported as that, not as a bad digest.
+    // The generic form is only needed to check a digest (listing parses thousands).
+    let raw = if m.digest.is_some() || m.signature.is_some() {
+        serde_json::from_slice(bytes)?
+    } else {
+        serde_json::Value::Null
+    };
     m.seal = seal::open(&raw, &m)?;
     Ok(m)
 }
@@ -553,39 +576,8 @@ pub fn instances_in(snapshots: &[Manifest]) -> Vec<String> {
 /// Committed snapshots of `job` (or of every job) on one target, newest first.
 /// Unreadable manifests are logged and left out rather than hiding the good ones.
 pub async fn list(target: &Target, job: Option<&str>) -> Result<Vec<Manifest>, SnapshotError> {
-    let store_err = |source| SnapshotError::store(target, source);
-    let jobs: Vec<String> = match job {
-        Some(j) => vec![j.to_string()],
-        None => child_names(target, &ObjectPath::from(""))
-            .await
-            .map_err(store_err)?
-            .into_iter()
-            .filter(|j| is_valid_name(j))
-            .collect(),
-    };
-    let mut ids = Vec::new();
-    for j in &jobs {
-        let prefix = ObjectPath::from(j.as_str());
-        for id in child_names(target, &prefix).await.map_err(store_err)? {
-            ids.push((j.clone(), id));
-        }
-    }
-    let reads = futures::stream::iter(ids)
-        .map(|(j, id)| async move { read_manifest(target, &j, &id).await })
-        .buffer_unordered(16)
-        .collect::<Vec<_>>()
-        .await;
-    let mut out = Vec::new();
-    for r in reads {
-        match r {
-            Ok(Some(m)) => out.push(m),
-            Ok(None) => {}
-            Err(e @ SnapshotError::BadManifest { .. }) => tracing::warn!("{e}"),
-            Err(e) => return Err(e),
-        }
-    }
-    out.sort_by(|a, b| b.snapshot.cmp(&a.snapshot));
-    Ok(out)
+    let mut listing = listing::scan(target, job).await?;
+    Ok(std::mem::take(&mut listing.manifests))
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! targets also carry object_store's `MultipartStore` view, whose upload ids the
 //! pipeline journals (`journal`) so a crash never leaves an upload open for long.
 
+pub mod cache;
 mod cloud;
 mod explain;
 pub mod journal;
@@ -14,7 +15,7 @@ mod options;
 use crate::error::Invalid;
 use std::sync::Arc;
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::local::LocalFileSystem;
 use object_store::multipart::MultipartStore;
 use object_store::path::Path as ObjectPath;
@@ -40,6 +41,9 @@ pub struct Target {
     pub remote: Option<Remote>,
     /// Where open multipart uploads are journaled (`state_dir/uploads`), when known.
     pub journal_dir: Option<std::path::PathBuf>,
+    /// Where listing keeps its local copies of this target's manifests and records
+    /// (`cache`), when known.
+    pub cache_dir: Option<std::path::PathBuf>,
     /// A spool stand-in for this target (`spool`): holds the copy until delivery.
     pub spooled: bool,
 }
@@ -83,6 +87,133 @@ pub enum TargetError {
         url: String,
         message: String,
     },
+}
+
+/// A local file's metadata the way `list_wanted` and `get_small_meta` both give it. The
+/// ETag changes whenever the file does: inode, modification and change times (the change
+/// time cannot be set back by the writer), size.
+fn local_meta(location: ObjectPath, md: &std::fs::Metadata) -> object_store::ObjectMeta {
+    use std::os::unix::fs::MetadataExt;
+    let last_modified =
+        chrono::DateTime::from_timestamp(md.mtime(), md.mtime_nsec() as u32).unwrap_or_default();
+    object_store::ObjectMeta {
+        location,
+        last_modified,
+        size: md.len(),
+        e_tag: Some(format!(
+            "{:x}-{:x}.{:x}-{:x}.{:x}-{:x}",
+            md.ino(),
+            md.mtime(),
+            md.mtime_nsec(),
+            md.ctime(),
+            md.ctime_nsec(),
+            md.len()
+        )),
+        version: None,
+    }
+}
+
+/// The key of a file at `rel` (relative to a local target's root), if every part of it is
+/// a name object_store would give the same way.
+fn local_key(rel: &std::path::Path) -> Option<ObjectPath> {
+    let mut parts = Vec::new();
+    for c in rel.components() {
+        let name = c.as_os_str().to_str()?;
+        let part = object_store::path::PathPart::from(name);
+        if part.as_ref() != name {
+            return None;
+        }
+        parts.push(part);
+    }
+    Some(ObjectPath::from_iter(parts))
+}
+
+fn walk_local(
+    root: &std::path::Path,
+    prefix: Option<ObjectPath>,
+    wanted: fn(&ObjectPath) -> bool,
+) -> (Vec<object_store::ObjectMeta>, u64) {
+    let start = match &prefix {
+        Some(p) => root.join(p.as_ref()),
+        None => root.to_path_buf(),
+    };
+    let mut out = Vec::new();
+    let mut skipped = 0u64;
+    for entry in walkdir::WalkDir::new(&start)
+        .follow_links(false)
+        .min_depth(1)
+    {
+        let Ok(entry) = entry else { continue };
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        let Ok(rel) = entry.path().strip_prefix(root) else {
+            continue;
+        };
+        let Some(key) = local_key(rel) else {
+            skipped += 1;
+            continue;
+        };
+        if !wanted(&key) {
+            continue;
+        }
+        if let Ok(md) = entry.metadata() {
+            out.push(local_meta(key, &md));
+        }
+    }
+    (out, skipped)
+}
+
+fn read_local(
+    root: &std::path::Path,
+    key: ObjectPath,
+    max_bytes: u64,
+) -> object_store::Result<(Small, Option<object_store::ObjectMeta>)> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = root.join(key.as_ref());
+    let failed = |e: std::io::Error| object_store::Error::Generic {
+        store: "local",
+        source: Box::new(e),
+    };
+    let mut file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Small::Missing, None)),
+        Err(e) => return Err(failed(e)),
+    };
+    let md = file.metadata().map_err(failed)?;
+    if !md.is_file() {
+        return Ok((Small::Missing, None));
+    }
+    if md.len() > max_bytes {
+        return Ok((Small::TooLarge { bytes: md.len() }, None));
+    }
+    let mut body = Vec::with_capacity(md.len() as usize);
+    file.by_ref()
+        .take(max_bytes + 1)
+        .read_to_end(&mut body)
+        .map_err(failed)?;
+    if body.len() as u64 > max_bytes {
+        return Ok((
+            Small::TooLarge {
+                bytes: body.len() as u64,
+            },
+            None,
+        ));
+    }
+    // Written to since it was opened: this read is of no single version.
+    let after = file.metadata().map_err(failed)?;
+    let meta = local_meta(key, &after);
+    let unchanged = body.len() as u64 == after.len()
+        && local_meta(meta.location.clone(), &md).e_tag == meta.e_tag;
+    Ok((
+        Small::Found(bytes::Bytes::from(body)),
+        unchanged.then_some(meta),
+    ))
 }
 
 /// Why `Target::probe` failed; `explained` is the store's error with `explain`'s hint.
@@ -241,6 +372,10 @@ pub fn open_named(
     })?;
     let mut t = open_spec(name, spec)?;
     t.journal_dir = Some(journal::dir(state_dir));
+    // One directory per store address: a target renamed, or a name pointed at another
+    // bucket, never shares cached entries.
+    let address = <sha2::Sha256 as sha2::Digest>::digest(t.display_url.as_bytes());
+    t.cache_dir = Some(cache::dir(state_dir).join(hex::encode(&address[..8])));
     Ok(t)
 }
 
@@ -294,6 +429,7 @@ pub fn open_spec(name: &str, spec: &TargetPolicy) -> Result<Target, TargetError>
         local_root,
         remote,
         journal_dir: None,
+        cache_dir: None,
         spooled: false,
     })
 }
@@ -314,18 +450,75 @@ impl Target {
     /// says it is larger than `max_bytes`: what is read from a target is untrusted, and
     /// listing reads many at once.
     pub async fn get_small(&self, key: &ObjectPath, max_bytes: u64) -> object_store::Result<Small> {
+        Ok(self.get_small_meta(key, max_bytes).await?.0)
+    }
+
+    /// Every object under `prefix` whose key `wanted` accepts, with its metadata, in one
+    /// pass; and how many keys were skipped as not backupd's (not valid object names).
+    /// A local target is walked directly, and only the wanted files are looked at:
+    /// object_store's local listing inspects every file several times over, which made
+    /// listing thousands of snapshots slow. Links are never followed.
+    pub async fn list_wanted(
+        &self,
+        prefix: Option<&ObjectPath>,
+        wanted: fn(&ObjectPath) -> bool,
+    ) -> object_store::Result<(Vec<object_store::ObjectMeta>, u64)> {
+        if let Some(root) = self.local_root.clone() {
+            let prefix = prefix.cloned();
+            return tokio::task::spawn_blocking(move || Ok(walk_local(&root, prefix, wanted)))
+                .await
+                .map_err(|e| object_store::Error::Generic {
+                    store: "local",
+                    source: Box::new(e),
+                })?;
+        }
+        let mut out = Vec::new();
+        let mut skipped = 0u64;
+        let mut all = self.store.list(prefix);
+        while let Some(item) = all.next().await {
+            match item {
+                Ok(meta) if wanted(&meta.location) => out.push(meta),
+                Ok(_) => {}
+                Err(object_store::Error::InvalidPath { .. }) => skipped += 1,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((out, skipped))
+    }
+
+    /// `get_small`, with what the store said about the version read (for `cache`). A
+    /// local target's file is read directly, never through a link, and described as
+    /// `list_wanted` describes it.
+    pub async fn get_small_meta(
+        &self,
+        key: &ObjectPath,
+        max_bytes: u64,
+    ) -> object_store::Result<(Small, Option<object_store::ObjectMeta>)> {
         use object_store::ObjectStoreExt;
+        if let Some(root) = self.local_root.clone() {
+            let key = key.clone();
+            return tokio::task::spawn_blocking(move || read_local(&root, key, max_bytes))
+                .await
+                .map_err(|e| object_store::Error::Generic {
+                    store: "local",
+                    source: Box::new(e),
+                })?;
+        }
         let got = match self.store.get(key).await {
             Ok(got) => got,
-            Err(object_store::Error::NotFound { .. }) => return Ok(Small::Missing),
+            Err(object_store::Error::NotFound { .. }) => return Ok((Small::Missing, None)),
             Err(e) => return Err(e),
         };
         if got.meta.size > max_bytes {
-            return Ok(Small::TooLarge {
-                bytes: got.meta.size,
-            });
+            return Ok((
+                Small::TooLarge {
+                    bytes: got.meta.size,
+                },
+                None,
+            ));
         }
-        Ok(Small::Found(got.bytes().await?))
+        let meta = got.meta.clone();
+        Ok((Small::Found(got.bytes().await?), Some(meta)))
     }
     /// The object's bytes as a blocking reader, for use on a blocking thread. A local
     /// target hands over the open file itself (object_store would stream it in 8 KiB

@@ -61,18 +61,18 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
     let mut all: BTreeMap<(String, String), Vec<Manifest>> = BTreeMap::new();
     let mut groups: BTreeMap<(String, String), Group> = BTreeMap::new();
     let mut first_target = BTreeMap::new();
+    let mut listings = Vec::new();
     for job in &jobs {
         for target in chosen_targets(&policy, Some(job), args.target.as_ref())? {
-            for m in snapshot::list(&target, Some(job)).await? {
+            let mut listing = snapshot::listing::scan(&target, Some(job)).await?;
+            for m in std::mem::take(&mut listing.manifests) {
                 if let Some(why) = trust.judge(&m).refused() {
                     tracing::warn!(job, snapshot = %m.snapshot, "not counted: {why}");
                     continue;
                 }
                 let key = (m.instance().to_string(), job.clone());
                 all.entry(key.clone()).or_default().push(m.clone());
-                first_target
-                    .entry(key.clone())
-                    .or_insert_with(|| target.clone());
+                first_target.entry(key.clone()).or_insert(listings.len());
                 let (newest, ids, targets) = groups
                     .entry(key)
                     .or_insert_with(|| (m.clone(), BTreeSet::new(), Vec::new()));
@@ -84,6 +84,7 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
                     targets.push(target.name.clone());
                 }
             }
+            listings.push((target, listing));
         }
     }
     let mut rows = Vec::new();
@@ -91,9 +92,13 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
         let alarm = policy.jobs[&job].alert_if_older_than.map(|d| d.as_secs());
         let age = (now - newest.started_at).num_seconds();
         let verified = match first_target.get(&(instance.clone(), job.clone())) {
-            Some(t) => crate::verify::latest_record(t, &job, &newest.snapshot)
-                .await
-                .map(|r| r.ok),
+            Some(&i) => {
+                let (target, listing) = &listings[i];
+                listing
+                    .latest_record(target, &job, &newest.snapshot)
+                    .await
+                    .map(|r| r.ok)
+            }
             None => None,
         };
         let spec = &policy.jobs[&job];

@@ -86,9 +86,12 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
     let wanted = super::chosen_instance(&policy, args.instance.as_ref())?;
     let mut hidden: std::collections::BTreeMap<String, usize> = Default::default();
     let mut listed: Vec<Listed> = Vec::new();
+    // Where each (job, id) is in `listed`: a snapshot on several targets is one row.
+    let mut row_of: std::collections::HashMap<(String, String), usize> = Default::default();
     for target in &targets {
-        // One verification lookup per snapshot: overlap them, a target can hold thousands.
-        let mut manifests = snapshot::list(target, args.job.as_deref()).await?;
+        // One listing finds the snapshots and their records; a target can hold thousands.
+        let mut listing = snapshot::listing::scan(target, args.job.as_deref()).await?;
+        let mut manifests = std::mem::take(&mut listing.manifests);
         // Older manifests name no instance: they count as their host's.
         for m in &mut manifests {
             m.instance = Some(m.instance().to_string());
@@ -102,9 +105,11 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
                 keep
             });
         }
+        let listing = &listing;
         let records: Vec<Option<LastVerification>> = futures::stream::iter(&manifests)
             .map(|m| async move {
-                crate::verify::latest_record(target, &m.job, &m.snapshot)
+                listing
+                    .latest_record(target, &m.job, &m.snapshot)
                     .await
                     .map(|r| LastVerification {
                         at: r.finished_at,
@@ -116,9 +121,9 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
             .collect()
             .await;
         for (m, record) in manifests.into_iter().zip(records) {
-            match listed
-                .iter_mut()
-                .find(|l| l.manifest.job == m.job && l.manifest.snapshot == m.snapshot)
+            match row_of
+                .get(&(m.job.clone(), m.snapshot.clone()))
+                .map(|&i| &mut listed[i])
             {
                 Some(l) => {
                     l.targets.push(target.name.clone());
@@ -126,12 +131,15 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
                         l.last_verification = record;
                     }
                 }
-                None => listed.push(Listed {
-                    authenticity: trust.judge(&m).into(),
-                    manifest: m,
-                    targets: vec![target.name.clone()],
-                    last_verification: record,
-                }),
+                None => {
+                    row_of.insert((m.job.clone(), m.snapshot.clone()), listed.len());
+                    listed.push(Listed {
+                        authenticity: trust.judge(&m).into(),
+                        manifest: m,
+                        targets: vec![target.name.clone()],
+                        last_verification: record,
+                    })
+                }
             }
         }
     }

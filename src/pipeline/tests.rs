@@ -21,6 +21,7 @@ fn memory_target(name: &str) -> (Target, Arc<InMemory>) {
             local_root: None,
             remote: None,
             journal_dir: None,
+            cache_dir: None,
             spooled: false,
         },
         mem,

@@ -93,23 +93,26 @@ pub async fn sweep(
     known_committed: &std::collections::BTreeSet<String>,
 ) -> Result<Vec<String>, SnapshotError> {
     // A set: a local target with 200,000 junk directories must not cost n² comparisons.
-    let mut ids: std::collections::BTreeSet<String> =
-        super::child_names(target, &ObjectPath::from(job))
-            .await
-            .map_err(|source| SnapshotError::store(target, source))?
-            .into_iter()
-            .collect();
-    // Local directories holding only hidden upload parts do not show up in the listing.
-    if let Some(root) = &target.local_root
-        && let Ok(entries) = std::fs::read_dir(root.join(job))
-    {
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir())
-                && let Some(name) = e.file_name().to_str()
-            {
-                ids.insert(name.to_string());
+    let mut ids: std::collections::BTreeSet<String> = Default::default();
+    match &target.local_root {
+        // Every directory, also those holding only hidden upload parts (which the store's
+        // listing does not show).
+        Some(root) => {
+            if let Ok(entries) = std::fs::read_dir(root.join(job)) {
+                for e in entries.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir())
+                        && let Some(name) = e.file_name().to_str()
+                    {
+                        ids.insert(name.to_string());
+                    }
+                }
             }
         }
+        None => ids.extend(
+            super::child_names(target, &ObjectPath::from(job))
+                .await
+                .map_err(|source| SnapshotError::store(target, source))?,
+        ),
     }
     let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
     let mut removed = Vec::new();

@@ -117,6 +117,27 @@ pub async fn latest_record(target: &Target, job: &str, id: &str) -> Option<Verif
         .try_collect()
         .await
         .ok()?;
+    newest_of(keys, job, id, |key| async move {
+        match target.get_small(&key, MAX_RECORD_BYTES).await {
+            Ok(crate::target::Small::Found(bytes)) => Some(bytes),
+            _ => None,
+        }
+    })
+    .await
+}
+
+/// Of the record objects `keys` of snapshot `job/id`, the newest that `read` can read and
+/// that is really this snapshot's.
+pub(crate) async fn newest_of<F, Fut>(
+    keys: Vec<ObjectPath>,
+    job: &str,
+    id: &str,
+    mut read: F,
+) -> Option<VerifyRecord>
+where
+    F: FnMut(ObjectPath) -> Fut,
+    Fut: std::future::Future<Output = Option<bytes::Bytes>>,
+{
     // Records are named by the time they were written; a name that is no time, or lies in
     // the future, is someone else's (a forged "9999-…" must not win by its name).
     let latest_allowed = Utc::now() + chrono::Duration::minutes(10);
@@ -131,8 +152,7 @@ pub async fn latest_record(target: &Target, job: &str, id: &str) -> Option<Verif
         .collect();
     named.sort_by_key(|n| std::cmp::Reverse(n.0));
     for (_, key) in named {
-        let Ok(crate::target::Small::Found(bytes)) = target.get_small(&key, MAX_RECORD_BYTES).await
-        else {
+        let Some(bytes) = read(key.clone()).await else {
             continue;
         };
         match serde_json::from_slice::<VerifyRecord>(&bytes) {
@@ -147,7 +167,7 @@ pub async fn latest_record(target: &Target, job: &str, id: &str) -> Option<Verif
 }
 
 /// A record lists each check of each source; far below this.
-const MAX_RECORD_BYTES: u64 = 4 << 20;
+pub(crate) const MAX_RECORD_BYTES: u64 = 4 << 20;
 
 /// Stores `record` beside its snapshot, named by when its verification started.
 pub async fn store(target: &Target, record: &VerifyRecord) -> Result<(), object_store::Error> {
