@@ -1,6 +1,7 @@
 //! One bucket, many hosts: instances (issue 14). Hosts are simulated by distinct
 //! `daemon.instance` values set from the environment, as a fleet deploys one policy.
 
+use std::io::Write;
 use std::process::Command;
 
 use super::daemon_support::Daemon;
@@ -294,4 +295,96 @@ fn two_hosts_sharing_an_instance_name_are_pointed_out() {
     }
     assert!(daemon.logs().contains("other-host"), "{}", daemon.logs());
     assert!(daemon.stop().success(), "{}", daemon.logs());
+}
+
+/// The listing cache (daemon.state_dir/cache) keeps manifests and records read before;
+/// what changed in the bucket since — rewritten, deleted, newly verified — must show.
+#[test]
+fn the_listing_cache_never_hides_what_changed_in_the_bucket() {
+    let world = World::new();
+    std::fs::create_dir_all(world.path("src")).unwrap();
+    std::fs::write(world.path("src/a.txt"), "a").unwrap();
+    world.policy(&format!(
+        "[jobs.app]\ntargets = [\"local\"]\n[jobs.app.sources.files]\nkind = \"directory\"\npath = \"{}\"\n",
+        world.path("src").display()
+    ));
+    for _ in 0..2 {
+        let out = world.backupd(&["run-now", "app"]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let ids = |world: &World| -> Vec<String> {
+        super::support::list_json(world, &[])
+            .iter()
+            .map(|m| m["snapshot"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let before = ids(&world);
+    assert_eq!(before.len(), 2);
+    let caches: Vec<_> = super::support::walk(&world.path("state/cache"))
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with("app.cache"))
+        .collect();
+    assert_eq!(caches.len(), 1, "listing filled the cache");
+    let (newer, older) = (&before[0], &before[1]);
+
+    // A record written after the cache was filled is found (records are listed each time).
+    let out = world.backupd(&["verify", "app", newer]);
+    assert!(out.status.success(), "{}", text(&out));
+    let now = super::support::list_json(&world, &[]);
+    assert_eq!(now[0]["last_verification"]["ok"], true, "{:?}", now[0]);
+
+    // A damaged cache is only a slower listing.
+    std::fs::write(&caches[0], b"\x00\x01 not a cache").unwrap();
+    assert_eq!(ids(&world), before);
+
+    // An attacker rewrites a cached manifest in place, same size, same mtime: the cached
+    // copy must not stand in for it (the rewritten one fails its digest and is left out).
+    let manifest = world
+        .target_dir()
+        .join("app")
+        .join(older)
+        .join("manifest.json");
+    let original = std::fs::read_to_string(&manifest).unwrap();
+    let mtime = std::fs::metadata(&manifest).unwrap().modified().unwrap();
+    // One character of the version string changed: "0.1.0" becomes "9.1.0".
+    let at = original.find("\"backupd_version\"").unwrap() + "\"backupd_version\"".len();
+    let at = at + original[at..].find('"').unwrap() + 1;
+    let mut forged = original.clone().into_bytes();
+    forged[at] = if forged[at] == b'9' { b'8' } else { b'9' };
+    let forged = String::from_utf8(forged).unwrap();
+    assert_eq!(forged.len(), original.len(), "same size");
+    assert_ne!(forged, original);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&manifest)
+        .unwrap()
+        .write_all(forged.as_bytes())
+        .unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&manifest)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let out = world.backupd(&["list", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        listed.len(),
+        1,
+        "the forged manifest is not listed: {listed:?}"
+    );
+    assert_eq!(listed[0]["snapshot"], newer.as_str());
+    assert!(text(&out).contains("digest"), "{}", text(&out));
+
+    // A manifest deleted since it was cached is gone from the listing.
+    std::fs::remove_file(
+        world
+            .target_dir()
+            .join("app")
+            .join(newer)
+            .join("manifest.json"),
+    )
+    .unwrap();
+    assert!(ids(&world).is_empty());
 }
