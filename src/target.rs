@@ -137,31 +137,86 @@ fn walk_local(
         Some(p) => root.join(p.as_ref()),
         None => root.to_path_buf(),
     };
-    let mut out = Vec::new();
-    let mut skipped = 0u64;
-    for entry in walkdir::WalkDir::new(&start)
-        .follow_links(false)
-        .min_depth(1)
-    {
-        let Ok(entry) = entry else { continue };
-        if !entry.file_type().is_file() {
-            continue;
+    // The directories two levels down (a job's snapshots, or every job's) are shared out
+    // over the cores: a target's keys are mostly thousands of small snapshot directories.
+    let mut found = Found::default();
+    let mut units = vec![start];
+    for _ in 0..2 {
+        let mut next = Vec::new();
+        for dir in &units {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                match e.file_type() {
+                    Ok(t) if t.is_dir() => next.push(e.path()),
+                    Ok(t) if t.is_file() => found.file(root, &e.path(), wanted, || e.metadata()),
+                    _ => {}
+                }
+            }
         }
-        let Ok(rel) = entry.path().strip_prefix(root) else {
-            continue;
+        units = next;
+    }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per_thread = units.len().div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = units
+            .chunks(per_thread)
+            .map(|chunk| {
+                s.spawn(move || {
+                    let mut found = Found::default();
+                    for unit in chunk {
+                        for entry in walkdir::WalkDir::new(unit).follow_links(false).min_depth(1) {
+                            let Ok(entry) = entry else { continue };
+                            if entry.file_type().is_file() {
+                                found.file(root, entry.path(), wanted, || {
+                                    entry.metadata().map_err(std::io::Error::from)
+                                });
+                            }
+                        }
+                    }
+                    found
+                })
+            })
+            .collect();
+        for w in workers {
+            let part = w.join().expect("a listing thread panicked");
+            found.metas.extend(part.metas);
+            found.skipped += part.skipped;
+        }
+    });
+    (found.metas, found.skipped)
+}
+
+/// What a local walk found so far.
+#[derive(Default)]
+struct Found {
+    metas: Vec<object_store::ObjectMeta>,
+    skipped: u64,
+}
+
+impl Found {
+    /// A file at `path`: its metadata is read only when `wanted` takes its key.
+    fn file(
+        &mut self,
+        root: &std::path::Path,
+        path: &std::path::Path,
+        wanted: fn(&ObjectPath) -> bool,
+        metadata: impl FnOnce() -> std::io::Result<std::fs::Metadata>,
+    ) {
+        let Ok(rel) = path.strip_prefix(root) else {
+            return;
         };
         let Some(key) = local_key(rel) else {
-            skipped += 1;
-            continue;
+            self.skipped += 1;
+            return;
         };
-        if !wanted(&key) {
-            continue;
-        }
-        if let Ok(md) = entry.metadata() {
-            out.push(local_meta(key, &md));
+        if wanted(&key)
+            && let Ok(md) = metadata()
+        {
+            self.metas.push(local_meta(key, &md));
         }
     }
-    (out, skipped)
 }
 
 fn read_local(

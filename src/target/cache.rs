@@ -11,7 +11,7 @@
 //! under a temporary name; a missing or damaged file only costs one slower listing.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -47,9 +47,9 @@ impl ListingCache {
     /// none yet or it cannot be read.
     pub fn load(dir: &Path, job: &str) -> Self {
         let path = dir.join(format!("{job}.cache"));
-        let entries = std::fs::File::open(&path)
+        let entries = std::fs::read(&path)
             .ok()
-            .and_then(|f| read_entries(std::io::BufReader::new(f)).ok())
+            .and_then(|all| read_entries(Bytes::from(all)).ok())
             .unwrap_or_default();
         ListingCache {
             path,
@@ -143,45 +143,55 @@ fn write_field(w: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
     w.write_all(bytes)
 }
 
-fn read_field(r: &mut impl Read) -> std::io::Result<Option<Vec<u8>>> {
-    let mut len = [0u8; 4];
-    match r.read_exact(&mut len) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    let len = u32::from_le_bytes(len) as u64;
-    if len > MAX_BODY_BYTES {
-        return Err(std::io::Error::other("field too large"));
-    }
-    let mut buf = vec![0u8; len as usize];
-    r.read_exact(&mut buf)?;
-    Ok(Some(buf))
+/// A cursor over the cache file's bytes.
+struct Cursor {
+    all: Bytes,
+    at: usize,
 }
 
-fn read_entries(mut r: impl Read) -> std::io::Result<HashMap<String, Entry>> {
-    let mut magic = vec![0u8; MAGIC.len()];
-    r.read_exact(&mut magic)?;
-    if magic != MAGIC {
+impl Cursor {
+    fn take(&mut self, n: usize) -> std::io::Result<Bytes> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&e| e <= self.all.len())
+            .ok_or_else(|| std::io::Error::other("a listing cache cut short"))?;
+        let out = self.all.slice(self.at..end);
+        self.at = end;
+        Ok(out)
+    }
+
+    fn field(&mut self) -> std::io::Result<Bytes> {
+        let len = u32::from_le_bytes(self.take(4)?.as_ref().try_into().expect("4 bytes")) as u64;
+        if len > MAX_BODY_BYTES {
+            return Err(std::io::Error::other("a listing cache field too large"));
+        }
+        self.take(len as usize)
+    }
+}
+
+/// The cache file's entries; bodies are slices of the one buffer read.
+fn read_entries(all: Bytes) -> std::io::Result<HashMap<String, Entry>> {
+    if !all.starts_with(MAGIC) {
         return Err(std::io::Error::other("not a listing cache"));
     }
+    let mut c = Cursor {
+        at: MAGIC.len(),
+        all,
+    };
     let mut out = HashMap::new();
-    while let Some(key) = read_field(&mut r)? {
-        let mut size = [0u8; 8];
-        r.read_exact(&mut size)?;
-        let e_tag = read_field(&mut r)?.ok_or(std::io::ErrorKind::UnexpectedEof)?;
-        let body = read_field(&mut r)?.ok_or(std::io::ErrorKind::UnexpectedEof)?;
-        let (Ok(key), Ok(e_tag)) = (String::from_utf8(key), String::from_utf8(e_tag)) else {
-            return Err(std::io::Error::other("not UTF-8"));
+    while c.at < c.all.len() {
+        let key = c.field()?;
+        let size = u64::from_le_bytes(c.take(8)?.as_ref().try_into().expect("8 bytes"));
+        let e_tag = c.field()?;
+        let body = c.field()?;
+        let (Ok(key), Ok(e_tag)) = (
+            String::from_utf8(key.to_vec()),
+            String::from_utf8(e_tag.to_vec()),
+        ) else {
+            return Err(std::io::Error::other("a listing cache key is not UTF-8"));
         };
-        out.insert(
-            key,
-            Entry {
-                size: u64::from_le_bytes(size),
-                e_tag,
-                body: Bytes::from(body),
-            },
-        );
+        out.insert(key, Entry { size, e_tag, body });
     }
     Ok(out)
 }
