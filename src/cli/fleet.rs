@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -57,8 +58,9 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
     // A planted snapshot must not make a dead host look alive.
     let trust = super::trust(&policy)?;
     // (instance, job) → newest manifest, every snapshot id, targets holding the newest.
-    type Group = (Manifest, BTreeSet<String>, Vec<String>);
-    let mut all: BTreeMap<(String, String), Vec<Manifest>> = BTreeMap::new();
+    // Shared, not copied: a fleet's bucket holds thousands of manifests.
+    type Group = (Arc<Manifest>, BTreeSet<String>, Vec<String>);
+    let mut all: BTreeMap<(String, String), Vec<Arc<Manifest>>> = BTreeMap::new();
     let mut groups: BTreeMap<(String, String), Group> = BTreeMap::new();
     let mut first_target = BTreeMap::new();
     let mut listings = Vec::new();
@@ -71,6 +73,7 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
                     continue;
                 }
                 let key = (m.instance().to_string(), job.clone());
+                let m = Arc::new(m);
                 all.entry(key.clone()).or_default().push(m.clone());
                 first_target.entry(key.clone()).or_insert(listings.len());
                 let (newest, ids, targets) = groups
@@ -105,7 +108,7 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
         let window = chrono::Duration::seconds(spec.jitter_secs.max(60) as i64);
         let mine: Vec<&Manifest> = all
             .get(&(instance.clone(), job.clone()))
-            .map(|v| v.iter().collect())
+            .map(|v| v.iter().map(|m| m.as_ref()).collect())
             .unwrap_or_default();
         let warning = (spec.coordination == crate::policy::Coordination::None)
             .then(|| snapshot::doubled_hosts(&mine, window))
