@@ -104,7 +104,15 @@ pub async fn run(config: &Path) -> anyhow::Result<ExitCode> {
 
     let work = Arc::new(Work {
         shared: shared.clone(),
-        notifier: Notifier::new(policy.notify.clone()),
+        notifier: {
+            let counted = shared.clone();
+            Notifier::new(policy.notify.clone())
+                .for_instance(policy.daemon.instance())
+                .counting_failures(move |label| {
+                    counted
+                        .update(|s| *s.notify_failures.entry(label.to_string()).or_default() += 1)
+                })
+        },
     });
     let grace = Duration::from_secs(policy.daemon.shutdown_timeout_secs);
     let policy = Arc::new(policy);

@@ -1,4 +1,5 @@
-//! Telling the outside world: `[[notify]]` webhooks (a JSON POST per event) and per-job
+//! Telling the outside world: `[[notify]]` webhooks (a POST per event, in the receiver's
+//! own **format**: see `format`) and per-job
 //! healthchecks-style pings (`URL/start`, `URL`, `URL/fail`). Deliveries run in the
 //! background, are retried a few times, and never block or fail a backup; `flush` waits
 //! (bounded) for the ones still under way before the process exits.
@@ -12,14 +13,26 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio_util::task::TaskTracker;
 
+pub mod format;
+pub use format::Format;
+
 /// `[[notify]]`: one webhook.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookPolicy {
     pub url: String,
-    /// Which events to send (default: all of them).
-    #[serde(default = "all_events")]
+    /// The receiver's format (default: backupd's JSON event).
+    #[serde(default)]
+    pub format: Format,
+    /// Which events to send (default: all of them); `on` is the same key.
+    #[serde(default = "all_events", alias = "on")]
     pub events: Vec<EventKind>,
+    /// A name for logs and `backupd_notify_failures_total` (default: format@host).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// A link every message carries, e.g. the daemon's status page.
+    #[serde(default)]
+    pub link: Option<String>,
     /// Only these jobs (default: every job).
     #[serde(default)]
     pub jobs: Vec<String>,
@@ -37,7 +50,28 @@ fn all_events() -> Vec<EventKind> {
         EventKind::Failure,
         EventKind::Stale,
         EventKind::Recovered,
+        EventKind::VerifyFailure,
     ]
+}
+
+impl WebhookPolicy {
+    /// What logs and the failure metric call this notifier: never its URL's path, which
+    /// often holds a token.
+    pub fn label(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            let host = url::Url::parse(&self.url)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_string))
+                .unwrap_or_default();
+            format!(
+                "{}@{host}",
+                serde_json::to_value(self.format)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            )
+        })
+    }
 }
 
 fn default_timeout_secs() -> u64 {
@@ -55,6 +89,8 @@ pub enum EventKind {
     Stale,
     /// A stale job has a fresh snapshot again.
     Recovered,
+    /// A scheduled verification found a snapshot that does not restore.
+    VerifyFailure,
 }
 
 /// The JSON body of a webhook POST; a stable interface (BACKUP_POLICY.md, "Notifications").
@@ -69,9 +105,15 @@ pub struct Event {
     /// What went wrong, for failures and alarms.
     pub error: Option<String>,
     pub host: String,
+    /// The daemon's `daemon.instance`, when known.
+    pub instance: Option<String>,
     pub time: DateTime<Utc>,
     /// Targets the snapshot was committed to.
     pub committed: Vec<String>,
+    /// Bytes read from the sources, and stored (compressed, encrypted), for a run.
+    pub plain_bytes: Option<u64>,
+    pub stored_bytes: Option<u64>,
+    pub duration_seconds: Option<f64>,
 }
 
 impl Event {
@@ -85,13 +127,18 @@ impl Event {
                 EventKind::Failure => "failure",
                 EventKind::Stale => "stale",
                 EventKind::Recovered => "fresh",
+                EventKind::VerifyFailure => "failure",
             }
             .into(),
             snapshot: None,
             error,
             host: gethostname::gethostname().to_string_lossy().into_owned(),
+            instance: None,
             time: Utc::now(),
             committed: Vec::new(),
+            plain_bytes: None,
+            stored_bytes: None,
+            duration_seconds: None,
         }
     }
 }
@@ -123,12 +170,19 @@ pub fn shown(url: &str) -> String {
 
 const ATTEMPTS: u32 = 3;
 
+/// Told the label of a notifier whose delivery gave up.
+type FailureCounter = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
+
 /// Sends notifications in the background.
 #[derive(Clone)]
 pub struct Notifier {
     client: reqwest::Client,
     hooks: std::sync::Arc<std::sync::RwLock<Vec<WebhookPolicy>>>,
     tasks: TaskTracker,
+    /// Called with a notifier's label when a delivery gave up (the daemon counts them).
+    on_failure: Option<FailureCounter>,
+    /// `daemon.instance`, put in every event that does not name one.
+    instance: Option<String>,
 }
 
 impl Notifier {
@@ -140,7 +194,21 @@ impl Notifier {
                 .unwrap_or_default(),
             hooks: std::sync::Arc::new(std::sync::RwLock::new(hooks)),
             tasks: TaskTracker::new(),
+            on_failure: None,
+            instance: None,
         }
+    }
+
+    /// Events name `instance` (`daemon.instance`) beside the host.
+    pub fn for_instance(mut self, instance: String) -> Self {
+        self.instance = Some(instance);
+        self
+    }
+
+    /// Calls `count` with the notifier's label whenever a delivery gives up.
+    pub fn counting_failures(mut self, count: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        self.on_failure = Some(std::sync::Arc::new(count));
+        self
     }
 
     /// Replaces the webhooks (policy reload); deliveries under way finish.
@@ -149,7 +217,10 @@ impl Notifier {
     }
 
     /// Queues `event` for every webhook that wants it.
-    pub fn send(&self, event: Event) {
+    pub fn send(&self, mut event: Event) {
+        if event.instance.is_none() {
+            event.instance = self.instance.clone();
+        }
         let hooks = self.hooks.read().unwrap_or_else(|e| e.into_inner()).clone();
         for hook in &hooks {
             if !hook.events.contains(&event.event)
@@ -157,12 +228,17 @@ impl Notifier {
             {
                 continue;
             }
-            let request = self
+            let rendered = format::render(hook.format, &event, hook.link.as_deref());
+            let mut request = self
                 .client
                 .post(&hook.url)
                 .timeout(Duration::from_secs(hook.timeout_secs))
-                .json(&event);
-            self.deliver(hook.url.clone(), request);
+                .header(reqwest::header::CONTENT_TYPE, rendered.content_type)
+                .body(rendered.body);
+            for (name, value) in rendered.headers {
+                request = request.header(name, value);
+            }
+            self.deliver(hook.label(), hook.url.clone(), request);
         }
     }
 
@@ -176,10 +252,11 @@ impl Notifier {
             .post(&full)
             .timeout(Duration::from_secs(default_timeout_secs()))
             .body(body);
-        self.deliver(full, request);
+        self.deliver(shown(&full), full, request);
     }
 
-    fn deliver(&self, url: String, request: reqwest::RequestBuilder) {
+    fn deliver(&self, label: String, url: String, request: reqwest::RequestBuilder) {
+        let on_failure = self.on_failure.clone();
         self.tasks.spawn(async move {
             let mut delay = Duration::from_millis(500);
             for attempt in 1..=ATTEMPTS {
@@ -194,9 +271,13 @@ impl Notifier {
                 };
                 if attempt == ATTEMPTS {
                     tracing::warn!(
+                        notifier = %label,
                         "notification to {} failed after {ATTEMPTS} attempts: {outcome}",
                         shown(&url)
                     );
+                    if let Some(count) = &on_failure {
+                        count(&label);
+                    }
                 } else {
                     tokio::time::sleep(delay).await;
                     delay *= 4;

@@ -55,7 +55,8 @@ pub async fn run(config: &Path, args: Args, quiet: bool) -> anyhow::Result<ExitC
             tracing::warn!("spool: {e}");
         }
     }
-    let notifier = crate::notify::Notifier::new(policy.notify.clone());
+    let notifier =
+        crate::notify::Notifier::new(policy.notify.clone()).for_instance(policy.daemon.instance());
     let ctx = job::RunContext {
         policy: &policy,
         recipients: recipients.as_deref(),

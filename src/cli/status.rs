@@ -58,6 +58,7 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
                 state: "not running".into(),
                 jobs,
                 spool: crate::spool::pending(&policy).await,
+                notify_failures: BTreeMap::new(),
             };
             (status, false)
         }

@@ -225,5 +225,23 @@ pub fn render(status: &Status, now: DateTime<Utc>) -> String {
             }
         }
     }
+    notify_families(&mut f, status);
     out
+}
+
+/// Notifications that gave up, per notifier: a failing notifier never fails a backup,
+/// so this is how anyone learns of it.
+fn notify_families(f: &mut Family<'_>, status: &Status) {
+    f.header(
+        "backupd_notify_failures_total",
+        "counter",
+        "Notifications that gave up after their retries, per notifier.",
+    );
+    for (notifier, n) in &status.notify_failures {
+        f.sample(
+            "backupd_notify_failures_total",
+            &[("notifier", notifier)],
+            *n as f64,
+        );
+    }
 }

@@ -25,6 +25,9 @@ pub struct Status {
     /// Snapshots waiting in the spool for their target, oldest first.
     #[serde(default)]
     pub spool: Vec<crate::spool::Pending>,
+    /// Deliveries that gave up, per notifier label.
+    #[serde(default)]
+    pub notify_failures: BTreeMap<String, u64>,
 }
 
 /// One job as the daemon sees it.
@@ -112,6 +115,7 @@ impl Shared {
                 state: "running".into(),
                 jobs: BTreeMap::new(),
                 spool: Vec::new(),
+                notify_failures: BTreeMap::new(),
             }),
             heartbeat: AtomicI64::new(now.timestamp_millis()),
         }
@@ -206,6 +210,7 @@ mod tests {
             started_at: now,
             policy: "p".into(),
             state: "running".into(),
+            notify_failures: BTreeMap::new(),
             jobs: BTreeMap::from([
                 (
                     "stuck".to_string(),

@@ -165,7 +165,7 @@ impl Work {
             self.shared.job(job, |j| j.verify_failures += 1);
             self.notifier.send(Event::new(
                 job,
-                EventKind::Failure,
+                EventKind::VerifyFailure,
                 Some(format!("verification failed: {}", failures.join("; "))),
             ));
         }

@@ -111,6 +111,9 @@ pub async fn run_job(
     ctx.notifier.send(Event {
         snapshot: (!report.snapshot.is_empty()).then(|| report.snapshot.clone()),
         committed: report.committed.clone(),
+        plain_bytes: report.manifest.as_ref().map(|m| m.plain_bytes()),
+        stored_bytes: report.manifest.as_ref().map(|m| m.stored_bytes()),
+        duration_seconds: Some((Utc::now() - started_at).num_milliseconds() as f64 / 1000.0),
         ..Event::new(
             job,
             if ok {

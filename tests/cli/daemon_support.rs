@@ -195,6 +195,8 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
 pub struct Received {
     pub path: String,
     pub body: String,
+    /// Header names in lower case, in the order sent.
+    pub headers: Vec<(String, String)>,
 }
 
 /// An HTTP server on 127.0.0.1 that answers 200 to everything and hands each request over.
@@ -211,15 +213,17 @@ pub fn receiver() -> (String, mpsc::Receiver<Received>) {
             }
             let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
             let mut len = 0usize;
+            let mut headers = Vec::new();
             loop {
                 let mut h = String::new();
                 if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
                     break;
                 }
-                if let Some((k, v)) = h.split_once(':')
-                    && k.eq_ignore_ascii_case("content-length")
-                {
-                    len = v.trim().parse().unwrap_or(0);
+                if let Some((k, v)) = h.split_once(':') {
+                    if k.eq_ignore_ascii_case("content-length") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                    headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
                 }
             }
             let mut body = vec![0; len];
@@ -230,6 +234,7 @@ pub fn receiver() -> (String, mpsc::Receiver<Received>) {
             let _ = tx.send(Received {
                 path,
                 body: String::from_utf8_lossy(&body).into_owned(),
+                headers,
             });
         }
     });

@@ -16,6 +16,7 @@ mod hardening;
 mod hostile;
 mod kill9;
 mod load;
+mod notify;
 mod old_format;
 mod operator;
 mod policy_errors;
