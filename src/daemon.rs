@@ -68,6 +68,7 @@ pub async fn run(config: &Path) -> anyhow::Result<ExitCode> {
     crate::crypto::backup_recipients(&policy.encryption)?;
 
     let shared = Arc::new(Shared::new(&config.display().to_string(), Utc::now()));
+    shared.update(|s| s.upload_limit_bytes_per_sec = policy.daemon.upload_limit);
     for name in policy.jobs.keys() {
         let record = state::read_job(&state_dir, name);
         shared.job(name, |j| {
@@ -203,6 +204,9 @@ fn spawn_signals(
                     match policy::load(&config) {
                         Ok(p) => {
                             work.notifier.set_hooks(p.notify.clone());
+                            work.shared.update(|s| {
+                                s.upload_limit_bytes_per_sec = p.daemon.upload_limit
+                            });
                             let _ = policy_tx.send(Arc::new(p.clone()));
                             let _ = tx.send(Control::Reload(Box::new(p))).await;
                         }

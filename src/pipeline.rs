@@ -400,6 +400,7 @@ async fn feed(
 mod blocks;
 mod codec;
 mod decode;
+pub mod limit;
 mod upload;
 
 pub use upload::{PartWriter, UploadError};

@@ -98,6 +98,10 @@ pub struct DaemonPolicy {
     /// taken; delivered later by the daemon and by `run-now`. Off unless set.
     #[serde(default)]
     pub spool_dir: Option<PathBuf>,
+    /// Uploads to remote targets, all jobs and targets together, at most this fast (bytes
+    /// per second, written `"20MiB/s"`). Off unless set.
+    #[serde(default, deserialize_with = "crate::units::rate::deserialize")]
+    pub upload_limit: Option<u64>,
     /// Beyond this, the oldest spooled snapshots are dropped (with an error).
     #[serde(default = "default_spool_max_bytes")]
     pub spool_max_bytes: u64,
@@ -177,6 +181,7 @@ impl Default for DaemonPolicy {
             max_concurrent_jobs: default_max_concurrent_jobs(),
             shutdown_timeout_secs: default_shutdown_timeout_secs(),
             spool_dir: None,
+            upload_limit: None,
             spool_max_bytes: default_spool_max_bytes(),
             spool_retry_secs: default_spool_retry_secs(),
             instance: None,
@@ -312,7 +317,14 @@ impl Policy {
         &self,
         name: &str,
     ) -> Result<crate::target::Target, crate::target::TargetError> {
-        crate::target::open_named(&self.targets, &self.daemon.state_dir, name)
+        let mut t = crate::target::open_named(&self.targets, &self.daemon.state_dir, name)?;
+        // The uplink is what the daemon-wide limit protects: local directories are exempt.
+        if let Some(rate) = self.daemon.upload_limit
+            && t.remote.is_some()
+        {
+            t.limits.push(crate::pipeline::limit::shared("", rate));
+        }
+        Ok(t)
     }
 
     /// The named jobs, or all of them; an unknown name is a usage error naming the known ones.

@@ -46,6 +46,8 @@ pub struct Target {
     pub cache_dir: Option<std::path::PathBuf>,
     /// A spool stand-in for this target (`spool`): holds the copy until delivery.
     pub spooled: bool,
+    /// Upload limits every part writer to this target obeys (`pipeline::limit`).
+    pub limits: Vec<std::sync::Arc<crate::pipeline::limit::Limiter>>,
 }
 
 /// The remote side of a target.
@@ -486,6 +488,11 @@ pub fn open_spec(name: &str, spec: &TargetPolicy) -> Result<Target, TargetError>
         journal_dir: None,
         cache_dir: None,
         spooled: false,
+        limits: spec
+            .upload_limit
+            .map(|rate| crate::pipeline::limit::shared(name, rate))
+            .into_iter()
+            .collect(),
     })
 }
 

@@ -59,6 +59,7 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
                 jobs,
                 spool: crate::spool::pending(&policy).await,
                 notify_failures: BTreeMap::new(),
+                upload_limit_bytes_per_sec: policy.daemon.upload_limit,
             };
             (status, false)
         }

@@ -225,13 +225,21 @@ pub fn render(status: &Status, now: DateTime<Utc>) -> String {
             }
         }
     }
-    notify_families(&mut f, status);
+    notify_and_limit_families(&mut f, status);
     out
 }
 
-/// Notifications that gave up, per notifier: a failing notifier never fails a backup,
-/// so this is how anyone learns of it.
-fn notify_families(f: &mut Family<'_>, status: &Status) {
+/// The upload limit, and notifications that gave up per notifier: a failing notifier
+/// never fails a backup, so this is how anyone learns of it.
+fn notify_and_limit_families(f: &mut Family<'_>, status: &Status) {
+    if let Some(rate) = status.upload_limit_bytes_per_sec {
+        f.header(
+            "backupd_upload_limit_bytes_per_second",
+            "gauge",
+            "daemon.upload_limit: what all uploads to remote targets share.",
+        );
+        f.sample("backupd_upload_limit_bytes_per_second", &[], rate as f64);
+    }
     f.header(
         "backupd_notify_failures_total",
         "counter",

@@ -28,6 +28,9 @@ pub struct Status {
     /// Deliveries that gave up, per notifier label.
     #[serde(default)]
     pub notify_failures: BTreeMap<String, u64>,
+    /// `daemon.upload_limit`, when set.
+    #[serde(default)]
+    pub upload_limit_bytes_per_sec: Option<u64>,
 }
 
 /// One job as the daemon sees it.
@@ -116,6 +119,7 @@ impl Shared {
                 jobs: BTreeMap::new(),
                 spool: Vec::new(),
                 notify_failures: BTreeMap::new(),
+                upload_limit_bytes_per_sec: None,
             }),
             heartbeat: AtomicI64::new(now.timestamp_millis()),
         }
@@ -211,6 +215,7 @@ mod tests {
             policy: "p".into(),
             state: "running".into(),
             notify_failures: BTreeMap::new(),
+            upload_limit_bytes_per_sec: None,
             jobs: BTreeMap::from([
                 (
                     "stuck".to_string(),

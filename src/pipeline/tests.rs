@@ -22,6 +22,7 @@ fn memory_target(name: &str) -> (Target, Arc<InMemory>) {
             remote: None,
             journal_dir: None,
             cache_dir: None,
+            limits: Vec::new(),
             spooled: false,
         },
         mem,

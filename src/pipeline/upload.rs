@@ -162,6 +162,9 @@ impl PartWriter {
 
     /// Buffers `chunk`, sending every part that is full.
     pub async fn write(&mut self, mut chunk: Bytes) -> Result<(), UploadError> {
+        for limit in &self.target.limits {
+            limit.acquire(chunk.len()).await;
+        }
         while !chunk.is_empty() {
             let room = part_size(self.next_idx) - self.buffered;
             let take = chunk.split_to(room.min(chunk.len()));

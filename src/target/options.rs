@@ -80,6 +80,10 @@ pub struct TargetPolicy {
         deserialize_with = "crate::units::secs::deserialize"
     )]
     pub connect_timeout_secs: u64,
+    /// Uploads to this target at most this fast (bytes per second, written `"20MiB/s"`),
+    /// on top of `daemon.upload_limit`.
+    #[serde(default, deserialize_with = "crate::units::rate::deserialize")]
+    pub upload_limit: Option<u64>,
 }
 
 fn default_max_retries() -> usize {
@@ -137,6 +141,7 @@ impl TargetPolicy {
             max_retries: default_max_retries(),
             retry_timeout_secs: default_retry_timeout_secs(),
             connect_timeout_secs: default_connect_timeout_secs(),
+            upload_limit: None,
         }
     }
 
