@@ -15,6 +15,7 @@ mod fleet;
 mod hardening;
 mod hostile;
 mod kill9;
+mod limits;
 mod load;
 mod notify;
 mod old_format;
