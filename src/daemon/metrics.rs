@@ -225,13 +225,45 @@ pub fn render(status: &Status, now: DateTime<Utc>) -> String {
             }
         }
     }
-    notify_and_limit_families(&mut f, status);
+    alerting_families(&mut f, status);
     out
 }
 
-/// The upload limit, and notifications that gave up per notifier: a failing notifier
-/// never fails a backup, so this is how anyone learns of it.
-fn notify_and_limit_families(f: &mut Family<'_>, status: &Status) {
+/// What the shipped alert rules (deploy/prometheus) need beyond the families above: each
+/// job's alarm age, the spool, notifications that gave up (a failing notifier never fails
+/// a backup, so this is how anyone learns of it) and the upload limit.
+fn alerting_families(f: &mut Family<'_>, status: &Status) {
+    f.header(
+        "backupd_job_alert_if_older_than_seconds",
+        "gauge",
+        "The job's alert_if_older_than: alert rules compare snapshot ages with it.",
+    );
+    for (job, j) in &status.jobs {
+        if let Some(s) = j.alert_if_older_than_seconds {
+            f.sample(
+                "backupd_job_alert_if_older_than_seconds",
+                &[("job", job)],
+                s as f64,
+            );
+        }
+    }
+    // Snapshots waiting for a target that was down: growing means it still is.
+    f.header(
+        "backupd_spool_snapshots",
+        "gauge",
+        "Snapshots waiting in the spool for their target.",
+    );
+    f.sample("backupd_spool_snapshots", &[], status.spool.len() as f64);
+    f.header(
+        "backupd_spool_bytes",
+        "gauge",
+        "Bytes waiting in the spool for their target.",
+    );
+    f.sample(
+        "backupd_spool_bytes",
+        &[],
+        status.spool.iter().map(|p| p.bytes).sum::<u64>() as f64,
+    );
     if let Some(rate) = status.upload_limit_bytes_per_sec {
         f.header(
             "backupd_upload_limit_bytes_per_second",

@@ -342,3 +342,118 @@ fn postgres_url(policy: &backupd::policy::Policy) -> String {
         })
         .expect("a postgres source")
 }
+
+/// Every `backupd_…` metric name in `text` (the shipped rules or dashboard).
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("backupd_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit()))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        // `backupd_` also starts words that are not metrics: the rules' own group name.
+        if name.len() > "backupd_".len() {
+            out.insert(name.to_string());
+        }
+        rest = &tail[end..];
+    }
+    out
+}
+
+#[test]
+fn the_alert_rules_pass_promtool_and_their_unit_tests() {
+    require_tool("promtool");
+    let dir = repo("deploy/prometheus");
+    let check = Command::new("promtool")
+        .args(["check", "rules", "backupd-alerts.yaml"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "promtool check rules: {}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let test = Command::new("promtool")
+        .args(["test", "rules", "backupd-alerts.test.yaml"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        test.status.success(),
+        "promtool test rules: {}{}",
+        String::from_utf8_lossy(&test.stdout),
+        String::from_utf8_lossy(&test.stderr)
+    );
+    // Each alert has at least one unit test that expects it to fire.
+    let rules = read("deploy/prometheus/backupd-alerts.yaml");
+    let tests = read("deploy/prometheus/backupd-alerts.test.yaml");
+    for line in rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+    {
+        assert!(
+            tests.contains(&format!("alertname: {line}")),
+            "{line} has no unit test"
+        );
+    }
+}
+
+#[test]
+fn every_metric_the_rules_and_the_dashboard_use_is_one_the_daemon_exports() {
+    let world = super::support::World::new();
+    std::fs::create_dir_all(world.path("src")).unwrap();
+    std::fs::write(world.path("src/a"), "a").unwrap();
+    let body = std::fs::read_to_string(world.policy(&format!(
+        "[jobs.app]\nschedule = \"0 3 1 1 *\"\nverify = {{ schedule = \"0 4 1 1 *\" }}\nalert_if_older_than = \"1d\"\ntargets = [\"local\"]\n[jobs.app.sources.files]\nkind = \"directory\"\npath = \"{}\"\n",
+        world.path("src").display()
+    )))
+    .unwrap()
+    .replacen("[daemon]\n", "[daemon]\nlisten = \"127.0.0.1:0\"\n", 1);
+    world.write_policy(&body);
+    let out = world.backupd(&["run-now", "app"]);
+    assert!(out.status.success(), "{}", super::support::text(&out));
+    let mut daemon = super::daemon_support::Daemon::start(&world, &[]);
+    daemon.wait_status(60, "the inventory", |s| {
+        s["jobs"]["app"]["snapshots"]["local"] == 1
+    });
+    let (code, metrics) = daemon.get("/metrics");
+    assert_eq!(code, 200);
+    assert!(daemon.stop().success());
+    let exported: std::collections::BTreeSet<String> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect();
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&read("deploy/grafana/backupd-dashboard.json"))
+            .expect("the dashboard is JSON");
+    assert!(
+        dashboard["panels"]
+            .as_array()
+            .is_some_and(|p| !p.is_empty())
+    );
+    for (file, text) in [
+        (
+            "deploy/prometheus/backupd-alerts.yaml",
+            read("deploy/prometheus/backupd-alerts.yaml"),
+        ),
+        (
+            "deploy/grafana/backupd-dashboard.json",
+            dashboard.to_string(),
+        ),
+    ] {
+        let used = metric_names(&text);
+        assert!(used.len() >= 8, "{file} uses {used:?}");
+        for name in &used {
+            assert!(
+                exported.contains(name),
+                "{file} uses {name}, which the daemon does not export (it exports {exported:?})"
+            );
+        }
+    }
+}

@@ -60,8 +60,14 @@ fn a_limit_in_bits_or_without_a_unit_is_a_policy_error_and_nothing_runs() {
         let out = world.backupd(&["run-now", "app"]);
         assert_eq!(out.status.code(), Some(2), "{bad}: {}", text(&out));
         let said = text(&out);
-        assert!(said.contains("upload_limit"), "{bad}: names the key: {said}");
+        assert!(
+            said.contains("upload_limit"),
+            "{bad}: names the key: {said}"
+        );
         assert!(said.contains(says), "{bad}: {said}");
-        assert!(!world.target_dir().join("app").exists(), "{bad}: nothing ran");
+        assert!(
+            !world.target_dir().join("app").exists(),
+            "{bad}: nothing ran"
+        );
     }
 }
