@@ -186,9 +186,7 @@ fn chosen_targets(
     open_targets(policy, &names)
 }
 
-fn human_bytes(n: u64) -> String {
-    bytesize::ByteSize::b(n).display().iec().to_string()
-}
+use crate::units::human_bytes;
 
 /// How to call backupd again with the same policy, for hints printed to the operator:
 /// the binary as it was run (relative to the working directory when under it).

@@ -8,6 +8,7 @@
 
 mod http;
 mod metrics;
+mod page;
 mod plan;
 mod scheduler;
 mod status;

@@ -39,6 +39,11 @@ pub mod duration {
     }
 }
 
+/// A size for people: `1.5 MiB` (powers of 1024), the same everywhere backupd shows one.
+pub fn human_bytes(n: u64) -> String {
+    bytesize::ByteSize::b(n).display().iec().to_string()
+}
+
 /// A transfer rate (`"20MiB/s"`, `"500 KB/s"`, `"1.5GiB/s"`) in bytes per second: decimal
 /// (KB, MB, GB = powers of 1000) and binary (KiB, MiB, GiB = powers of 1024) units, `B/s`
 /// for bytes. Bits are refused rather than guessed (`"100Mbit/s"` says how to write it).

@@ -45,6 +45,7 @@ pub async fn serve(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<Soc
         permits: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
     };
     let app = Router::new()
+        .route("/", get(page))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/status", get(status))
@@ -55,6 +56,22 @@ pub async fn serve(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<Soc
         }
     });
     Ok(bound)
+}
+
+async fn page(
+    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+) -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            // Nothing on the page runs or loads anything; say so to the browser too.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; style-src 'unsafe-inline'; img-src data:",
+            ),
+        ],
+        super::page::render(&shared.snapshot(), Utc::now()),
+    )
 }
 
 async fn metrics(

@@ -69,6 +69,21 @@ pub struct JobStatus {
     /// view, so one alert catches a host that stopped backing up (and reporting).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fleet: Vec<FleetEntry>,
+    /// This instance's newest snapshots, newest first (the status page's list and size
+    /// trend).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent: Vec<RecentSnapshot>,
+}
+
+/// How many of a job's newest snapshots the status keeps.
+pub const RECENT_SNAPSHOTS: usize = 12;
+
+/// One of a job's newest snapshots.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RecentSnapshot {
+    pub snapshot: String,
+    pub started_at: DateTime<Utc>,
+    pub stored_bytes: u64,
 }
 
 /// One instance's snapshots of a job on one target.

@@ -13,6 +13,7 @@ use super::plan::Task;
 use super::scheduler::Runner;
 use super::status::FleetEntry;
 use super::status::Shared;
+use super::status::{RECENT_SNAPSHOTS, RecentSnapshot};
 use crate::job::{self, RunContext};
 use crate::notify::{Event, EventKind, Notifier};
 use crate::policy::Policy;
@@ -242,6 +243,8 @@ impl Work {
         let mut fleet: std::collections::BTreeMap<(String, String), (u64, DateTime<Utc>)> =
             Default::default();
         let trust = crate::snapshot::seal::Trust::new(&policy.signing).unwrap_or_default();
+        // This instance's newest snapshots on the first target that lists any.
+        let mut recent = Vec::new();
         for target in &targets {
             match crate::snapshot::list(target, Some(job)).await {
                 // Freshness and catch-up are about this instance's own snapshots: another
@@ -262,6 +265,17 @@ impl Work {
                     let me = policy.daemon.instance();
                     list.retain(|m| m.instance() == me);
                     warn_if_doubled(policy, job, &me, &list);
+                    if recent.is_empty() {
+                        recent = list
+                            .iter()
+                            .take(RECENT_SNAPSHOTS)
+                            .map(|m| RecentSnapshot {
+                                snapshot: m.snapshot.clone(),
+                                started_at: m.started_at,
+                                stored_bytes: m.stored_bytes(),
+                            })
+                            .collect();
+                    }
                     counts.insert(target.name.clone(), list.len() as u64);
                     newest.push(list.into_iter().next());
                 }
@@ -296,6 +310,7 @@ impl Work {
                 })
                 .collect();
             j.snapshots = counts;
+            j.recent = recent;
             j.newest_snapshot_at = oldest_newest;
             if verified > j.last_verified_at {
                 j.last_verified_at = verified;

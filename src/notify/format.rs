@@ -54,10 +54,10 @@ pub fn facts(e: &Event) -> Vec<(&'static str, String)> {
         out.push(("Snapshot", s.clone()));
     }
     if let Some(b) = e.stored_bytes {
-        out.push(("Stored", human_bytes(b)));
+        out.push(("Stored", crate::units::human_bytes(b)));
     }
     if let Some(b) = e.plain_bytes {
-        out.push(("Read", human_bytes(b)));
+        out.push(("Read", crate::units::human_bytes(b)));
     }
     if let Some(s) = e.duration_seconds {
         out.push(("Duration", format!("{s:.1} s")));
@@ -67,21 +67,6 @@ pub fn facts(e: &Event) -> Vec<(&'static str, String)> {
     }
     out.push(("Time", e.time.format("%Y-%m-%d %H:%M:%S UTC").to_string()));
     out
-}
-
-fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
 }
 
 fn failed(e: &Event) -> bool {
@@ -264,6 +249,5 @@ mod tests {
                 || r.headers.iter().any(|(_, v)| v == "http://status.example/");
             assert!(linked, "{format:?} carries the link");
         }
-        assert_eq!(human_bytes(3 << 20), "3.0 MiB");
     }
 }

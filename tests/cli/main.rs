@@ -20,6 +20,7 @@ mod load;
 mod notify;
 mod old_format;
 mod operator;
+mod page;
 mod policy_errors;
 mod replicas;
 mod round_trip;
