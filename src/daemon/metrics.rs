@@ -248,22 +248,31 @@ fn alerting_families(f: &mut Family<'_>, status: &Status) {
         }
     }
     // Snapshots waiting for a target that was down: growing means it still is.
-    f.header(
-        "backupd_spool_snapshots",
-        "gauge",
-        "Snapshots waiting in the spool for their target.",
-    );
-    f.sample("backupd_spool_snapshots", &[], status.spool.len() as f64);
-    f.header(
-        "backupd_spool_bytes",
-        "gauge",
-        "Bytes waiting in the spool for their target.",
-    );
-    f.sample(
-        "backupd_spool_bytes",
-        &[],
-        status.spool.iter().map(|p| p.bytes).sum::<u64>() as f64,
-    );
+    let mut spool: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
+    for p in &status.spool {
+        let e = spool.entry(p.target.as_str()).or_default();
+        e.0 += 1;
+        e.1 += p.bytes;
+    }
+    type SpoolPick = fn(&(u64, u64)) -> u64;
+    let families: [(&str, &str, SpoolPick); 2] = [
+        (
+            "backupd_spool_pending_snapshots",
+            "Snapshots waiting in the spool for their target.",
+            |e| e.0,
+        ),
+        (
+            "backupd_spool_pending_bytes",
+            "Bytes waiting in the spool for their target.",
+            |e| e.1,
+        ),
+    ];
+    for (name, help, pick) in families {
+        f.header(name, "gauge", help);
+        for (target, e) in &spool {
+            f.sample(name, &[("target", target)], pick(e) as f64);
+        }
+    }
     if let Some(rate) = status.upload_limit_bytes_per_sec {
         f.header(
             "backupd_upload_limit_bytes_per_second",
