@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio_util::task::TaskTracker;
 
+pub mod email;
 pub mod format;
 pub use format::Format;
 
@@ -33,6 +34,18 @@ pub struct WebhookPolicy {
     /// A link every message carries, e.g. the daemon's status page.
     #[serde(default)]
     pub link: Option<String>,
+    /// `format = "email"`: the sender, the recipients, the SMTP login (the password from
+    /// `password_file`, 0600, or `BACKUPD_SMTP_PASSWORD`) and an extra CA to trust.
+    #[serde(default)]
+    pub from: Option<String>,
+    #[serde(default)]
+    pub to: Vec<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
     /// Only these jobs (default: every job).
     #[serde(default)]
     pub jobs: Vec<String>,
@@ -143,6 +156,18 @@ impl Event {
     }
 }
 
+/// Policy checks of one `[[notify]]`: each problem with the key it is about.
+pub fn check(hook: &WebhookPolicy) -> Vec<(&'static str, crate::error::Invalid)> {
+    if hook.format == Format::Email {
+        return email::check(hook);
+    }
+    check_url(&hook.url)
+        .err()
+        .map(|e| ("url", e))
+        .into_iter()
+        .collect()
+}
+
 /// A check of a notification URL at policy load time.
 pub fn check_url(url: &str) -> Result<(), crate::error::Invalid> {
     let parsed = url::Url::parse(url).map_err(|e| format!("{:?} is not a URL: {e}", shown(url)))?;
@@ -223,9 +248,20 @@ impl Notifier {
         }
         let hooks = self.hooks.read().unwrap_or_else(|e| e.into_inner()).clone();
         for hook in &hooks {
-            if !hook.events.contains(&event.event)
-                || (!hook.jobs.is_empty() && !hook.jobs.contains(&event.job))
-            {
+            // `failure` has always included failed verifications; `verify_failure` alone
+            // selects only those.
+            let wanted = hook.events.contains(&event.event)
+                || (event.event == EventKind::VerifyFailure
+                    && hook.events.contains(&EventKind::Failure));
+            if !wanted || (!hook.jobs.is_empty() && !hook.jobs.contains(&event.job)) {
+                continue;
+            }
+            if hook.format == Format::Email {
+                let (hook, event) = (hook.clone(), event.clone());
+                self.deliver(hook.label(), shown(&hook.url), move || {
+                    let (hook, event) = (hook.clone(), event.clone());
+                    async move { email::send(&hook, &event).await }
+                });
                 continue;
             }
             let rendered = format::render(hook.format, &event, hook.link.as_deref());
@@ -238,7 +274,7 @@ impl Notifier {
             for (name, value) in rendered.headers {
                 request = request.header(name, value);
             }
-            self.deliver(hook.label(), hook.url.clone(), request);
+            self.deliver(hook.label(), shown(&hook.url), http_attempt(request));
         }
     }
 
@@ -252,28 +288,28 @@ impl Notifier {
             .post(&full)
             .timeout(Duration::from_secs(default_timeout_secs()))
             .body(body);
-        self.deliver(shown(&full), full, request);
+        self.deliver(shown(&full), shown(&full), http_attempt(request));
     }
 
-    fn deliver(&self, label: String, url: String, request: reqwest::RequestBuilder) {
+    /// Runs `attempt` in the background until it succeeds, at most `ATTEMPTS` times;
+    /// `shown` is where it goes, safe to log.
+    fn deliver<F, Fut>(&self, label: String, shown: String, attempt: F)
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<(), String>> + Send,
+    {
         let on_failure = self.on_failure.clone();
         self.tasks.spawn(async move {
             let mut delay = Duration::from_millis(500);
-            for attempt in 1..=ATTEMPTS {
-                let Some(req) = request.try_clone() else {
-                    return;
+            for n in 1..=ATTEMPTS {
+                let outcome = match attempt().await {
+                    Ok(()) => return,
+                    Err(why) => why,
                 };
-                let outcome = match req.send().await {
-                    Ok(resp) if resp.status().is_success() => return,
-                    Ok(resp) => format!("HTTP {}", resp.status()),
-                    // reqwest errors carry the URL; print only its kind.
-                    Err(e) => describe(e),
-                };
-                if attempt == ATTEMPTS {
+                if n == ATTEMPTS {
                     tracing::warn!(
                         notifier = %label,
-                        "notification to {} failed after {ATTEMPTS} attempts: {outcome}",
-                        shown(&url)
+                        "notification to {shown} failed after {ATTEMPTS} attempts: {outcome}"
                     );
                     if let Some(count) = &on_failure {
                         count(&label);
@@ -299,6 +335,26 @@ impl Notifier {
             );
         }
         self.tasks.reopen();
+    }
+}
+
+/// One HTTP delivery attempt of `request`.
+fn http_attempt(
+    request: reqwest::RequestBuilder,
+) -> impl Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + 'static {
+    move || {
+        let req = request.try_clone();
+        Box::pin(async move {
+            let Some(req) = req else {
+                return Err("the request cannot be repeated".into());
+            };
+            match req.send().await {
+                Ok(resp) if resp.status().is_success() => Ok(()),
+                Ok(resp) => Err(format!("HTTP {}", resp.status())),
+                // reqwest errors carry the URL; print only its kind.
+                Err(e) => Err(describe(e)),
+            }
+        })
     }
 }
 

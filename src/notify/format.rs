@@ -18,6 +18,8 @@ pub enum Format {
     Teams,
     Discord,
     Ntfy,
+    /// A plain-text mail over SMTP (`email`), not an HTTP body.
+    Email,
 }
 
 /// One HTTP request body and its headers.
@@ -152,7 +154,7 @@ pub fn render(format: Format, e: &Event, link: Option<&str>) -> Rendered {
             }
             json_body(json!({"content": title, "embeds": [embed]}))
         }
-        Format::Ntfy => {
+        Format::Ntfy | Format::Email => {
             let mut text = facts
                 .iter()
                 .map(|(k, v)| format!("{k}: {v}"))

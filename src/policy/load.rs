@@ -143,7 +143,15 @@ pub fn from_figment(figment: Figment, base: &Path) -> Result<Policy, Vec<Problem
         signing,
         targets,
         jobs,
-        notify: raw.notify,
+        notify: raw
+            .notify
+            .into_iter()
+            .map(|mut n| {
+                n.password_file = n.password_file.map(|p| join(base, p));
+                n.ca_file = n.ca_file.map(|p| join(base, p));
+                n
+            })
+            .collect(),
     };
     problems.extend(validate::policy(&policy));
     if problems.is_empty() {

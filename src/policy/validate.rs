@@ -239,8 +239,8 @@ pub fn policy(policy: &Policy) -> Vec<Problem> {
     }
     daemon(policy, &mut out);
     for (i, hook) in policy.notify.iter().enumerate() {
-        if let Err(e) = crate::notify::check_url(&hook.url) {
-            out.push(problem(format!("notify[{i}].url"), e));
+        for (field, e) in crate::notify::check(hook) {
+            out.push(problem(format!("notify[{i}].{field}"), e));
         }
     }
     for (name, target) in &policy.targets {

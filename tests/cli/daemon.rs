@@ -629,12 +629,13 @@ fn scheduled_verification_records_passes_and_reports_a_corrupt_snapshot() {
     let event = loop {
         let r = rx
             .recv_timeout(Duration::from_secs(20))
-            .expect("a failure event");
+            .expect("a verification failure event");
         let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
-        if v["event"] == "failure" {
+        if v["event"] == "verify_failure" {
             break v;
         }
     };
+    assert_eq!(event["status"], "failure", "{event}");
     assert!(
         event["error"]
             .as_str()

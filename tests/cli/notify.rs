@@ -170,3 +170,141 @@ fn a_failing_notifier_is_counted_and_never_fails_the_backup() {
     assert_eq!(daemon.status()["jobs"]["good"]["runs_failed"], 0);
     assert!(daemon.stop().success());
 }
+
+/// A real SMTP server (aiosmtpd, tests/tools/smtp_sink.py) on 127.0.0.1 in `mode`
+/// (`starttls` or `tls`), accepting only `backupd` / `PASSWORD`; killed on drop.
+struct SmtpSink {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+const PASSWORD: &str = "smtp-pw-9f3a1c";
+
+impl SmtpSink {
+    fn start(world: &World, mode: &str) -> SmtpSink {
+        use std::io::BufRead;
+        let python = std::env::var("BACKUPD_TEST_PYTHON")
+            .expect("BACKUPD_TEST_PYTHON is not set: run the tests with tests/run (tests/services installs aiosmtpd)");
+        let dir = world.path(&format!("smtp-{mode}"));
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/smtp_sink.py");
+        let mut child = std::process::Command::new(python)
+            .arg(script)
+            .args([dir.to_str().unwrap(), mode, "backupd", PASSWORD])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("start the SMTP sink");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("ready ")
+            .unwrap_or_else(|| panic!("the SMTP sink said {line:?}"))
+            .parse()
+            .unwrap();
+        SmtpSink { child, dir, port }
+    }
+
+    /// The first message received, as (envelope JSON, raw mail), waiting up to 30 s.
+    fn first(&self) -> Option<(serde_json::Value, String)> {
+        for _ in 0..300 {
+            if let Ok(meta) = std::fs::read_to_string(self.dir.join("1.json")) {
+                let mail = std::fs::read_to_string(self.dir.join("1.eml")).unwrap();
+                return Some((serde_json::from_str(&meta).unwrap(), mail));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn email_notifier(sink: &SmtpSink, scheme: &str, password_file: &str) -> String {
+    format!(
+        "[[notify]]\nformat = \"email\"\nurl = \"{scheme}://127.0.0.1:{}\"\nfrom = \"backupd@example.com\"\nto = [\"ops@example.com\", \"oncall@example.com\"]\nusername = \"backupd\"\npassword_file = \"{password_file}\"\nca_file = \"{}\"\nlink = \"http://backup-host.example:9897/\"\non = [\"failure\"]\n",
+        sink.port,
+        sink.dir.join("cert.pem").display(),
+    )
+}
+
+#[test]
+fn a_failure_is_mailed_over_starttls_and_over_tls_with_the_password_from_a_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let world = World::new();
+    let pw = world.path("smtp-password");
+    std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+    for (mode, scheme) in [("starttls", "smtp"), ("tls", "smtps")] {
+        let sink = SmtpSink::start(&world, mode);
+        policy_with(&world, &email_notifier(&sink, scheme, pw.to_str().unwrap()));
+        let out = world.backupd(&["run-now", "bad"]);
+        assert!(!out.status.success());
+        let said = text(&out);
+        assert!(
+            !said.contains(PASSWORD),
+            "{mode}: the password is never printed"
+        );
+        let (envelope, mail) = sink
+            .first()
+            .unwrap_or_else(|| panic!("{mode}: no mail arrived; backupd said:\n{said}"));
+        assert_eq!(envelope["user"], "backupd", "{mode}: {envelope}");
+        assert_eq!(envelope["authenticated"], true);
+        assert_eq!(envelope["encrypted"], true, "{mode}: {envelope}");
+        assert_eq!(envelope["mail_from"], "backupd@example.com");
+        assert_eq!(
+            envelope["rcpt_tos"],
+            serde_json::json!(["ops@example.com", "oncall@example.com"])
+        );
+        assert!(mail.contains("Subject: "), "{mail}");
+        assert!(mail.contains("Job: bad"), "{mail}");
+        assert!(mail.contains("Instance: web-1"), "{mail}");
+        assert!(mail.contains("src-bad"), "the error is in the mail: {mail}");
+        assert!(
+            mail.contains("Status page: http://backup-host.example:9897/"),
+            "{mail}"
+        );
+        // `on = ["failure"]`: a success sends nothing.
+        std::fs::remove_file(sink.dir.join("1.json")).unwrap();
+        let out = world.backupd(&["run-now", "good"]);
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(!sink.dir.join("2.json").exists() && !sink.dir.join("1.json").exists());
+    }
+}
+
+#[test]
+fn a_wrong_smtp_password_or_an_exposed_password_file_fails_the_mail_not_the_backup() {
+    use std::os::unix::fs::PermissionsExt;
+    let world = World::new();
+    let sink = SmtpSink::start(&world, "starttls");
+    let wrong = world.path("wrong-password");
+    std::fs::write(&wrong, "not-the-password\n").unwrap();
+    std::fs::set_permissions(&wrong, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let exposed = world.path("exposed-password");
+    std::fs::write(&exposed, format!("{PASSWORD}\n")).unwrap();
+    std::fs::set_permissions(&exposed, std::fs::Permissions::from_mode(0o644)).unwrap();
+    for (file, says) in [(&wrong, "refused"), (&exposed, "readable")] {
+        let notifier = email_notifier(&sink, "smtp", file.to_str().unwrap())
+            .replace("on = [\"failure\"]", "on = [\"success\"]");
+        policy_with(&world, &notifier);
+        let out = world.backupd(&["run-now", "good"]);
+        let said = text(&out);
+        assert!(out.status.success(), "the backup itself succeeds: {said}");
+        assert!(said.contains("notification to smtp://127.0.0.1"), "{said}");
+        assert!(said.contains(says), "{says}: {said}");
+        assert!(
+            !said.contains(PASSWORD) && !said.contains("not-the-password"),
+            "{said}"
+        );
+    }
+    assert!(!sink.dir.join("1.json").exists(), "nothing was delivered");
+}

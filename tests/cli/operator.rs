@@ -202,11 +202,13 @@ fn list_is_an_aligned_table_and_json_keeps_its_shape() {
         keys,
         [
             "jobs",
+            "notify_failures",
             "pid",
             "policy",
             "spool",
             "started_at",
             "state",
+            "upload_limit_bytes_per_sec",
             "version"
         ]
         .into()
