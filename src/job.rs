@@ -183,6 +183,17 @@ pub async fn run(
         progress,
     };
     tracing::info!(job = job_name, snapshot = %id, "backup started");
+    for t in targets {
+        // Slowest limit first: the one that decides how long the upload takes.
+        if let Some(rate) = t.limits.iter().map(|l| l.bytes_per_sec()).min() {
+            tracing::info!(
+                job = job_name,
+                target = %t.name,
+                "uploads limited to {}/s (upload_limit)",
+                crate::units::human_bytes(rate)
+            );
+        }
+    }
 
     let (work, mut reports) = expand_sources(job_name, job).await;
     let mut failed_targets = BTreeMap::new();

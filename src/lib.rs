@@ -10,9 +10,11 @@
 //! - [`schedule`]: cron expressions in a time zone (croner, DST-correct).
 //! - [`job`]: one run of one job, from sources to committed manifest, with its hooks and lock.
 //! - [`source`]: what gets backed up, one kind per file (spec, probe, dump, restore).
-//! - [`pipeline`]: the bounded streaming encode (hash, compress, encrypt, tee) and decode.
+//! - [`pipeline`]: the bounded streaming encode (hash, compress, encrypt, tee), the upload
+//!   limit, and decode.
 //! - [`crypto`]: age recipients and identities, key files and their permission checks.
-//! - [`target`]: object stores from URLs, streaming reads, the upload journal, the probe.
+//! - [`target`]: object stores from URLs, streaming reads, the upload journal, the probe,
+//!   the listing cache.
 //! - [`snapshot`]: the versioned format: ids, keys, names, the manifest, its seal, commit,
 //!   listing and the one rule for selecting snapshots.
 //! - [`verify`]: verification by test-restore and its stored records.
@@ -26,9 +28,10 @@
 //! - [`secret`]: password files and URLs that must not leak (a leaf).
 //! - [`units`]: durations as the policy writes them (a leaf).
 //! - [`state`]: the host's own records (last runs, private directories).
-//! - [`notify`]: webhooks and healthcheck pings.
+//! - [`notify`]: notifications in each receiver's format (webhooks, chat, ntfy, mail) and
+//!   healthcheck pings.
 //! - [`progress`]: progress bars on a terminal.
-//! - [`daemon`]: `backupd run` — scheduler, listener, metrics, signals.
+//! - [`daemon`]: `backupd run` — scheduler, listener (status page, metrics), signals.
 //! - [`cli`]: the command line, one file per command.
 //! - [`error`]: the error policy and the exit-status contract.
 

@@ -72,6 +72,7 @@ pub async fn run(config: &Path, args: Args, quiet: bool) -> anyhow::Result<ExitC
         match job::run_job(&ctx, name, &tags).await {
             Ok(report) => {
                 print_report(&report);
+                print_limits(&policy, name);
                 if !report.ok() {
                     failed += 1;
                 }
@@ -123,6 +124,23 @@ fn interrupt_token() -> tokio_util::sync::CancellationToken {
         cancel.cancel();
     });
     token
+}
+
+/// The upload limits the job's targets were held to, so a slow run explains itself.
+fn print_limits(policy: &crate::policy::Policy, job: &str) {
+    for name in &policy.jobs[job].targets {
+        let Some(spec) = policy.targets.get(name) else {
+            continue;
+        };
+        let remote = !spec.url().starts_with("file:");
+        let daemon = policy.daemon.upload_limit.filter(|_| remote);
+        if let Some(rate) = [spec.upload_limit, daemon].into_iter().flatten().min() {
+            println!(
+                "  uploads to {name} limited to {}/s (upload_limit)",
+                crate::units::human_bytes(rate)
+            );
+        }
+    }
 }
 
 fn print_report(r: &JobReport) {

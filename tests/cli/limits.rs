@@ -25,6 +25,11 @@ fn a_limited_upload_stores_and_restores_the_same_and_the_limit_is_shown() {
     world.write_policy(&body);
     let out = world.backupd(&["run-now", "app"]);
     assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("uploads to local limited to 2.0 MiB/s"),
+        "the run says how fast it may upload: {}",
+        text(&out)
+    );
     let to = world.path("restore");
     let out = world.backupd(&["restore", "app", "--to", to.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
