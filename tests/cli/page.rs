@@ -13,6 +13,8 @@ fn rendered(url: &str) -> String {
             "--headless",
             "--no-sandbox",
             "--disable-gpu",
+            // Containers often have a small /dev/shm.
+            "--disable-dev-shm-usage",
             "--no-first-run",
             "--virtual-time-budget=2000",
             "--dump-dom",
