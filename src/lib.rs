@@ -10,11 +10,10 @@
 //! - [`schedule`]: cron expressions in a time zone (croner, DST-correct).
 //! - [`job`]: one run of one job, from sources to committed manifest, with its hooks and lock.
 //! - [`source`]: what gets backed up, one kind per file (spec, probe, dump, restore).
-//! - [`pipeline`]: the bounded streaming encode (hash, compress, encrypt, tee), the upload
-//!   limit, and decode.
+//! - [`pipeline`]: the bounded streaming encode (hash, compress, encrypt, tee) and decode.
 //! - [`crypto`]: age recipients and identities, key files and their permission checks.
 //! - [`target`]: object stores from URLs, streaming reads, the upload journal, the probe,
-//!   the listing cache.
+//!   the listing cache, upload limits.
 //! - [`snapshot`]: the versioned format: ids, keys, names, the manifest, its seal, commit,
 //!   listing and the one rule for selecting snapshots.
 //! - [`verify`]: verification by test-restore and its stored records.

@@ -400,7 +400,6 @@ async fn feed(
 mod blocks;
 mod codec;
 mod decode;
-pub mod limit;
 mod upload;
 
 pub use upload::{PartWriter, UploadError};

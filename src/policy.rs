@@ -322,7 +322,7 @@ impl Policy {
         if let Some(rate) = self.daemon.upload_limit
             && t.remote.is_some()
         {
-            t.limits.push(crate::pipeline::limit::shared("", rate));
+            t.limits.push(crate::target::limit::shared("", rate));
         }
         Ok(t)
     }

@@ -10,6 +10,7 @@ pub mod cache;
 mod cloud;
 mod explain;
 pub mod journal;
+pub mod limit;
 mod options;
 
 use crate::error::Invalid;
@@ -46,8 +47,8 @@ pub struct Target {
     pub cache_dir: Option<std::path::PathBuf>,
     /// A spool stand-in for this target (`spool`): holds the copy until delivery.
     pub spooled: bool,
-    /// Upload limits every part writer to this target obeys (`pipeline::limit`).
-    pub limits: Vec<std::sync::Arc<crate::pipeline::limit::Limiter>>,
+    /// Upload limits every part writer to this target obeys (`target::limit`).
+    pub limits: Vec<std::sync::Arc<crate::target::limit::Limiter>>,
 }
 
 /// The remote side of a target.
@@ -490,7 +491,7 @@ pub fn open_spec(name: &str, spec: &TargetPolicy) -> Result<Target, TargetError>
         spooled: false,
         limits: spec
             .upload_limit
-            .map(|rate| crate::pipeline::limit::shared(name, rate))
+            .map(|rate| crate::target::limit::shared(name, rate))
             .into_iter()
             .collect(),
     })
