@@ -366,28 +366,22 @@ fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
 fn the_alert_rules_pass_promtool_and_their_unit_tests() {
     require_tool("promtool");
     let dir = repo("deploy/prometheus");
-    let check = Command::new("promtool")
-        .args(["check", "rules", "backupd-alerts.yaml"])
-        .current_dir(&dir)
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "promtool check rules: {}{}",
-        String::from_utf8_lossy(&check.stdout),
-        String::from_utf8_lossy(&check.stderr)
-    );
-    let test = Command::new("promtool")
-        .args(["test", "rules", "backupd-alerts.test.yaml"])
-        .current_dir(&dir)
-        .output()
-        .unwrap();
-    assert!(
-        test.status.success(),
-        "promtool test rules: {}{}",
-        String::from_utf8_lossy(&test.stdout),
-        String::from_utf8_lossy(&test.stderr)
-    );
+    for (verb, file) in [
+        ("check", "backupd-alerts.yaml"),
+        ("test", "backupd-alerts.test.yaml"),
+    ] {
+        let out = Command::new("promtool")
+            .args([verb, "rules", file])
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {verb} rules: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     // Each alert has at least one unit test that expects it to fire.
     let rules = read("deploy/prometheus/backupd-alerts.yaml");
     let tests = read("deploy/prometheus/backupd-alerts.test.yaml");
