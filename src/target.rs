@@ -640,6 +640,37 @@ impl Target {
 mod tests {
     use super::*;
 
+    /// A bucket writer on a file target plants links to elsewhere: the walk never follows
+    /// them, and reading a linked manifest is refused rather than followed.
+    #[test]
+    fn the_local_walk_and_read_never_follow_planted_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, outside) = (dir.path().join("target"), dir.path().join("outside"));
+        std::fs::create_dir_all(root.join("app/real")).unwrap();
+        std::fs::create_dir_all(root.join("app/linkfile")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(root.join("app/real/manifest.json"), "{}").unwrap();
+        std::fs::write(outside.join("manifest.json"), "secret").unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("app/linkdir")).unwrap();
+        std::os::unix::fs::symlink(
+            outside.join("manifest.json"),
+            root.join("app/linkfile/manifest.json"),
+        )
+        .unwrap();
+        let (found, _) = walk_local(&root, Some(ObjectPath::from("app")), |_| true);
+        let keys: Vec<String> = found.iter().map(|m| m.location.to_string()).collect();
+        assert_eq!(keys, ["app/real/manifest.json"]);
+        let read = read_local(
+            &root,
+            ObjectPath::from("app/linkfile/manifest.json"),
+            1 << 20,
+        );
+        assert!(
+            !matches!(read, Ok((Small::Found(_), _))),
+            "a linked manifest is never read"
+        );
+    }
+
     #[test]
     fn credentials_never_reach_display() {
         let shown = redact("s3://AKIAXXX:supersecret@bucket/prefix?token=abc");
