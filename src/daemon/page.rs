@@ -37,7 +37,7 @@ pub fn render(status: &Status, now: DateTime<Utc>) -> String {
          <meta http-equiv=\"refresh\" content=\"{REFRESH_SECS}\">\
          <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
          <title>backupd — {}</title><style>{STYLE}</style></head><body>",
-        esc(&overall(status, now))
+        esc(&overall(status))
     );
     let _ = write!(
         h,
@@ -67,11 +67,11 @@ pub fn render(status: &Status, now: DateTime<Utc>) -> String {
 }
 
 /// One word for the title bar: what a glance at a browser tab should tell.
-fn overall(status: &Status, now: DateTime<Utc>) -> String {
+fn overall(status: &Status) -> String {
     let bad = status
         .jobs
         .values()
-        .filter(|j| matches!(state(j, now).0, "FAILED" | "STALE"))
+        .filter(|j| matches!(state(j).0, "FAILED" | "STALE"))
         .count();
     if bad == 0 {
         "all jobs OK".into()
@@ -84,7 +84,7 @@ fn overall(status: &Status, now: DateTime<Utc>) -> String {
 }
 
 /// The job's state word and its CSS class.
-fn state(j: &JobStatus, _now: DateTime<Utc>) -> (&'static str, &'static str) {
+fn state(j: &JobStatus) -> (&'static str, &'static str) {
     if j.running.is_some() {
         ("RUNNING", "running")
     } else if j.last_run.as_ref().is_some_and(|r| !r.ok()) {
@@ -104,7 +104,7 @@ fn jobs_table(h: &mut String, status: &Status, now: DateTime<Utc>) {
          <th>Newest snapshot</th><th>Last verified</th><th>Snapshots</th><th>Stored size (recent runs)</th></tr>",
     );
     for (name, j) in &status.jobs {
-        let (word, class) = state(j, now);
+        let (word, class) = state(j);
         let row = match class {
             "failed" => " class=\"bad\"",
             "stale" => " class=\"warn\"",

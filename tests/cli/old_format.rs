@@ -50,6 +50,8 @@ fn a_snapshot_from_0_1_0_lists_restores_verifies_and_is_pruned() {
     assert_eq!(listed[0]["backupd_version"], "0.1.0");
     assert!(listed[0].get("digest").is_none());
     assert_eq!(listed[0]["authenticity"]["verdict"], "accepted");
+    // Listed again, from the listing cache the first listing filled: the same.
+    assert_eq!(list_json(&world, &[]), listed);
 
     let to = world.path("restored");
     let out = world.backupd(&["restore", "legacy", ID, "--to", to.to_str().unwrap()]);
