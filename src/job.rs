@@ -7,6 +7,7 @@
 //! Around a run (`lifecycle`): the job lock, hooks, notifications and the local record.
 
 pub mod hooks;
+mod level;
 mod lifecycle;
 pub mod lock;
 
@@ -142,6 +143,8 @@ pub struct RunInfo<'a> {
     pub slot: Option<chrono::DateTime<Utc>>,
     /// The slot's claim (`coordination = "lease"`): no commit once it is no longer valid.
     pub lease: Option<&'a crate::claim::Validity>,
+    /// `run-now --full`: every incremental directory source makes a full.
+    pub full: bool,
 }
 
 /// Backs up `job_name` to `targets` (already opened, in the job's order).
@@ -178,9 +181,15 @@ pub async fn run(
         },
         ctx: DumpContext {
             staging_dir: policy.daemon.state_dir.join("tmp"),
+            base: None,
         },
         cancel,
         progress,
+        levels: Levels {
+            policy,
+            force_full: info.full,
+            started_at,
+        },
     };
     tracing::info!(job = job_name, snapshot = %id, "backup started");
     for t in targets {
@@ -281,6 +290,14 @@ struct Backup<'a> {
     ctx: DumpContext,
     cancel: &'a CancellationToken,
     progress: &'a crate::progress::Progress,
+    levels: Levels<'a>,
+}
+
+/// What deciding an incremental source's level needs (`level`).
+struct Levels<'a> {
+    policy: &'a Policy,
+    force_full: bool,
+    started_at: chrono::DateTime<Utc>,
 }
 
 /// The dumps the job's sources stand for (a database source may stand for several, with
@@ -342,6 +359,13 @@ impl Backup<'_> {
         } else {
             None
         };
+        let level = match spec {
+            source::Expanded::Spec(source::SourceSpec::Directory(source::DirectorySpec {
+                incremental: Some(inc),
+                ..
+            })) => self.level(name, inc, live).await,
+            _ => level::Level::default(),
+        };
         let names: Vec<String> = live.iter().map(|t| t.name.clone()).collect();
         let bars = self.progress.source(name, estimate, &names);
         let result = if self.cancel.is_cancelled() {
@@ -349,7 +373,8 @@ impl Backup<'_> {
         } else if live.is_empty() {
             Err(SourceFailure::NoTarget)
         } else {
-            let (spec, ctx) = (spec.clone(), self.ctx.clone());
+            let (spec, mut ctx) = (spec.clone(), self.ctx.clone());
+            ctx.base = level.base.clone();
             pipeline::store(
                 live,
                 &key,
@@ -414,9 +439,51 @@ impl Backup<'_> {
             stored: stored.stored,
             plain: stored.plain,
             stats: stored.produced.stats,
-            warnings: stored.produced.warnings,
+            warnings: level
+                .warning
+                .into_iter()
+                .chain(stored.produced.warnings)
+                .collect(),
             index,
+            base: level.base.as_ref().map(|b| b.snapshot.clone()),
+            level: level.base.as_ref().map_or(0, |b| b.level + 1),
         })
+    }
+
+    /// Full or incremental, and on which base, for one incremental directory source.
+    async fn level(
+        &self,
+        name: &str,
+        spec: &source::directory::incremental::IncrementalSpec,
+        live: &[Target],
+    ) -> level::Level {
+        let policy = self.levels.policy;
+        let trust = match crate::snapshot::seal::Trust::new(&policy.signing) {
+            Ok(t) => t,
+            Err(e) => {
+                return level::Level {
+                    base: None,
+                    warning: Some(format!("this run is a full: [signing]: {e}")),
+                };
+            }
+        };
+        let identities = match self.recipients {
+            None => Ok(None),
+            Some(_) => crate::crypto::restore_identities(None, &policy.encryption)
+                .map(|ids| Some(std::sync::Arc::new(ids)))
+                .map_err(|e| e.to_string()),
+        };
+        let ask = level::Ask {
+            job: self.job_name,
+            source: name,
+            spec,
+            instance: &policy.daemon.instance(),
+            trust: &trust,
+            identities,
+            force_full: self.levels.force_full,
+            now: self.levels.started_at,
+        };
+        level::decide(ask, live).await
     }
 
     /// Stores a directory source's index as its second object, encoded like the first.

@@ -83,6 +83,7 @@ pub async fn prune(
                 time: m.started_at,
                 tags: m.tags.clone(),
                 verified,
+                bases: m.sources.values().filter_map(|e| e.base.clone()).collect(),
             });
         }
         let decisions = retention::plan(&infos, rules, now, job_policy.tz());

@@ -5,6 +5,9 @@
 //! or a database server (`--into-url`). Each kind's restore lives in `source/<kind>.rs`
 //! and is the same code verification's test-restores run. The CLI parses and prints.
 
+pub mod chain;
+pub mod index;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -263,7 +266,9 @@ pub async fn open_object(
 }
 
 /// Restores one source of `manifest` from `target` into `dest`, checking the stored and
-/// plain sha256 against the manifest on the way.
+/// plain sha256 against the manifest on the way. An incremental directory object brings
+/// its chain (`chain`), each base judged by `trust`.
+#[allow(clippy::too_many_arguments)]
 pub async fn restore_source(
     target: &Target,
     manifest: &Manifest,
@@ -271,8 +276,23 @@ pub async fn restore_source(
     entry: &SourceEntry,
     identities: Option<Arc<Identities>>,
     dest: Destination,
+    trust: &Trust,
     progress: &crate::progress::Progress,
 ) -> Result<Restored, RestoreError> {
+    if !entry.is_full() {
+        let Destination::Dir(dir, options, filter) = dest else {
+            return Err(RestoreError::Usage(format!(
+                "source {name} is a directory: restore it with --to DIR"
+            )));
+        };
+        let links = chain::resolve(target, manifest, name, entry, trust).await?;
+        let how = source::directory::Unpack {
+            overwrite: options.overwrite,
+            same_owner: options.same_owner,
+            data: source::directory::Data::Write,
+        };
+        return chain::restore(target, &links, identities, dir, how, filter).await;
+    }
     let reader = open_object(target, manifest, entry).await?;
     let input = progress.reader(name, entry.stored.bytes, reader);
     let entry = entry.clone();

@@ -197,6 +197,8 @@ pub struct SnapshotInfo {
     pub tags: Vec<String>,
     /// A verification of it passed.
     pub verified: bool,
+    /// The snapshots its incremental objects build on: kept as long as it is.
+    pub bases: Vec<String>,
 }
 
 /// The verdict on one snapshot.
@@ -319,7 +321,42 @@ pub fn plan(
             reasons,
         });
     }
+    keep_bases(&mut out, snapshots);
     out
+}
+
+/// A kept snapshot's bases are kept with it (and theirs, down to the full): deleting one
+/// would leave the kept snapshot unrestorable.
+fn keep_bases(out: &mut [Decision], snapshots: &[SnapshotInfo]) {
+    let bases: std::collections::HashMap<&str, &[String]> = snapshots
+        .iter()
+        .map(|s| (s.id.as_str(), s.bases.as_slice()))
+        .collect();
+    let at: std::collections::HashMap<String, usize> = out
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.snapshot.clone(), i))
+        .collect();
+    let mut todo: Vec<String> = out
+        .iter()
+        .filter(|d| d.keep)
+        .map(|d| d.snapshot.clone())
+        .collect();
+    while let Some(id) = todo.pop() {
+        for base in bases.get(id.as_str()).copied().unwrap_or_default() {
+            // A base this plan does not cover (another instance's, already gone) is not
+            // this plan's to keep.
+            let Some(&i) = at.get(base) else { continue };
+            let reason = format!("base of {id}");
+            if !out[i].keep {
+                out[i].keep = true;
+                todo.push(base.clone());
+            }
+            if !out[i].reasons.contains(&reason) {
+                out[i].reasons.push(reason);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -89,6 +89,16 @@ pub fn is_valid_instance(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
+/// A snapshot id as [`new_id`] makes them (`2026-12-03T14-33-16.654Z-88fda5`): a base
+/// named in a manifest must look like one.
+pub fn is_valid_id(id: &str) -> bool {
+    id.len() <= 64
+        && id.starts_with(|c: char| c.is_ascii_digit())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'))
+}
+
 /// The commit record of one snapshot; its presence on a target means "complete".
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {
@@ -148,6 +158,26 @@ pub struct SourceEntry {
     /// object encoded like the first; absent for other kinds and in older snapshots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index: Option<IndexObject>,
+    /// An incremental directory object: the snapshot whose same-named source it builds on
+    /// (the full for a differential, the previous snapshot in an incremental chain).
+    /// Absent for a full, and in snapshots written before incrementals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    /// 0 for a full (absent); the base's level + 1 otherwise. Restore reads the objects of
+    /// levels 0..=level of the chain.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub level: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl SourceEntry {
+    /// Whether this object alone restores its source (not an incremental).
+    pub fn is_full(&self) -> bool {
+        self.base.is_none()
+    }
 }
 
 /// The index object of a directory source.
@@ -378,6 +408,14 @@ pub enum ManifestError {
     InstanceName(String),
     #[error("invalid source {name:?} / object {object:?}: refusing a manifest that names paths")]
     Names { name: String, object: String },
+    #[error(
+        "source {name:?}: base {base:?} at level {level} is not an earlier snapshot's id with an index at a level above 0"
+    )]
+    Base {
+        name: String,
+        base: String,
+        level: u32,
+    },
     #[error(transparent)]
     Seal(#[from] seal::SealError),
 }
@@ -407,6 +445,21 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, ManifestError> {
     };
     for (name, entry) in &m.sources {
         let index_ok = entry.index.as_ref().is_none_or(|i| object_ok(&i.object));
+        // A base is looked up by id among the job's snapshots, never used as a path; still,
+        // it must be an id, name a level below, and come with the index a chain needs.
+        let base_ok = match &entry.base {
+            None => entry.level == 0,
+            Some(b) => {
+                is_valid_id(b) && entry.level > 0 && entry.index.is_some() && *b < m.snapshot
+            }
+        };
+        if !base_ok {
+            return Err(ManifestError::Base {
+                name: name.clone(),
+                base: entry.base.clone().unwrap_or_default(),
+                level: entry.level,
+            });
+        }
         if !is_valid_name(name) || !object_ok(&entry.object) || !index_ok {
             return Err(ManifestError::Names {
                 name: name.clone(),
@@ -624,6 +677,8 @@ pub(crate) mod tests {
                     },
                     warnings: vec![],
                     index: None,
+                    base: None,
+                    level: 0,
                 },
             )]),
             digest: None,

@@ -33,12 +33,15 @@ impl SourceSpec {
     /// Pure checks for the policy loader: each problem with the field it is about.
     pub fn check(&self) -> Vec<(&'static str, String)> {
         let (field, result) = match self {
-            SourceSpec::Directory(dir) => (
-                "exclude",
-                directory::Excludes::new(&dir.exclude)
-                    .map(|_| ())
-                    .map_err(|e| Invalid(e.to_string())),
-            ),
+            SourceSpec::Directory(dir) => match &dir.incremental {
+                Some(inc) if inc.check().is_err() => ("incremental", inc.check()),
+                _ => (
+                    "exclude",
+                    directory::Excludes::new(&dir.exclude)
+                        .map(|_| ())
+                        .map_err(|e| Invalid(e.to_string())),
+                ),
+            },
             SourceSpec::Sqlite(_) => ("path", Ok(())),
             SourceSpec::Postgres(pg) => ("url", postgres::check_spec(pg)),
             SourceSpec::Mysql(my) => ("url", mysql::check_spec(my)),
@@ -265,6 +268,8 @@ pub struct Dumped {
 #[derive(Debug, Clone)]
 pub struct DumpContext {
     pub staging_dir: PathBuf,
+    /// For an incremental directory object: the snapshot it builds on (else a full).
+    pub base: Option<std::sync::Arc<directory::incremental::Base>>,
 }
 
 /// The object name of a source: `<name>.<format><compression>[.age]`.
@@ -288,7 +293,10 @@ pub fn dump(
     out: &mut dyn Write,
 ) -> Result<Dumped, SourceError> {
     match spec {
-        Expanded::Spec(SourceSpec::Directory(d)) => directory::dump(d, out),
+        Expanded::Spec(SourceSpec::Directory(d)) => match (&d.incremental, &ctx.base) {
+            (Some(inc), Some(base)) => directory::incremental::dump(d, inc, base, out),
+            _ => directory::dump(d, out),
+        },
         Expanded::Spec(SourceSpec::Sqlite(s)) => sqlite::dump(s, ctx, out),
         Expanded::Spec(SourceSpec::Postgres(s)) | Expanded::Postgres(s) => postgres::dump(s, out),
         Expanded::Spec(SourceSpec::Mysql(s)) | Expanded::Mysql(s) => mysql::dump(s, out),

@@ -74,6 +74,19 @@ struct LastVerification {
     target: String,
 }
 
+/// `full`, or the highest level of the snapshot's incremental objects and their base.
+fn level(m: &crate::snapshot::Manifest) -> String {
+    match m
+        .sources
+        .values()
+        .filter(|e| !e.is_full())
+        .max_by_key(|e| e.level)
+    {
+        None => "full".into(),
+        Some(e) => format!("{} on {}", e.level, e.base.as_deref().unwrap_or("?")),
+    }
+}
+
 pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
     let policy = load_policy(config)?;
     if let Some(job) = &args.job
@@ -191,6 +204,7 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
                     "refused" => "✗".into(),
                     _ => "unchecked".into(),
                 },
+                level(m),
                 l.targets.join(","),
             ]
         })
@@ -207,6 +221,7 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
                 "STORED / PLAIN",
                 "VERIFIED",
                 "SIGNED",
+                "LEVEL",
                 "TARGETS"
             ],
             &rows

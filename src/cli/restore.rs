@@ -209,6 +209,7 @@ pub async fn run(config: &Path, args: Args, quiet: bool) -> anyhow::Result<ExitC
             &entry,
             identities.clone(),
             dest,
+            &trust,
             &progress,
         )
         .await;
@@ -229,6 +230,12 @@ pub async fn run(config: &Path, args: Args, quiet: bool) -> anyhow::Result<ExitC
                     println!(
                         "  not restored: {} entries of unsupported types, {} symlinks leading outside {shown}",
                         r.skipped, r.links_skipped
+                    );
+                }
+                if let Some(base) = &entry.base {
+                    println!(
+                        "  incremental (level {}) on {base}: its chain was restored, full first",
+                        entry.level
                     );
                 }
                 for w in r.warnings {

@@ -1,4 +1,4 @@
-//! `backupd run-now [JOB…] [--tag TAG]…`: back up now, report every source, exit 1 on any failure.
+//! `backupd run-now [JOB…] [--tag TAG]… [--full]`: back up now, report every source, exit 1 on any failure.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -13,6 +13,9 @@ pub struct Args {
     /// Extra tag for the snapshot, e.g. pre-migration (repeatable; `manual` is always added).
     #[arg(long = "tag", value_name = "TAG")]
     pub tags: Vec<String>,
+    /// Make every incremental directory source a full this run (a new chain starts).
+    #[arg(long)]
+    pub full: bool,
 }
 
 pub async fn run(config: &Path, args: Args, quiet: bool) -> anyhow::Result<ExitCode> {
@@ -66,6 +69,7 @@ pub async fn run(config: &Path, args: Args, quiet: bool) -> anyhow::Result<ExitC
         progress: crate::progress::Progress::for_terminal(quiet),
         slot: None,
         lease: None,
+        full: args.full,
     };
     let mut failed = 0;
     for name in &jobs {

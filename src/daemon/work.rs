@@ -89,6 +89,7 @@ impl Work {
             progress: crate::progress::Progress::off(),
             slot,
             lease: keeper.as_ref().map(|k| k.validity.clone()),
+            full: false,
         };
         let tags = vec!["scheduled".to_string()];
         let report = match job::run_job(&ctx, job, &tags).await {

@@ -31,6 +31,8 @@ pub struct RunContext<'a> {
     /// With `coordination = "lease"`: the slot's claim, which must still be valid at the
     /// commit.
     pub lease: Option<std::sync::Arc<crate::claim::Validity>>,
+    /// `run-now --full`: incremental directory sources make a full this run.
+    pub full: bool,
 }
 
 /// Runs `job` once with everything around it. `Err` only when another process holds the
@@ -189,6 +191,7 @@ async fn backup(ctx: &RunContext<'_>, job: &str, tags: &[String]) -> JobReport {
             tags,
             slot: ctx.slot,
             lease: ctx.lease.as_deref(),
+            full: ctx.full,
         },
         &cancel,
         &ctx.progress,

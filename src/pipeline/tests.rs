@@ -54,6 +54,8 @@ fn entry_for(stored: &Stored<()>, enc: &Encoding) -> SourceEntry {
         stats: SourceStats::empty_tree(),
         warnings: vec![],
         index: None,
+        base: None,
+        level: 0,
     }
 }
 

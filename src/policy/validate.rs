@@ -424,6 +424,19 @@ fn job_checks(policy: &Policy, name: &str, job: &crate::policy::JobPolicy, out: 
         for (field, e) in spec.check() {
             out.push(problem(format!("{skey}.{field}"), e));
         }
+        let incremental = matches!(
+            spec,
+            crate::source::SourceSpec::Directory(d) if d.incremental.is_some()
+        );
+        if incremental
+            && policy.encryption.mode != EncryptionMode::None
+            && policy.encryption.identity_file.is_none()
+        {
+            out.push(problem(
+                format!("{skey}.incremental"),
+                "needs encryption.identity_file: an incremental backup reads the base snapshot's file list, which is encrypted (restic and borg need their key for the same reason); set identity_file, or drop `incremental` to make every run a full",
+            ));
+        }
     }
 }
 

@@ -13,6 +13,7 @@ fn snap(time: &str) -> SnapshotInfo {
         time: at(time),
         tags: vec![],
         verified: false,
+        bases: Vec::new(),
     }
 }
 
@@ -300,6 +301,7 @@ fn applying_a_plan_then_planning_again_deletes_nothing_more() {
                 time: t,
                 tags: vec![],
                 verified: i % 37 == 0,
+                bases: Vec::new(),
             }
         })
         .collect();
@@ -451,4 +453,38 @@ fn keep_within_spellings_that_could_mean_something_else_are_refused() {
         assert!(err.to_string().contains(says), "{bad:?}: {err}");
         assert!(err.to_string().contains("m (MONTHS)"), "{bad:?}: {err}");
     }
+}
+
+/// Incrementals keep what they build on: with `keep_last = 2` the two newest stay, and so
+/// does the full (and, in a chain, every link) they need; the rest go.
+#[test]
+fn a_kept_incremental_keeps_its_chain_down_to_the_full() {
+    let mut snaps: Vec<SnapshotInfo> = (1..=6)
+        .map(|d| snap(&format!("2026-11-0{d}T02:00")))
+        .collect();
+    // 1 is a full; 2..=4 a chain on it; 5 a new full; 6 a differential on 5.
+    for i in 1..4 {
+        snaps[i].bases = vec![snaps[i - 1].id.clone()];
+    }
+    snaps[5].bases = vec![snaps[4].id.clone()];
+    let rules = Rules {
+        keep_last: 2,
+        ..Default::default()
+    };
+    let kept = |snaps: &[SnapshotInfo]| -> Vec<String> {
+        plan(snaps, &rules, at("2026-12-01T00:00"), chrono_tz::UTC)
+            .into_iter()
+            .filter(|d| d.keep)
+            .map(|d| d.snapshot)
+            .collect()
+    };
+    assert_eq!(kept(&snaps), vec![snaps[5].id.clone(), snaps[4].id.clone()]);
+    // Without the newer full, the chain's newest is kept, and with it every link.
+    let chain = &snaps[..4];
+    let mut ids = kept(chain);
+    ids.sort();
+    assert_eq!(ids, chain.iter().map(|s| s.id.clone()).collect::<Vec<_>>());
+    let d = plan(chain, &rules, at("2026-12-01T00:00"), chrono_tz::UTC);
+    let full = d.iter().find(|d| d.snapshot == chain[0].id).unwrap();
+    assert_eq!(full.reasons, vec![format!("base of {}", chain[1].id)]);
 }

@@ -6,6 +6,7 @@
 //! already promised a size, so a file that shrinks is padded with zeros and one that grows
 //! is cut at that size; either way the entry stays well-formed and a warning names it.
 
+pub mod incremental;
 pub mod index;
 mod unpack;
 
@@ -20,7 +21,7 @@ use tar::{EntryType, Header, HeaderMode};
 use super::{Dumped, SourceError, io_err};
 use crate::snapshot::SourceStats;
 
-pub use unpack::{Data, Select, Unpack, restore, restore_selected};
+pub use unpack::{DUMPDIR, Data, Select, Session, Unpack, restore, restore_selected};
 
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,6 +34,10 @@ pub struct DirectorySpec {
     /// An empty tree is usually an unmounted volume, so it fails unless this is set.
     #[serde(default)]
     pub allow_empty: bool,
+    /// `incremental = { full_every = "7d" }`: store only what changed since a base
+    /// snapshot (see `incremental`); absent: every run is a full.
+    #[serde(default)]
+    pub incremental: Option<incremental::IncrementalSpec>,
 }
 
 /// The `exclude` patterns of a directory source, compiled.
@@ -109,16 +114,7 @@ impl Counts {
 /// Writes the tree at `spec.path` as a tar stream into `out`.
 pub fn dump(spec: &DirectorySpec, out: &mut dyn Write) -> Result<Dumped, SourceError> {
     let root = spec.path.as_path();
-    let meta = std::fs::metadata(root).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => SourceError::Missing { path: root.into() },
-        _ => io_err(root)(e),
-    })?;
-    if !meta.is_dir() {
-        return Err(SourceError::Invalid {
-            path: root.into(),
-            what: "is not a directory (use kind = \"sqlite\" for a database file)".into(),
-        });
-    }
+    root_metadata(root)?;
     let excludes = Excludes::new(&spec.exclude).map_err(|e| SourceError::Invalid {
         path: root.into(),
         what: format!("bad exclude pattern: {e}"),
@@ -190,6 +186,8 @@ pub fn dump(spec: &DirectorySpec, out: &mut dyn Write) -> Result<Dumped, SourceE
                 link: link.map(|l| l.to_string_lossy().into_owned()),
                 offset,
                 sha256: None,
+                inode: Some(meta.ino()),
+                ctime_ns: Some(ctime_ns(&meta)),
             }
         };
         if ft.is_dir() {
@@ -252,8 +250,24 @@ pub fn dump(spec: &DirectorySpec, out: &mut dyn Write) -> Result<Dumped, SourceE
             entries,
             members: Vec::new(),
             member_bytes: 0,
+            unchanged: Vec::new(),
         }),
     })
+}
+
+/// The metadata of a source's root, which must be a directory.
+fn root_metadata(root: &Path) -> Result<std::fs::Metadata, SourceError> {
+    let meta = std::fs::metadata(root).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => SourceError::Missing { path: root.into() },
+        _ => io_err(root)(e),
+    })?;
+    if !meta.is_dir() {
+        return Err(SourceError::Invalid {
+            path: root.into(),
+            what: "is not a directory (use kind = \"sqlite\" for a database file)".into(),
+        });
+    }
+    Ok(meta)
 }
 
 /// Appends the regular file the walk saw at `path` (`seen`: its metadata then). Opened
@@ -341,6 +355,12 @@ fn append_file(
     counts.file_bytes += size;
     let sha256 = hex::encode(sha2::Digest::finalize(reader.sha256));
     Ok(Some((size, sha256)))
+}
+
+/// The status-change time in nanoseconds, as the index records it.
+pub(crate) fn ctime_ns(meta: &std::fs::Metadata) -> i64 {
+    use std::os::unix::fs::MetadataExt;
+    meta.ctime().saturating_mul(1_000_000_000) + meta.ctime_nsec()
 }
 
 fn modified(meta: &std::fs::Metadata) -> Option<SystemTime> {

@@ -204,6 +204,7 @@ mod tests {
         // The writer stays open, so the rows live in the WAL, not yet in app.db itself.
         let ctx = DumpContext {
             staging_dir: dir.path().join("staging"),
+            base: None,
         };
         let mut out = Vec::new();
         let dumped = dump(&SqliteSpec { path: path.clone() }, &ctx, &mut out).unwrap();
@@ -232,6 +233,7 @@ mod tests {
         let path = dir.path().join("nope.db");
         let ctx = DumpContext {
             staging_dir: dir.path().join("staging"),
+            base: None,
         };
         let err = dump(&SqliteSpec { path: path.clone() }, &ctx, &mut Vec::new()).unwrap_err();
         assert!(matches!(err, SourceError::Missing { .. }), "{err}");

@@ -96,6 +96,7 @@ fn list_is_an_aligned_table_and_json_keeps_its_shape() {
         "STORED / PLAIN",
         "VERIFIED",
         "SIGNED",
+        "LEVEL",
         "TARGETS",
     ];
     let at: Vec<usize> = cols.iter().map(|c| header.find(c).unwrap()).collect();
@@ -132,7 +133,8 @@ fn list_is_an_aligned_table_and_json_keeps_its_shape() {
         );
         assert_eq!(cell(5), "✓");
         assert_eq!(cell(6), "✓", "signed by the world's trusted key: {row}");
-        assert_eq!(cell(7), "local");
+        assert_eq!(cell(7), "full");
+        assert_eq!(cell(8), "local");
     }
 
     // --json is an interface: the keys stay.

@@ -29,6 +29,11 @@ pub struct Index {
     pub members: Vec<u64>,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub member_bytes: u64,
+    /// In an incremental object: the files and symlinks of the tree at this point that
+    /// are not in this object because they did not change since the base (their `offset`
+    /// means nothing). `entries` and `unchanged` together are the whole tree.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unchanged: Vec<Entry>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -72,6 +77,14 @@ pub struct Entry {
     /// sha256 (hex) of a regular file's bytes as stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// Inode number when backed up: with `ctime_ns` and `size`, how the next incremental
+    /// sees that the entry is unchanged (absent in indexes written before incrementals).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inode: Option<u64>,
+    /// Status-change time in nanoseconds since the epoch (changes with any write, chmod,
+    /// chown or rename, and cannot be set back by a user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ctime_ns: Option<i64>,
 }
 
 /// Why an index read from a target is refused.
@@ -86,6 +99,11 @@ pub enum IndexError {
 }
 
 impl Index {
+    /// Every entry of the tree at this point: archived here, or unchanged since the base.
+    pub fn tree(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.iter().chain(&self.unchanged)
+    }
+
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("an index serializes")
     }
@@ -129,6 +147,15 @@ impl Index {
                 return Err(bad("only regular files have a size".into()));
             }
             previous = Some(e.offset);
+        }
+        for e in &index.unchanged {
+            if !is_plain_relative(&e.path) || e.kind == Kind::Dir {
+                return Err(IndexError::Entry {
+                    path: e.path.clone(),
+                    why: "an unchanged entry must be a file or symlink with a plain relative path"
+                        .into(),
+                });
+            }
         }
         if !index.members.is_empty() {
             let block = index.member_bytes;
@@ -180,6 +207,8 @@ mod tests {
             link: None,
             offset,
             sha256: None,
+            inode: None,
+            ctime_ns: None,
         }
     }
 
@@ -189,6 +218,7 @@ mod tests {
             entries,
             members: Vec::new(),
             member_bytes: 0,
+            unchanged: Vec::new(),
         }
         .to_json()
     }

@@ -61,6 +61,8 @@ pub struct Unpack {
     pub data: Data,
 }
 
+/// GNU tar's type flag of an incremental archive's directory entry.
+pub const DUMPDIR: u8 = b'D';
 const MAX_PATH_BYTES: usize = 4096;
 const MAX_NAME_BYTES: usize = 255;
 /// Link hops while resolving one symlink, as the kernel's own limit.
@@ -86,34 +88,64 @@ pub fn restore_selected(
     how: Unpack,
     select: Select<'_>,
 ) -> Result<Restored, SourceError> {
-    std::fs::create_dir_all(dest).map_err(io_err(dest))?;
-    let root = rustix::fs::open(
-        dest,
-        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| io_err(dest)(e.into()))?;
-    let mut tree = Tree {
-        root,
-        dest: dest.to_path_buf(),
-        how,
-        as_owner: how.same_owner && rustix::process::geteuid().is_root(),
-        parent_cache: None,
-        seen: HashSet::new(),
-        created_dirs: Vec::new(),
-        dir_index: HashMap::new(),
-        links: Vec::new(),
-        dropped_bits: Vec::new(),
-        left_out: HashSet::new(),
-        select,
-        out: Restored::default(),
-    };
-    let mut archive = tar::Archive::new(input);
-    for entry in archive.entries().map_err(io_err(dest))? {
-        let mut entry = entry.map_err(io_err(dest))?;
-        tree.entry(&mut entry)?;
+    let mut session = Session::new(dest, how)?;
+    session.feed(input, select)?;
+    session.finish()
+}
+
+/// One restore made of several archives (a full and the incrementals after it), fed
+/// oldest first into the same directory: each archive is held to every rule on its own
+/// (names, each path once, hard links within it), `select` says which of its entries
+/// land, and the links and directory modes of the whole restore are settled once, at
+/// [`Session::finish`].
+pub struct Session {
+    tree: Tree,
+}
+
+impl Session {
+    pub fn new(dest: &Path, how: Unpack) -> Result<Self, SourceError> {
+        std::fs::create_dir_all(dest).map_err(io_err(dest))?;
+        let root = rustix::fs::open(
+            dest,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io_err(dest)(e.into()))?;
+        Ok(Self {
+            tree: Tree {
+                root,
+                dest: dest.to_path_buf(),
+                how,
+                as_owner: how.same_owner && rustix::process::geteuid().is_root(),
+                parent_cache: None,
+                seen: HashSet::new(),
+                created_dirs: Vec::new(),
+                dir_index: HashMap::new(),
+                links: Vec::new(),
+                dropped_bits: Vec::new(),
+                left_out: HashSet::new(),
+                out: Restored::default(),
+            },
+        })
     }
-    tree.finish()
+
+    /// Restores the entries of one archive that `select` accepts.
+    pub fn feed(&mut self, input: &mut dyn Read, select: Select<'_>) -> Result<(), SourceError> {
+        let tree = &mut self.tree;
+        // "Each path once" and hard links hold within one archive.
+        tree.seen.clear();
+        tree.left_out.clear();
+        let mut archive = tar::Archive::new(input);
+        for entry in archive.entries().map_err(io_err(&tree.dest))? {
+            let mut entry = entry.map_err(io_err(&tree.dest))?;
+            tree.entry(&mut entry, select)?;
+        }
+        Ok(())
+    }
+
+    pub fn finish(self) -> Result<Restored, SourceError> {
+        self.tree.finish()
+    }
 }
 
 /// A path inside the restore directory, as checked components.
@@ -134,7 +166,7 @@ struct DirFix {
     meta: Meta,
 }
 
-struct Tree<'s> {
+struct Tree {
     root: OwnedFd,
     dest: PathBuf,
     how: Unpack,
@@ -150,7 +182,6 @@ struct Tree<'s> {
     dropped_bits: Vec<String>,
     /// Entries `select` left out, so a hard link to one is left out too.
     left_out: HashSet<[u8; 16]>,
-    select: Select<'s>,
     out: Restored,
 }
 
@@ -237,7 +268,7 @@ fn errno_io(e: Errno) -> io::Error {
     e.into()
 }
 
-impl Tree<'_> {
+impl Tree {
     fn path_of(&self, parts: &[OsString]) -> PathBuf {
         parts.iter().fold(self.dest.clone(), |p, c| p.join(c))
     }
@@ -354,10 +385,19 @@ impl Tree<'_> {
         }
     }
 
-    fn entry(&mut self, entry: &mut tar::Entry<'_, &mut dyn Read>) -> Result<(), SourceError> {
+    fn entry(
+        &mut self,
+        entry: &mut tar::Entry<'_, &mut dyn Read>,
+        select: Select<'_>,
+    ) -> Result<(), SourceError> {
         let raw = entry.path_bytes().into_owned();
         let parts = checked_parts(&raw)?;
-        let kind = entry.header().entry_type();
+        let kind = match entry.header().entry_type() {
+            // GNU tar's incremental directory (a "dumpdir": the names the directory held).
+            // Restored as a directory; which entries exist comes from the chain's index.
+            k if k.as_byte() == DUMPDIR => EntryType::Directory,
+            k => k,
+        };
         let Some((_, dirs)) = parts.split_last() else {
             // The restore directory itself (`./`): its mode is the operator's, not the archive's.
             return Ok(());
@@ -387,7 +427,7 @@ impl Tree<'_> {
             ));
         }
         let full: Vec<&[u8]> = parts.iter().map(|p| p.as_bytes()).collect();
-        if !(self.select)(
+        if !select(
             &String::from_utf8_lossy(&full.join(&b'/')),
             kind == EntryType::Directory,
         ) {
