@@ -168,9 +168,45 @@ async fn cat_ranged(
     .map_err(|e| RestoreError::Task(e.to_string()))?
 }
 
-/// Streams the regular file `path` of one directory source to `out`, checked against the
-/// index's sha256 of it (when the snapshot has an index) or the whole object's sha256.
+/// Streams the regular file `path` of directory source `name` to `out`, checked against
+/// the index's sha256 of it (when the snapshot has an index) or the whole object's
+/// sha256. A file an incremental object lists as unchanged is read from the newest
+/// object of its chain that holds it (bases judged by `trust`, as a restore would).
+#[allow(clippy::too_many_arguments)]
 pub async fn cat(
+    target: &Target,
+    manifest: &Manifest,
+    name: &str,
+    entry: &SourceEntry,
+    path: &str,
+    identities: Option<Arc<Identities>>,
+    trust: &crate::snapshot::seal::Trust,
+    out: Box<dyn Write + Send>,
+) -> Result<Delivered, RestoreError> {
+    let wanted = path.trim_start_matches('/').trim_end_matches('/');
+    if !entry.is_full() {
+        let (index, _) = index_of(target, manifest, entry, identities.clone()).await?;
+        if index.unchanged.iter().any(|e| e.path == wanted) {
+            let links = restore::chain::resolve(target, manifest, name, entry, trust).await?;
+            let indexes = restore::chain::indexes(target, &links, identities.clone()).await?;
+            let holder = links.iter().zip(&indexes).rev().find(|(_, i)| {
+                i.entries
+                    .iter()
+                    .any(|e| e.path == wanted && e.kind == Kind::File)
+            });
+            let Some((link, _)) = holder else {
+                return Err(RestoreError::Failed(format!(
+                    "{wanted}: listed as unchanged, but no object of the chain holds it"
+                )));
+            };
+            return cat_one(target, &link.manifest, &link.entry, path, identities, out).await;
+        }
+    }
+    cat_one(target, manifest, entry, path, identities, out).await
+}
+
+/// `cat` from one object.
+async fn cat_one(
     target: &Target,
     manifest: &Manifest,
     entry: &SourceEntry,

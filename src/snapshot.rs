@@ -713,6 +713,46 @@ pub(crate) mod tests {
         assert!(parse_manifest(&serde_json::to_vec(&evil).unwrap()).is_err());
     }
 
+    /// A base is an id strictly older than the snapshot (so no chain can loop), comes
+    /// with a level above 0 and an index; a level without a base is refused too.
+    #[test]
+    fn forged_bases_are_refused() {
+        let index = IndexObject {
+            object: "db.index.json.gz.age".into(),
+            stored: Digest::default(),
+            plain: Digest::default(),
+        };
+        let with = |base: Option<&str>, level: u32, index: Option<IndexObject>| {
+            let mut m = sample();
+            let e = m.sources.get_mut("db").unwrap();
+            e.base = base.map(str::to_string);
+            e.level = level;
+            e.index = index;
+            parse_manifest(&serde_json::to_vec(&m).unwrap())
+        };
+        let older = "2026-01-01T00-00-00.000Z-aaaaaa";
+        assert!(with(Some(older), 1, Some(index.clone())).is_ok());
+        for (base, level, idx) in [
+            (Some(older), 0, Some(index.clone())),
+            (Some(older), 1, None),
+            (None, 3, Some(index.clone())),
+            (
+                Some("2026-01-02T03-04-05.006Z-abcdef"),
+                1,
+                Some(index.clone()),
+            ),
+            (
+                Some("2027-01-01T00-00-00.000Z-aaaaaa"),
+                1,
+                Some(index.clone()),
+            ),
+            (Some("../../x"), 1, Some(index.clone())),
+        ] {
+            let err = with(base, level, idx).unwrap_err();
+            assert!(matches!(err, ManifestError::Base { .. }), "{base:?}: {err}");
+        }
+    }
+
     #[test]
     fn newer_format_is_refused_with_a_hint() {
         let err = parse_manifest(br#"{"format": 2}"#).unwrap_err();

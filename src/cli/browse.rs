@@ -229,7 +229,7 @@ pub async fn ls(config: &Path, args: LsArgs) -> anyhow::Result<ExitCode> {
                 manifest.snapshot
             );
         }
-        for e in index.entries.into_iter().filter(|e| under(&e.path)) {
+        for e in index.into_tree().into_iter().filter(|e| under(&e.path)) {
             if args.json {
                 let mut v = serde_json::to_value(&e)?;
                 v["source"] = name.clone().into();
@@ -284,7 +284,7 @@ pub async fn find(config: &Path, args: FindArgs) -> anyhow::Result<ExitCode> {
             let (index, _) = browse::index_of(target, manifest, entry, ids.clone())
                 .await
                 .map_err(edge)?;
-            for e in index.entries.into_iter().filter(|e| matches(&e.path)) {
+            for e in index.into_tree().into_iter().filter(|e| matches(&e.path)) {
                 found += 1;
                 if args.json {
                     let mut v = serde_json::to_value(&e)?;
@@ -318,7 +318,7 @@ pub async fn cat(config: &Path, args: CatArgs) -> anyhow::Result<ExitCode> {
     let (target, manifest) = opened.snapshot(&args.job, &args.snapshot).await?;
     let sources =
         browse::directory_sources(&manifest, args.which.source.as_deref()).map_err(edge)?;
-    let [(_, entry)] = sources.as_slice() else {
+    let [(name, entry)] = sources.as_slice() else {
         return Err(UsageError(format!(
             "snapshot {} has several directory sources ({}): name one with --source",
             manifest.snapshot,
@@ -334,9 +334,11 @@ pub async fn cat(config: &Path, args: CatArgs) -> anyhow::Result<ExitCode> {
     let delivered = browse::cat(
         &target,
         &manifest,
+        name,
         entry,
         &args.path,
         ids,
+        &opened.trust,
         Box::new(std::io::stdout()),
     )
     .await

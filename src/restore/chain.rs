@@ -169,3 +169,64 @@ pub async fn restore(
     .await
     .map_err(|e| RestoreError::Task(e.to_string()))?
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::directory::index::{Entry, FORMAT};
+
+    fn e(path: &str, kind: Kind) -> Entry {
+        Entry {
+            path: path.into(),
+            kind,
+            size: 0,
+            mode: 0o644,
+            mtime: 0,
+            link: None,
+            offset: 0,
+            sha256: None,
+            inode: None,
+            ctime_ns: None,
+        }
+    }
+
+    fn index(entries: Vec<Entry>, unchanged: Vec<Entry>) -> Index {
+        Index {
+            format: FORMAT,
+            entries,
+            members: Vec::new(),
+            member_bytes: 0,
+            unchanged,
+        }
+    }
+
+    #[test]
+    fn each_path_comes_from_the_newest_archive_that_holds_it() {
+        let full = index(
+            vec![
+                e("d", Kind::Dir),
+                e("d/a", Kind::File),
+                e("d/b", Kind::File),
+            ],
+            vec![],
+        );
+        let newer = index(
+            vec![e("d", Kind::Dir), e("d/b", Kind::File)],
+            vec![e("d/a", Kind::File)],
+        );
+        let o = origins(&[full, newer]).unwrap();
+        assert_eq!((o["d"], o["d/a"], o["d/b"]), (1, 0, 1));
+    }
+
+    /// A forged newest index names paths the chain does not hold, or holds as another
+    /// kind (a symlink where the tree says file): the restore is refused, not filled in.
+    #[test]
+    fn a_tree_the_chain_does_not_hold_is_refused() {
+        let full = index(vec![e("a", Kind::Symlink)], vec![]);
+        for unchanged in [e("a", Kind::File), e("planted", Kind::File)] {
+            let newer = index(vec![], vec![unchanged]);
+            let err = origins(&[full.clone(), newer]).unwrap_err().to_string();
+            assert!(err.contains("holds no copy"), "{err}");
+        }
+    }
+}

@@ -207,6 +207,29 @@ fn every_point_restores(chain: &str) {
     let out = ok(&world, &["verify", "app", "all"]);
     assert!(!out.contains("FAILED"), "{out}");
     assert_eq!(out.matches(": OK").count(), 7, "{out}");
+
+    // Browsing the newest point shows the whole tree, and `cat` of a file unchanged since
+    // the full reads it from the full; of a changed one, from the incremental.
+    let newest = &snaps[6].0;
+    let listing = ok(&world, &["ls", "app", newest]);
+    for want in [
+        "files/pictures/big.raw",
+        "files/docs/report-final.txt",
+        "files/a/b/c/d/e/deep.txt",
+    ] {
+        assert!(listing.lines().any(|l| l == want), "{want}:\n{listing}");
+    }
+    assert!(!listing.contains("files/docs/deleted.txt"), "{listing}");
+    let cat = |path: &str| {
+        let out = world.backupd(&["cat", "app", newest, path]);
+        assert!(out.status.success(), "{}", text(&out));
+        out.stdout
+    };
+    assert_eq!(cat("docs/same-size.txt"), b"CHANGED!");
+    assert_eq!(cat("docs/mode.sh"), b"#!/bin/sh\necho hi\n");
+    assert_eq!(cat("pictures/small.jpg"), noise(2_000, 2));
+    let gone = world.backupd(&["cat", "app", newest, "docs/deleted.txt"]);
+    assert!(!gone.status.success(), "{}", text(&gone));
 }
 
 #[test]

@@ -397,3 +397,109 @@ fn sha256_of(path: &Path, seen: &std::fs::Metadata) -> Option<String> {
     }
     Some(hex::encode(h.finalize()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(root: &Path) -> DirectorySpec {
+        DirectorySpec {
+            path: root.to_path_buf(),
+            exclude: vec!["*.tmp".into()],
+            allow_empty: false,
+            incremental: None,
+        }
+    }
+
+    fn inc(compare: Compare) -> IncrementalSpec {
+        IncrementalSpec {
+            full_every: std::time::Duration::from_secs(7 * 86400),
+            chain: Chain::Differential,
+            compare,
+        }
+    }
+
+    fn base_of(root: &Path) -> Base {
+        let mut out = Vec::new();
+        let dumped = super::super::dump(&spec(root), &mut out).unwrap();
+        Base::new("full".into(), 0, &dumped.index.unwrap())
+    }
+
+    /// (archived paths, unchanged paths, the dumpdir of the top directory).
+    fn changes(root: &Path, base: &Base, compare: Compare) -> (Vec<String>, Vec<String>, Vec<u8>) {
+        let mut out = Vec::new();
+        let dumped = dump(&spec(root), &inc(compare), base, &mut out).unwrap();
+        let index = dumped.index.unwrap();
+        let mut archive = tar::Archive::new(out.as_slice());
+        let mut top = Vec::new();
+        for e in archive.entries().unwrap() {
+            let mut e = e.unwrap();
+            if e.path_bytes().as_ref() == b"./" {
+                assert_eq!(e.header().entry_type().as_byte(), b'D');
+                e.read_to_end(&mut top).unwrap();
+            }
+        }
+        let archived = index
+            .entries
+            .iter()
+            .filter(|e| e.kind != Kind::Dir)
+            .map(|e| e.path.clone())
+            .collect();
+        let unchanged = index.unchanged.iter().map(|e| e.path.clone()).collect();
+        (archived, unchanged, top)
+    }
+
+    #[test]
+    fn a_rewrite_that_keeps_size_and_mtime_is_seen_and_a_copy_is_judged_by_the_rule() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir(root.join("sub")).unwrap();
+        std::fs::write(root.join("same.txt"), b"aaaa").unwrap();
+        std::fs::write(root.join("copied.txt"), b"bbbb").unwrap();
+        std::fs::write(root.join("sub/kept.txt"), b"cccc").unwrap();
+        std::fs::write(root.join("skip.tmp"), b"excluded").unwrap();
+        let base = base_of(root);
+        let mtime = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
+        // Same size, and the mtime set back: only the ctime tells.
+        let same = root.join("same.txt");
+        let t = mtime(&same);
+        std::fs::write(&same, b"AAAA").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&same)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+        // Replaced by an identical copy (new inode, same bytes, same mtime).
+        let copied = root.join("copied.txt");
+        let t = mtime(&copied);
+        std::fs::write(root.join("copy.new"), b"bbbb").unwrap();
+        std::fs::rename(root.join("copy.new"), &copied).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&copied)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+
+        let (archived, unchanged, top) = changes(root, &base, Compare::Metadata);
+        assert_eq!(archived, vec!["copied.txt", "same.txt"]);
+        assert_eq!(unchanged, vec!["sub/kept.txt"]);
+        // GNU tar's dumpdir: every name of the directory, excluded ones left out.
+        assert_eq!(top, b"Ycopied.txt\0Ysame.txt\0Dsub\0\0");
+
+        // By contents, the identical copy is unchanged; the rewrite is not.
+        let (archived, unchanged, top) = changes(root, &base, Compare::Contents);
+        assert_eq!(archived, vec!["same.txt"]);
+        assert_eq!(unchanged, vec!["copied.txt", "sub/kept.txt"]);
+        assert_eq!(top, b"Ncopied.txt\0Ysame.txt\0Dsub\0\0");
+    }
+
+    #[test]
+    fn a_full_every_under_an_hour_is_refused() {
+        let mut s = inc(Compare::Metadata);
+        assert!(s.check().is_ok());
+        s.full_every = std::time::Duration::from_secs(60);
+        assert!(s.check().unwrap_err().0.contains("full_every"));
+    }
+}

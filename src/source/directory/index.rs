@@ -104,6 +104,18 @@ impl Index {
         self.entries.iter().chain(&self.unchanged)
     }
 
+    /// The whole tree as a list: in archive order for a full, by path when an incremental
+    /// object adds the unchanged entries.
+    pub fn into_tree(self) -> Vec<Entry> {
+        if self.unchanged.is_empty() {
+            return self.entries;
+        }
+        let mut all = self.entries;
+        all.extend(self.unchanged);
+        all.sort_by(|a, b| a.path.cmp(&b.path));
+        all
+    }
+
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("an index serializes")
     }
