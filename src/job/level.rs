@@ -5,8 +5,8 @@
 //! A run is a full when asked (`run-now --full`), when this instance has no earlier
 //! snapshot of the source, when the newest full is `full_every` old, or when the base
 //! cannot be used: its chain is broken, it is missing from a target this run writes to,
-//! its index cannot be read (decrypting it needs the identity), or `[signing]` refuses
-//! it. The last group is reported as a warning on the source: an incremental on a base
+//! its newest verification failed, its index cannot be read (decrypting it needs the
+//! identity), or `[signing]` refuses it. The last group is reported as a warning on the source: an incremental on a base
 //! that a restore could not find would be a backup that does not restore.
 
 use std::collections::HashMap;
@@ -67,9 +67,13 @@ pub async fn decide(ask: Ask<'_>, targets: &[Target]) -> Level {
     }
     // Targets being written to now; a spool stand-in holds only what waits for delivery.
     let mut listed: Vec<(&Target, Vec<Manifest>)> = Vec::new();
+    let mut first_listing = None;
     for t in targets.iter().filter(|t| !t.spooled) {
-        match snapshot::list(t, Some(ask.job)).await {
-            Ok(all) => listed.push((t, all)),
+        match snapshot::listing::scan(t, Some(ask.job)).await {
+            Ok(mut listing) => {
+                listed.push((t, std::mem::take(&mut listing.manifests)));
+                first_listing.get_or_insert(listing);
+            }
             Err(e) => {
                 tracing::warn!(job = ask.job, target = %t.name, "cannot list for the base: {e}")
             }
@@ -140,6 +144,20 @@ pub async fn decide(ask: Ask<'_>, targets: &[Target]) -> Level {
         Chain::Incremental => &chain,
     };
     let base = base_chain[0];
+    // A base whose newest verification failed is not built on: the objects it holds
+    // may not restore, and everything on top of it would share that fate.
+    if let Some(listing) = &first_listing {
+        for link in base_chain {
+            if let Some(record) = listing.latest_record(first, ask.job, &link.snapshot).await
+                && !record.ok
+            {
+                return full(Some(format!(
+                    "this run is a full: snapshot {} (the base's chain) failed its last verification on target {}",
+                    link.snapshot, first.name
+                )));
+            }
+        }
+    }
     for (t, all) in &listed[1..] {
         for link in base_chain {
             if !all.iter().any(|m| m.snapshot == link.snapshot) {

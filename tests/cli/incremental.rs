@@ -334,6 +334,23 @@ fn a_lost_or_damaged_base_fails_loudly_and_the_next_run_is_a_full() {
     write(&src, "docs/after.txt", b"after");
     ok(&world, &["run-now", "app"]);
     assert_eq!(snapshots(&world).last().unwrap().1, 1);
+
+    // A base whose last verification failed is not built on, even once it reads again.
+    let snaps = snapshots(&world);
+    let newest_full = &snaps[snaps.len() - 2].0;
+    let object = world
+        .target_dir()
+        .join(format!("app/{newest_full}/files.tar.zst.age"));
+    let good = std::fs::read(&object).unwrap();
+    let mut bad = good.clone();
+    bad[good.len() / 2] ^= 0x55;
+    std::fs::write(&object, &bad).unwrap();
+    let out = world.backupd(&["verify", "app", newest_full]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    std::fs::write(&object, &good).unwrap();
+    let out = ok(&world, &["run-now", "app"]);
+    assert!(out.contains("failed its last verification"), "{out}");
+    assert_eq!(snapshots(&world).last().unwrap().1, 0);
 }
 
 /// An incremental source reads the base's encrypted file list: a policy without the

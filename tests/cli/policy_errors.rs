@@ -52,7 +52,9 @@ fn unknown_keys_are_rejected_at_every_level() {
         &format!(
             "{HEAD}[jobs.app]\ntargets = [\"local\"]\n[jobs.app.sources.s]\nkind = \"directory\"\npath = \"s\"\nexclud = [\"x\"]\n"
         ),
-        &["jobs.app.sources.s.exclud: unknown key (expected one of: path, exclude, allow_empty)"],
+        &[
+            "jobs.app.sources.s.exclud: unknown key (expected one of: path, exclude, allow_empty, incremental)",
+        ],
     );
     expect_policy_error(
         &world,
