@@ -115,25 +115,41 @@ fn origins(indexes: &[Index]) -> Result<HashMap<String, usize>, RestoreError> {
     Ok(origin)
 }
 
-/// The indexes of a chain, in its order.
+/// The indexes of a chain, in its order; fetched and decoded a few at a time (each is a
+/// small object; one by one they were a tenth of a 30-link restore).
 pub async fn indexes(
     target: &Target,
     chain: &[Link],
     identities: Option<Arc<Identities>>,
 ) -> Result<Vec<Index>, RestoreError> {
-    let mut out = Vec::with_capacity(chain.len());
-    for link in chain {
-        let (index, from_object) =
-            super::index::index_of(target, &link.manifest, &link.entry, identities.clone()).await?;
-        if !from_object {
-            return Err(RestoreError::Failed(format!(
-                "snapshot {} has no index for {}: it cannot be part of a chain",
-                link.manifest.snapshot, link.entry.object
-            )));
-        }
-        out.push(index);
-    }
-    Ok(out)
+    use futures::{FutureExt, StreamExt};
+    // Owned, boxed fetches: a stream holding a closure over borrowed values is not `Send`
+    // for every lifetime, which the daemon's spawned tasks need.
+    let fetches: Vec<futures::future::BoxFuture<'static, Result<Index, RestoreError>>> = chain
+        .iter()
+        .map(|link| {
+            let (target, link, identities) = (target.clone(), link.clone(), identities.clone());
+            async move {
+                let (index, from_object) =
+                    super::index::index_of(&target, &link.manifest, &link.entry, identities)
+                        .await?;
+                if !from_object {
+                    return Err(RestoreError::Failed(format!(
+                        "snapshot {} has no index for {}: it cannot be part of a chain",
+                        link.manifest.snapshot, link.entry.object
+                    )));
+                }
+                Ok(index)
+            }
+            .boxed()
+        })
+        .collect();
+    futures::stream::iter(fetches)
+        .buffered(4)
+        .collect::<Vec<Result<Index, RestoreError>>>()
+        .await
+        .into_iter()
+        .collect()
 }
 
 /// Restores the chain into `dest` through one unpack session. `filter` narrows what is
