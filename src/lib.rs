@@ -8,7 +8,8 @@
 //! - [`policy`]: the typed TOML policy, its loading and validation; it composes the
 //!   components' own settings and no component imports it.
 //! - [`schedule`]: cron expressions in a time zone (croner, DST-correct).
-//! - [`job`]: one run of one job, from sources to committed manifest, with its hooks and lock.
+//! - [`job`]: one run of one job, from sources to committed manifest, with its hooks and lock;
+//!   the level (full or incremental) of each directory source, from what the targets hold.
 //! - [`source`]: what gets backed up, one kind per file (spec, probe, dump, restore).
 //! - [`pipeline`]: the bounded streaming encode (hash, compress, encrypt, tee) and decode.
 //! - [`crypto`]: age recipients and identities, key files and their permission checks.
@@ -18,9 +19,10 @@
 //!   listing and the one rule for selecting snapshots.
 //! - [`verify`]: verification by test-restore and its stored records.
 //! - [`restore`]: finding a snapshot, choosing its sources, restoring each into a
-//!   directory or a server.
+//!   directory or a server; an incremental directory object with its chain.
 //! - [`browse`]: a directory source's index, `ls`/`find` over it, and `cat` of one file.
-//! - [`retention`]: the pure keep/delete planner (restic `forget` semantics).
+//! - [`retention`]: the pure keep/delete planner (restic `forget` semantics; the bases of
+//!   kept snapshots are kept).
 //! - [`prune`]: applying retention to a target, and sweeping crash leftovers.
 //! - [`spool`]: local copies for a target that is down, delivered when it is back.
 //! - [`claim`]: one run per scheduled slot among replicas, through the bucket.
