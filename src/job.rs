@@ -68,6 +68,9 @@ pub struct JobReport {
     pub pruned: Vec<crate::prune::PruneOutcome>,
     /// Problems after the commit (verification could not start, retention errors).
     pub after_errors: Vec<String>,
+    /// What a write-only target did not let the run delete (retention, leftovers): said
+    /// once per target, not a failure.
+    pub not_permitted: Vec<String>,
     /// Why the backup did not start (lock, `before` hook, no target) or was cut short.
     pub aborted: Option<String>,
     /// Targets that were down: their copy is committed in the spool, awaiting delivery
@@ -96,6 +99,7 @@ impl JobReport {
             verifications: Vec::new(),
             pruned: Vec::new(),
             after_errors: Vec::new(),
+            not_permitted: Vec::new(),
             aborted: None,
             spooled: BTreeMap::new(),
         }
@@ -556,9 +560,22 @@ async fn discard_uncommitted(
         if committed.contains(&target.name) {
             continue;
         }
+        if target.write_only {
+            if !uploaded.is_empty() {
+                tracing::warn!(target = %target.name, "write_only: the failed run's objects stay until `backupd prune` on a host with delete rights sweeps them");
+            }
+            continue;
+        }
         for key in uploaded {
-            if let Err(e) = target.store.delete(key).await {
-                tracing::warn!(target = %target.name, %key, "could not delete an uncommitted object: {e}");
+            match target.store.delete(key).await {
+                Ok(()) => {}
+                Err(object_store::Error::PermissionDenied { .. }) => {
+                    tracing::warn!(target = %target.name, "not permitted to delete the failed run's objects (write-only credentials): `backupd prune` on a host with delete rights sweeps them");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(target = %target.name, %key, "could not delete an uncommitted object: {e}")
+                }
             }
         }
     }
@@ -634,6 +651,10 @@ async fn after_commit(policy: &Policy, job_name: &str, targets: &[Target], repor
         {
             Ok(outcome) => {
                 report.after_errors.extend(outcome.errors.iter().cloned());
+                if let Some(n) = &outcome.not_permitted {
+                    tracing::warn!(job = job_name, target = %target.name, "{n}");
+                    report.not_permitted.push(n.clone());
+                }
                 report.pruned.push(outcome);
             }
             Err(e) => report

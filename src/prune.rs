@@ -28,6 +28,11 @@ pub struct PruneOutcome {
     /// so a planted snapshot can neither push real ones out nor be mistaken for one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub left_alone: Vec<String>,
+    /// Deleting is not permitted on this target (`write_only`, or the store answered
+    /// 403): what was left for `prune` on a host with delete rights. Not an error of a
+    /// backup; an error of `prune` itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_permitted: Option<String>,
     pub errors: Vec<String>,
 }
 
@@ -51,6 +56,7 @@ pub async fn prune(
         deleted: Vec::new(),
         orphans: Vec::new(),
         left_alone: Vec::new(),
+        not_permitted: None,
         errors: Vec::new(),
     };
     // Ids just listed with a manifest: the sweep need not ask the store about each again.
@@ -88,11 +94,20 @@ pub async fn prune(
         }
         let decisions = retention::plan(&infos, rules, now, job_policy.tz());
         if !dry_run {
+            let due = decisions.iter().filter(|d| !d.keep).count();
             for d in decisions.iter().filter(|d| !d.keep) {
                 match maintenance::delete(target, job, &d.snapshot).await {
                     Ok(()) => {
                         tracing::info!(job, target = %target.name, snapshot = %d.snapshot, "deleted by retention");
                         outcome.deleted.push(d.snapshot.clone());
+                    }
+                    Err(SnapshotError::NotPermitted { .. }) => {
+                        outcome.not_permitted = Some(format!(
+                            "not permitted to delete on target {} (write-only credentials): {} snapshot(s) due for deletion by retention were kept; run `backupd prune` from a host with delete rights",
+                            target.name,
+                            due - outcome.deleted.len()
+                        ));
+                        break;
                     }
                     Err(e) => outcome.errors.push(format!("deleting {}: {e}", d.snapshot)),
                 }
@@ -101,6 +116,7 @@ pub async fn prune(
         outcome.decisions = Some(decisions);
     }
     if !dry_run
+        && !target.write_only
         && policy.jobs[job].coordination == crate::policy::Coordination::Lease
         && let Err(e) = crate::claim::expire(target, instance, job, now).await
     {
@@ -120,6 +136,14 @@ pub async fn prune(
     .await
     {
         Ok(ids) => outcome.orphans = ids,
+        Err(SnapshotError::NotPermitted { .. }) => {
+            outcome.not_permitted.get_or_insert_with(|| {
+                format!(
+                    "not permitted to delete on target {} (write-only credentials): leftovers of failed runs were not swept; run `backupd prune` from a host with delete rights",
+                    target.name
+                )
+            });
+        }
         Err(e) => outcome.errors.push(format!("sweeping leftovers: {e}")),
     }
     Ok(outcome)

@@ -297,6 +297,11 @@ pub enum SnapshotError {
     /// The store's error, already explained (`target::explain`): what to fix first.
     #[error("target {target}: {message}")]
     Store { target: String, message: String },
+    /// Deleting is not allowed here: `write_only = true`, or the store answered 403.
+    #[error(
+        "target {target}: not permitted to delete (write-only credentials): run `backupd prune` from a host with delete rights"
+    )]
+    NotPermitted { target: String },
     #[error(
         "manifest {key} on target {target} is unreadable: {reason}; that snapshot is skipped and left in place"
     )]
@@ -309,6 +314,16 @@ pub enum SnapshotError {
 
 /// Writes the manifest with create-if-absent: the single step that makes a snapshot real.
 impl SnapshotError {
+    /// A failed delete: a 403 is how write-only credentials answer one.
+    pub fn delete(target: &Target, e: object_store::Error) -> Self {
+        match e {
+            object_store::Error::PermissionDenied { .. } => SnapshotError::NotPermitted {
+                target: target.name.clone(),
+            },
+            e => Self::store(target, e),
+        }
+    }
+
     pub fn store(target: &Target, e: object_store::Error) -> Self {
         SnapshotError::Store {
             target: target.name.clone(),

@@ -49,6 +49,10 @@ pub struct Target {
     pub spooled: bool,
     /// Upload limits every part writer to this target obeys (`target::limit`).
     pub limits: Vec<std::sync::Arc<crate::target::limit::Limiter>>,
+    /// `write_only = true`: the credentials may write but not delete, so nothing is
+    /// deleted here (retention, cleanup, the probe's object); `prune` on a host with
+    /// delete rights does it.
+    pub write_only: bool,
 }
 
 /// The remote side of a target.
@@ -285,7 +289,7 @@ pub enum ProbeError {
     #[error("the probe object read back differs from what was written")]
     Differs,
     #[error(
-        "cannot delete the probe object {key}: {explained} (backupd needs delete for retention)"
+        "cannot delete the probe object {key}: {explained} (backupd needs delete for retention; with write-only credentials set write_only = true on the target and run `backupd prune` from a host with delete rights)"
     )]
     Delete { key: String, explained: String },
 }
@@ -489,6 +493,7 @@ pub fn open_spec(name: &str, spec: &TargetPolicy) -> Result<Target, TargetError>
         journal_dir: None,
         cache_dir: None,
         spooled: false,
+        write_only: spec.write_only,
         limits: spec
             .upload_limit
             .map(|rate| crate::target::limit::shared(name, rate))
@@ -607,7 +612,11 @@ impl Target {
     /// Writes, reads back and deletes a small probe object: proof that backups can land.
     /// Errors say what to fix (credentials, bucket, endpoint), see `explain`.
     pub async fn probe(&self) -> Result<(), ProbeError> {
-        let key = ObjectPath::from(format!(".backupd-probe-{:016x}", rand::random::<u64>()));
+        let key = if self.write_only {
+            ObjectPath::from(".backupd-probe-write-only")
+        } else {
+            ObjectPath::from(format!(".backupd-probe-{:016x}", rand::random::<u64>()))
+        };
         let body = b"backupd reachability probe".to_vec();
         let failed = |step, e: object_store::Error| ProbeError::Store {
             step,
@@ -625,10 +634,14 @@ impl Target {
             .bytes()
             .await
             .map_err(|e| failed("cannot read the probe object", e))?;
-        let deleted = self.store.delete(&key).await;
         if read.as_ref() != body.as_slice() {
             return Err(ProbeError::Differs);
         }
+        if self.write_only {
+            // One fixed name, overwritten by every probe: nothing accumulates.
+            return Ok(());
+        }
+        let deleted = self.store.delete(&key).await;
         deleted.map_err(|e| ProbeError::Delete {
             key: key.to_string(),
             explained: explain(self, &e),

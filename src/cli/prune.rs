@@ -80,7 +80,9 @@ pub async fn run(config: &Path, args: Args) -> anyhow::Result<ExitCode> {
             print_outcome(o);
         }
     }
-    let failed = outcomes.iter().any(|o| !o.errors.is_empty());
+    let failed = outcomes
+        .iter()
+        .any(|o| !o.errors.is_empty() || o.not_permitted.is_some());
     Ok(if failed {
         ExitCode::from(EXIT_FAILED)
     } else {
@@ -119,6 +121,9 @@ fn print_outcome(o: &PruneOutcome) {
     }
     for why in &o.left_alone {
         println!("  left alone (not trusted) {why}");
+    }
+    if let Some(n) = &o.not_permitted {
+        println!("  NOT PERMITTED {n}");
     }
     for e in &o.errors {
         println!("  ERROR {e}");

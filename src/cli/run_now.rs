@@ -221,6 +221,9 @@ fn print_report(r: &JobReport) {
             );
         }
     }
+    for n in &r.not_permitted {
+        println!("  skipped: {n}");
+    }
     for e in &r.after_errors {
         println!("  ERROR {e}");
     }

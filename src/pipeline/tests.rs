@@ -24,6 +24,7 @@ fn memory_target(name: &str) -> (Target, Arc<InMemory>) {
             cache_dir: None,
             limits: Vec::new(),
             spooled: false,
+            write_only: false,
         },
         mem,
     )

@@ -12,12 +12,22 @@ use crate::target::Target;
 
 /// Deletes one committed snapshot: manifest, then every other object under it.
 pub async fn delete(target: &Target, job: &str, id: &str) -> Result<(), SnapshotError> {
-    let store_err = |source| SnapshotError::store(target, source);
+    refuse_write_only(target)?;
     match target.store.delete(&manifest_key(job, id)).await {
         Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-        Err(e) => return Err(store_err(e)),
+        Err(e) => return Err(SnapshotError::delete(target, e)),
     }
     remove_prefix(target, job, id).await
+}
+
+/// Nothing is deleted from a `write_only` target, not even tried.
+pub fn refuse_write_only(target: &Target) -> Result<(), SnapshotError> {
+    if target.write_only {
+        return Err(SnapshotError::NotPermitted {
+            target: target.name.clone(),
+        });
+    }
+    Ok(())
 }
 
 async fn remove_prefix(target: &Target, job: &str, id: &str) -> Result<(), SnapshotError> {
@@ -33,7 +43,7 @@ async fn remove_prefix(target: &Target, job: &str, id: &str) -> Result<(), Snaps
         match target.store.delete(&key).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
             Err(source) => {
-                return Err(SnapshotError::store(target, source));
+                return Err(SnapshotError::delete(target, source));
             }
         }
     }
@@ -142,6 +152,7 @@ pub async fn sweep(
         };
         if !committed {
             if !dry_run {
+                refuse_write_only(target)?;
                 remove_prefix(target, job, &id).await?;
                 tracing::info!(job, target = %target.name, snapshot = %id, "removed leftovers of an uncommitted snapshot");
             }

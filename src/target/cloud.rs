@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+
+use super::options::UploadChecksum;
 use object_store::azure::MicrosoftAzureBuilder;
 use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::multipart::MultipartStore;
@@ -86,10 +88,23 @@ pub fn open(url: &Url, spec: &TargetPolicy) -> Result<Opened, CloudError> {
     }
     match url.scheme() {
         "s3" => {
+            let checksum = spec.checksum != Some(UploadChecksum::None);
+            let mut options = client(spec);
+            if checksum {
+                // object_store sends `x-amz-checksum-sha256`; S3 emulators (moto) look for
+                // the SDKs' `x-amz-sdk-checksum-algorithm` before accepting an upload into
+                // a bucket with Object Lock, and S3 itself ignores it.
+                let mut headers = reqwest::header::HeaderMap::new();
+                headers.insert(
+                    "x-amz-sdk-checksum-algorithm",
+                    reqwest::header::HeaderValue::from_static("SHA256"),
+                );
+                options = options.with_default_headers(headers);
+            }
             let mut b = AmazonS3Builder::from_env()
                 .with_bucket_name(&bucket)
                 .with_retry(retry(spec))
-                .with_client_options(client(spec))
+                .with_client_options(options)
                 .with_allow_http(spec.allow_http)
                 .with_virtual_hosted_style_request(spec.virtual_hosted_style);
             if let Some(r) = &spec.region {
@@ -109,6 +124,9 @@ pub fn open(url: &Url, spec: &TargetPolicy) -> Result<Opened, CloudError> {
             }
             if let Some(k) = &spec.sse_kms_key_id {
                 b = b.with_config(config_key("aws_sse_kms_key_id")?, k);
+            }
+            if checksum {
+                b = b.with_checksum_algorithm(object_store::aws::Checksum::SHA256);
             }
             let s3 = Arc::new(b.build()?);
             Ok(Opened {

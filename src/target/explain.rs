@@ -51,6 +51,15 @@ pub fn explain(target: &Target, err: &object_store::Error) -> String {
                 credential_hint(target)
             )
         }
+        // A bucket with Object Lock takes no upload without a checksum.
+        _ if lower.contains("missinguploadobjectwithobjectlockheaders")
+            || lower.contains("content-md5") && lower.contains("object lock") =>
+        {
+            format!(
+                "bucket {bucket} has Object Lock, which refuses uploads without a checksum: remove `checksum = \"none\"` from [targets.{}]",
+                target.name
+            )
+        }
         _ if lower.contains("no space left")
             || lower.contains("file too large")
             || lower.contains("quota exceeded") =>

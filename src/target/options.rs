@@ -47,6 +47,12 @@ pub struct TargetPolicy {
     /// File holding the secret access key (mode 0600); default `AWS_SECRET_ACCESS_KEY`.
     #[serde(default)]
     pub secret_access_key_file: Option<PathBuf>,
+    /// The checksum every upload carries (`"sha256"`, the default, or `"none"`): the
+    /// server checks each object and part against it, and buckets with Object Lock
+    /// refuse uploads without one. `"none"` is for S3-compatible servers that refuse the
+    /// headers.
+    #[serde(default)]
+    pub checksum: Option<UploadChecksum>,
 
     // Azure Blob Storage.
     /// Storage account; default `AZURE_STORAGE_ACCOUNT_NAME`.
@@ -84,6 +90,18 @@ pub struct TargetPolicy {
     /// on top of `daemon.upload_limit`.
     #[serde(default, deserialize_with = "crate::units::rate::deserialize")]
     pub upload_limit: Option<u64>,
+    /// The credentials may write but not delete (immutable backups): nothing is deleted
+    /// here; retention and cleanup are left to `prune` on a host with delete rights.
+    #[serde(default)]
+    pub write_only: bool,
+}
+
+/// `checksum` of an S3 target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UploadChecksum {
+    Sha256,
+    None,
 }
 
 fn default_max_retries() -> usize {
@@ -109,6 +127,7 @@ const S3_KEYS: &[&str] = &[
     "sse_kms_key_id",
     "access_key_id",
     "secret_access_key_file",
+    "checksum",
 ];
 const AZURE_KEYS: &[&str] = &[
     "account",
@@ -134,6 +153,7 @@ impl TargetPolicy {
             sse_kms_key_id: None,
             access_key_id: None,
             secret_access_key_file: None,
+            checksum: None,
             account: None,
             access_key_file: None,
             use_emulator: false,
@@ -142,6 +162,7 @@ impl TargetPolicy {
             retry_timeout_secs: default_retry_timeout_secs(),
             connect_timeout_secs: default_connect_timeout_secs(),
             upload_limit: None,
+            write_only: false,
         }
     }
 
@@ -178,6 +199,7 @@ impl TargetPolicy {
                 "secret_access_key_file",
                 self.secret_access_key_file.is_some(),
             ),
+            ("checksum", self.checksum.is_some()),
             ("account", self.account.is_some()),
             ("access_key_file", self.access_key_file.is_some()),
             ("use_emulator", self.use_emulator),

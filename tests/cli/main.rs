@@ -14,6 +14,7 @@ mod faults;
 mod fleet;
 mod hardening;
 mod hostile;
+mod immutable;
 mod incremental;
 mod kill9;
 mod limits;

@@ -1,0 +1,221 @@
+//! Immutable backups (issue 17), against moto, which enforces S3 Object Lock: a bucket
+//! created with Object Lock and a COMPLIANCE default retention accepts backupd's single
+//! and multipart uploads because every upload carries a checksum; without one it refuses
+//! them, and the run says so and commits nothing.
+
+use super::cloud_support::{env, s3_secret_file, s3_target, unique};
+use super::support::{World, assert_same_tree, list_json, noise, text};
+
+/// Runs `script` with boto3 (from the venv `tests/services` keeps for moto) against moto.
+fn boto3(script: &str) -> String {
+    let out = std::process::Command::new(env("BACKUPD_TEST_PYTHON"))
+        .arg("-c")
+        .arg(format!(
+            "import boto3\ns3 = boto3.client('s3', endpoint_url='{}', region_name='us-east-1', aws_access_key_id='x', aws_secret_access_key='x')\n{script}",
+            env("BACKUPD_TEST_MOTO")
+        ))
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "boto3 script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A new bucket with Object Lock on and a COMPLIANCE default retention of one day.
+fn locked_bucket() -> String {
+    let bucket = unique("locked").to_lowercase().replace('_', "-");
+    boto3(&format!(
+        "s3.create_bucket(Bucket='{bucket}', ObjectLockEnabledForBucket=True)\n\
+         s3.put_object_lock_configuration(Bucket='{bucket}', ObjectLockConfiguration={{'ObjectLockEnabled': 'Enabled', 'Rule': {{'DefaultRetention': {{'Mode': 'COMPLIANCE', 'Days': 1}}}}}})\n"
+    ));
+    bucket
+}
+
+fn locked_world(bucket: &str, extra: &str) -> World {
+    let world = World::new();
+    std::fs::create_dir_all(world.path("src")).unwrap();
+    std::fs::write(world.path("src/small.txt"), "a small file").unwrap();
+    // Over one 8 MiB part: a multipart upload.
+    std::fs::write(world.path("src/big.bin"), noise(20 << 20, 17)).unwrap();
+    let secret = s3_secret_file(&world, "moto-does-not-check");
+    let target = s3_target(
+        "locked",
+        &env("BACKUPD_TEST_MOTO"),
+        &format!("{bucket}/backups"),
+        &secret,
+        extra,
+    );
+    world.write_policy(&format!(
+        "[daemon]\nstate_dir = \"state\"\n[encryption]\nrecipients = [\"{}\"]\nidentity_file = \"identity.txt\"\n{target}\n[jobs.app]\ntargets = [\"locked\"]\ncompression = \"none\"\n[jobs.app.sources.files]\nkind = \"directory\"\npath = \"{}\"\n[jobs.app.sources.db]\nkind = \"sqlite\"\npath = \"{}\"\n",
+        world.recipient,
+        world.path("src").display(),
+        world.path("app.db").display(),
+    ));
+    let db = rusqlite::Connection::open(world.path("app.db")).unwrap();
+    db.execute_batch("create table t(x); insert into t values (1), (2);")
+        .unwrap();
+    world
+}
+
+#[test]
+fn backups_to_a_compliance_locked_bucket_commit_single_and_multipart_and_restore() {
+    let bucket = locked_bucket();
+    let world = locked_world(&bucket, "");
+    let out = world.backupd(&["run-now", "app"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let snaps = list_json(&world, &[]);
+    assert_eq!(snaps.len(), 1);
+    // Every object is there, and the manifest (a single put) carries the bucket's
+    // COMPLIANCE retention. (moto leaves its default retention off objects completed by
+    // multipart upload; S3 applies it to every new version.)
+    let id = snaps[0]["snapshot"].as_str().unwrap();
+    let modes = boto3(&format!(
+        "for o in s3.list_objects_v2(Bucket='{bucket}', Prefix='backups/app/{id}/')['Contents']:\n    h = s3.head_object(Bucket='{bucket}', Key=o['Key'])\n    print(o['Key'].rsplit('/', 1)[1], h.get('ObjectLockMode'))\n"
+    ));
+    assert!(modes.contains("manifest.json COMPLIANCE"), "{modes}");
+    for object in ["files.tar.age", "files.index.json.age", "db.sqlite.age"] {
+        assert!(modes.contains(object), "{object}: {modes}");
+    }
+    let out = world.backupd(&["verify", "app"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let restored = world.path("restored");
+    let out = world.backupd(&["restore", "app", "--to", restored.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_same_tree(&world.path("src"), &restored.join("files"));
+}
+
+/// Without a checksum the locked bucket refuses the upload: the run fails naming the
+/// target and the fix, and nothing is committed.
+#[test]
+fn without_checksums_a_locked_bucket_refuses_the_upload_and_the_run_says_why() {
+    let bucket = locked_bucket();
+    let world = locked_world(&bucket, "checksum = \"none\"\n");
+    let out = world.backupd(&["run-now", "app"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains(&format!(
+            "bucket {bucket} has Object Lock, which refuses uploads without a checksum: remove `checksum = \"none\"` from [targets.locked]"
+        )),
+        "{said}"
+    );
+    assert!(list_json(&world, &[]).is_empty());
+}
+
+/// A write-only front (`tests/tools/deny_delete_proxy.py`: every delete gets 403, as from
+/// credentials without s3:DeleteObject) before moto.
+struct DenyDeletes {
+    child: std::process::Child,
+    endpoint: String,
+    count: std::path::PathBuf,
+}
+
+impl DenyDeletes {
+    fn start(world: &World) -> Self {
+        use std::io::BufRead;
+        let count = world.path("refused-deletes");
+        let mut child = std::process::Command::new(env("BACKUPD_TEST_PYTHON"))
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/tools/deny_delete_proxy.py"
+            ))
+            .arg(env("BACKUPD_TEST_MOTO"))
+            .arg(&count)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the proxy");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line.trim().strip_prefix("ready ").expect("ready PORT");
+        DenyDeletes {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            count,
+        }
+    }
+
+    fn refused(&self) -> u64 {
+        std::fs::read_to_string(&self.count)
+            .map(|s| s.trim().parse().unwrap())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for DenyDeletes {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_only_policy(world: &World, endpoint: &str, prefix: &str, extra: &str) {
+    let secret = s3_secret_file(world, "moto-does-not-check");
+    let target = s3_target(
+        "writer",
+        endpoint,
+        &format!("backupd-test/{prefix}"),
+        &secret,
+        extra,
+    );
+    world.write_policy(&format!(
+        "[daemon]\nstate_dir = \"state\"\n[encryption]\nrecipients = [\"{}\"]\nidentity_file = \"identity.txt\"\n{target}\n[jobs.app]\ntargets = [\"writer\"]\nretention = {{ keep_last = 1 }}\n[jobs.app.sources.files]\nkind = \"directory\"\npath = \"{}\"\n",
+        world.recipient,
+        world.path("src").display(),
+    ));
+}
+
+/// Credentials that may write but not delete: the backup commits and exits 0; what
+/// retention could not delete is said once; a host with delete rights prunes it later.
+/// With `write_only = true` no delete is even attempted, and `check` passes.
+#[test]
+fn write_only_credentials_commit_the_backup_and_say_once_what_they_skipped() {
+    for declared in [false, true] {
+        let world = World::new();
+        std::fs::create_dir_all(world.path("src")).unwrap();
+        std::fs::write(world.path("src/a.txt"), "data").unwrap();
+        let proxy = DenyDeletes::start(&world);
+        let prefix = unique("writeonly");
+        let extra = if declared { "write_only = true\n" } else { "" };
+        write_only_policy(&world, &proxy.endpoint, &prefix, extra);
+        if declared {
+            let out = world.backupd(&["check"]);
+            assert!(out.status.success(), "{}", text(&out));
+        }
+        for _ in 0..2 {
+            let out = world.backupd(&["run-now", "app"]);
+            assert!(out.status.success(), "declared {declared}: {}", text(&out));
+            let said = String::from_utf8_lossy(&out.stdout).into_owned();
+            if list_json(&world, &[]).len() == 2 {
+                assert_eq!(
+                    said.matches("not permitted to delete").count(),
+                    1,
+                    "said once: {said}"
+                );
+                assert!(
+                    said.contains("1 snapshot(s) due for deletion by retention were kept; run `backupd prune` from a host with delete rights"),
+                    "{said}"
+                );
+            }
+        }
+        assert_eq!(list_json(&world, &[]).len(), 2, "nothing was deleted");
+        if declared {
+            assert_eq!(proxy.refused(), 0, "write_only: no delete is attempted");
+        } else {
+            assert!(proxy.refused() >= 1, "the 403 was met and understood");
+        }
+        // `prune` on the writer's host is a failure, clearly.
+        let out = world.backupd(&["prune", "app"]);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert!(text(&out).contains("NOT PERMITTED"), "{}", text(&out));
+        // The admin host, straight to the store with delete rights, prunes.
+        write_only_policy(&world, &env("BACKUPD_TEST_MOTO"), &prefix, "");
+        let out = world.backupd(&["prune", "app"]);
+        assert!(out.status.success(), "{}", text(&out));
+        assert_eq!(list_json(&world, &[]).len(), 1);
+    }
+}
