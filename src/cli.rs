@@ -10,6 +10,7 @@ mod init;
 mod keygen;
 mod list;
 mod prune;
+mod recover;
 mod restore;
 mod run_now;
 mod show_config;
@@ -76,6 +77,8 @@ pub enum Command {
     Verify(verify::Args),
     /// Apply retention (delete what the rules do not keep) and sweep crash leftovers.
     Prune(prune::Args),
+    /// Bring back snapshots whose manifests were deleted in a versioned S3 bucket.
+    Recover(recover::Args),
     /// Validate the policy, keys, source paths and target reachability; exit 2 on a fatal finding.
     Check,
     /// Generate a new age identity (secret key, mode 0600) and print its public key.
@@ -108,6 +111,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cat(args) => browse::cat(&cli.config, args).await,
         Command::Verify(args) => verify::run(&cli.config, args, quiet).await,
         Command::Prune(args) => prune::run(&cli.config, args).await,
+        Command::Recover(args) => recover::run(&cli.config, args).await,
         Command::Check => check::run(&cli.config).await,
         Command::Keygen(args) => keygen::run(args),
         Command::Init(args) => init::run(args),

@@ -24,6 +24,7 @@
 //! - [`retention`]: the pure keep/delete planner (restic `forget` semantics; the bases of
 //!   kept snapshots are kept).
 //! - [`prune`]: applying retention to a target, and sweeping crash leftovers.
+//! - [`recover`]: bringing back snapshots deleted in a versioned S3 bucket.
 //! - [`spool`]: local copies for a target that is down, delivered when it is back.
 //! - [`claim`]: one run per scheduled slot among replicas, through the bucket.
 //! - [`secret`]: password files and URLs that must not leak (a leaf).
@@ -48,6 +49,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod progress;
 pub mod prune;
+pub mod recover;
 pub mod restore;
 pub mod retention;
 pub mod schedule;

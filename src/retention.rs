@@ -175,6 +175,29 @@ impl Serialize for Within {
 }
 
 impl Rules {
+    /// About how many days back the rules keep something (the longest rule: a month as
+    /// 30 days, a year as 365): a snapshot older than this is deleted. `keep_last` and
+    /// `keep_tags` are counted as nothing, since their reach depends on the schedule.
+    pub fn span_days(&self) -> u64 {
+        let within = self.keep_within.map_or(0, |w| {
+            w.years as u64 * 365
+                + w.months as u64 * 30
+                + w.days as u64
+                + (w.hours as u64).div_ceil(24)
+        });
+        [
+            (self.keep_hourly as u64).div_ceil(24),
+            self.keep_daily as u64,
+            self.keep_weekly as u64 * 7,
+            self.keep_monthly as u64 * 30,
+            self.keep_yearly as u64 * 365,
+            within,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(0)
+    }
+
     /// Rules that would keep nothing are refused: a typo must not delete every snapshot.
     pub fn keeps_something(&self) -> bool {
         self.keep_last

@@ -12,6 +12,7 @@ mod explain;
 pub mod journal;
 pub mod limit;
 mod options;
+pub mod s3api;
 
 use crate::error::Invalid;
 use std::sync::Arc;

@@ -120,6 +120,10 @@ pub async fn run(config: &Path) -> anyhow::Result<ExitCode> {
         match opened {
             Err(e) => f.fail(e),
             Ok(t) => match t.probe().await {
+                Ok(()) if t.write_only => f.ok(format!(
+                    "target {name} ({}): write and read work (write_only: nothing is deleted there)",
+                    t.display_url
+                )),
                 Ok(()) => f.ok(format!(
                     "target {name} ({}): write, read and delete work",
                     t.display_url
@@ -127,6 +131,7 @@ pub async fn run(config: &Path) -> anyhow::Result<ExitCode> {
                 Err(e) => f.fail(format!("target {name} ({}): {e}", t.display_url)),
             },
         }
+        check_immutability(&policy, name, &mut f).await;
     }
 
     if f.fatal == 0 {
@@ -140,6 +145,76 @@ pub async fn run(config: &Path) -> anyhow::Result<ExitCode> {
 
 /// The signing key is readable and private, and its public half is trusted, so the
 /// snapshots this host makes will be accepted by restore here and elsewhere.
+/// An S3 target's versioning and Object Lock, and whether a job's retention would delete
+/// snapshots the lock keeps anyway (they stay stored, and billed, until it expires).
+async fn check_immutability(policy: &crate::policy::Policy, name: &str, f: &mut Findings) {
+    let spec = &policy.targets[name];
+    let Ok(url) = url::Url::parse(&spec.url()) else {
+        return;
+    };
+    if url.scheme() != "s3" {
+        return;
+    }
+    let bucket = match crate::target::s3api::Bucket::new(&url, spec) {
+        Ok(b) => b,
+        Err(e) => {
+            f.warn(format!(
+                "target {name}: versioning and Object Lock not checked: {e}"
+            ));
+            return;
+        }
+    };
+    let versioned = match bucket.versioning().await {
+        Ok(v) => v,
+        Err(e) => {
+            f.warn(format!(
+                "target {name}: versioning and Object Lock not checked: {e}"
+            ));
+            return;
+        }
+    };
+    let lock = match bucket.lock().await {
+        Ok(l) => l,
+        Err(e) => {
+            f.warn(format!("target {name}: Object Lock not checked: {e}"));
+            None
+        }
+    };
+    match (&lock, versioned) {
+        (Some(_), false) => f.warn(format!(
+            "target {name}: Object Lock is on but versioning is not: locked versions need versioning; enable it on the bucket"
+        )),
+        (None, false) => f.ok(format!(
+            "target {name}: versioning off (a deleted snapshot is gone for good; see BACKUP_POLICY.md, Immutable backups)"
+        )),
+        (None, true) => f.ok(format!(
+            "target {name}: versioning on, no Object Lock (`backupd recover` brings back deleted snapshots while their versions last)"
+        )),
+        (Some(l), true) => {
+            let mode = l.mode.as_deref().unwrap_or("no default retention");
+            let days = l.days.map(|d| format!(" {d} days")).unwrap_or_default();
+            f.ok(format!(
+                "target {name}: versioning on, Object Lock {mode}{days} (`backupd recover` brings back deleted snapshots)"
+            ));
+            let Some(lock_days) = l.days else { return };
+            for (job, spec) in &policy.jobs {
+                if !spec.targets.iter().any(|t| t == name) {
+                    continue;
+                }
+                let Some(rules) = spec.retention_for(name) else {
+                    continue;
+                };
+                if rules.span_days() < lock_days as u64 {
+                    f.warn(format!(
+                        "job {job} on target {name}: retention keeps about {} days but the bucket locks each version for {lock_days}: what retention deletes stays stored (and billed) as a locked version until its lock expires; keep at least {lock_days} days, or shorten the lock",
+                        rules.span_days()
+                    ));
+                }
+            }
+        }
+    }
+}
+
 fn check_signing(signing: &crate::snapshot::seal::SigningPolicy, f: &mut Findings) {
     use crate::snapshot::seal::{Trust, public_string};
     match &signing.key_file {

@@ -85,6 +85,25 @@ fn backups_to_a_compliance_locked_bucket_commit_single_and_multipart_and_restore
     let out = world.backupd(&["restore", "app", "--to", restored.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
     assert_same_tree(&world.path("src"), &restored.join("files"));
+
+    // `check` reads the bucket's versioning and lock, and warns that a retention shorter
+    // than the lock frees nothing until the lock expires.
+    let policy = std::fs::read_to_string(world.path("policy.toml")).unwrap();
+    world.write_policy(&policy.replace(
+        "[jobs.app]\n",
+        "[jobs.app]\nretention = { keep_last = 2 }\n",
+    ));
+    let out = world.backupd(&["check"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        said.contains("target locked: versioning on, Object Lock COMPLIANCE 1 days"),
+        "{said}"
+    );
+    assert!(
+        said.contains("warn  job app on target locked: retention keeps about 0 days but the bucket locks each version for 1"),
+        "{said}"
+    );
 }
 
 /// Without a checksum the locked bucket refuses the upload: the run fails naming the
@@ -185,6 +204,12 @@ fn write_only_credentials_commit_the_backup_and_say_once_what_they_skipped() {
         if declared {
             let out = world.backupd(&["check"]);
             assert!(out.status.success(), "{}", text(&out));
+            let said = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(
+                said.contains("write_only: nothing is deleted there"),
+                "{said}"
+            );
+            assert!(said.contains("target writer: versioning off"), "{said}");
         }
         for _ in 0..2 {
             let out = world.backupd(&["run-now", "app"]);
@@ -217,5 +242,127 @@ fn write_only_credentials_commit_the_backup_and_say_once_what_they_skipped() {
         let out = world.backupd(&["prune", "app"]);
         assert!(out.status.success(), "{}", text(&out));
         assert_eq!(list_json(&world, &[]).len(), 1);
+    }
+}
+
+/// An attacker holding the backup host's credentials prunes with `keep_last = 1` and then
+/// deletes every key it can list; a version delete of a locked object is refused by the
+/// bucket. `recover` (operator credentials) lists and brings back every snapshot, and the
+/// oldest restores byte-identical.
+#[test]
+fn everything_an_attacker_deleted_in_a_locked_bucket_is_recovered_and_restores() {
+    let bucket = locked_bucket();
+    let world = locked_world(&bucket, "");
+    let mut trees = Vec::new();
+    for day in 0..3 {
+        std::fs::write(world.path("src/day.txt"), format!("day {day}")).unwrap();
+        let out = world.backupd(&["run-now", "app"]);
+        assert!(out.status.success(), "{}", text(&out));
+        let copy = world.path(&format!("tree-{day}"));
+        super::support::sh(&format!(
+            "cp -a '{}' '{}'",
+            world.path("src").display(),
+            copy.display()
+        ));
+        trees.push(copy);
+    }
+    let ids: Vec<String> = list_json(&world, &[])
+        .iter()
+        .rev()
+        .map(|s| s["snapshot"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 3);
+
+    // The attack: retention down to one, then every visible key deleted.
+    let policy = std::fs::read_to_string(world.path("policy.toml")).unwrap();
+    world.write_policy(&policy.replace(
+        "[jobs.app]\n",
+        "[jobs.app]\nretention = { keep_last = 1 }\n",
+    ));
+    let out = world.backupd(&["prune", "app"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(list_json(&world, &[]).len(), 1);
+    let refused = boto3(&format!(
+        "import botocore\n\
+         keys = [o['Key'] for o in s3.list_objects_v2(Bucket='{bucket}').get('Contents', [])]\n\
+         for k in keys:\n    s3.delete_object(Bucket='{bucket}', Key=k)\n\
+         v = [x for x in s3.list_object_versions(Bucket='{bucket}', Prefix='backups/app/{}/manifest.json')['Versions']][0]\n\
+         try:\n    s3.delete_object(Bucket='{bucket}', Key=v['Key'], VersionId=v['VersionId'])\n    print('DELETED A LOCKED VERSION')\n\
+         except botocore.exceptions.ClientError as e:\n    print('refused', e.response['Error']['Code'])\n",
+        ids[0]
+    ));
+    assert!(refused.contains("refused AccessDenied"), "{refused}");
+    assert!(list_json(&world, &[]).is_empty(), "everything looks gone");
+
+    // The operator: see, then bring back.
+    let out = world.backupd(&["recover", "app", "--dry-run"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    for id in &ids {
+        assert!(said.contains(&format!("would recover {id}")), "{said}");
+    }
+    assert!(
+        list_json(&world, &[]).is_empty(),
+        "--dry-run changes nothing"
+    );
+    let out = world.backupd(&["recover", "app"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .matches("  recovered ")
+            .count(),
+        3,
+        "{}",
+        text(&out)
+    );
+    assert_eq!(list_json(&world, &[]).len(), 3);
+    let restored = world.path("restored");
+    let out = world.backupd(&[
+        "restore",
+        "app",
+        &ids[0],
+        "--to",
+        restored.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_same_tree(&trees[0], &restored.join("files"));
+    let out = world.backupd(&["verify", "app", "all"]);
+    assert!(out.status.success(), "{}", text(&out));
+    // Nothing left to recover.
+    let out = world.backupd(&["recover", "app", "--dry-run"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("0 deleted snapshot(s)"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// moto does not check signatures; s3s-fs does. Its answer to the versions client's
+/// signed request is "not implemented" with the right secret and "signature does not
+/// match" with a wrong one: the requests are signed as S3 expects.
+#[test]
+fn the_versions_client_signs_requests_as_s3_checks_them() {
+    for (secret, expected) in [
+        (env("BACKUPD_TEST_S3_SECRET"), "NotImplemented"),
+        ("wrong-secret".to_string(), "SignatureDoesNotMatch"),
+    ] {
+        let world = World::new();
+        std::fs::create_dir_all(world.path("src")).unwrap();
+        let secret_file = s3_secret_file(&world, &secret);
+        let target = s3_target(
+            "s3",
+            &env("BACKUPD_TEST_S3S"),
+            &format!("backupd-test/{}", unique("signed")),
+            &secret_file,
+            "",
+        );
+        world.write_policy(&format!(
+            "[daemon]\nstate_dir = \"state\"\n[encryption]\nrecipients = [\"{}\"]\n{target}\n[jobs.app]\ntargets = [\"s3\"]\n[jobs.app.sources.files]\nkind = \"directory\"\npath = \"{}\"\n",
+            world.recipient,
+            world.path("src").display(),
+        ));
+        let out = world.backupd(&["recover", "app", "--dry-run"]);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert!(text(&out).contains(expected), "{}", text(&out));
     }
 }
