@@ -294,7 +294,19 @@ fn everything_an_attacker_deleted_in_a_locked_bucket_is_recovered_and_restores()
     assert!(refused.contains("refused AccessDenied"), "{refused}");
     assert!(list_json(&world, &[]).is_empty(), "everything looks gone");
 
-    // The operator: see, then bring back.
+    // The operator: see, then bring back. `--since` a time after the attack finds nothing.
+    let out = world.backupd(&[
+        "recover",
+        "app",
+        "--dry-run",
+        "--since",
+        "2099-01-01T00:00:00Z",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("0 deleted snapshot(s)"),
+        "{}",
+        text(&out)
+    );
     let out = world.backupd(&["recover", "app", "--dry-run"]);
     assert!(out.status.success(), "{}", text(&out));
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
