@@ -145,7 +145,9 @@ fn env_overrides_apply_and_are_validated() {
     let world = World::new();
     std::fs::create_dir_all(world.path("s")).unwrap();
     std::fs::write(world.path("s/f"), "x").unwrap();
-    let policy = world.write_policy(&format!("{HEAD}[jobs.app]\ntargets = [\"local\"]\n[jobs.app.sources.s]\nkind = \"directory\"\npath = \"s\"\n"));
+    // A state directory of its own: the default (/var/lib/backupd) is shared by every test
+    // that leaves it out, and two runs of a job `app` there wait on one lock.
+    let policy = world.write_policy(&format!("[daemon]\nstate_dir = \"state\"\n{HEAD}[jobs.app]\ntargets = [\"local\"]\n[jobs.app.sources.s]\nkind = \"directory\"\npath = \"s\"\n"));
     let out = std::process::Command::new(BIN)
         .args(["--config", policy.to_str().unwrap(), "run-now"])
         .env("BACKUPD_JOBS__APP__COMPRESSION", "zstd")
@@ -196,7 +198,7 @@ fn durations_take_units_and_seconds_keys_still_take_numbers() {
     std::fs::write(world.path("src/a"), "a").unwrap();
     let job = |timeout: &str, hook: &str| {
         format!(
-            "[daemon]\nshutdown_timeout_secs = \"5m\"\n{HEAD}[jobs.app]\ntargets = [\"local\"]\ntimeout_secs = {timeout}\njitter_secs = 30\nhooks = {{ timeout_secs = {hook} }}\n[jobs.app.sources.s]\nkind = \"directory\"\npath = \"src\"\n"
+            "[daemon]\nstate_dir = \"state\"\nshutdown_timeout_secs = \"5m\"\n{HEAD}[jobs.app]\ntargets = [\"local\"]\ntimeout_secs = {timeout}\njitter_secs = 30\nhooks = {{ timeout_secs = {hook} }}\n[jobs.app.sources.s]\nkind = \"directory\"\npath = \"src\"\n"
         )
     };
     for (timeout, hook) in [("\"2h 30m\"", "\"90s\""), ("9000", "90")] {
