@@ -255,8 +255,9 @@ fn plaintext_is_an_explicit_opt_out_with_a_warning() {
     let world = World::new();
     std::fs::create_dir_all(world.path("src")).unwrap();
     std::fs::write(world.path("src/f.txt"), "clear").unwrap();
+    // Its own state directory: the default is shared with every other test run.
     world.write_policy(
-        "[encryption]\nmode = \"none\"\n\n[targets.local]\npath = \"target\"\n\n[jobs.app]\ntargets = [\"local\"]\n\n[jobs.app.sources.tree]\nkind = \"directory\"\npath = \"src\"\n"
+        "[daemon]\nstate_dir = \"state\"\n[encryption]\nmode = \"none\"\n\n[targets.local]\npath = \"target\"\n\n[jobs.app]\ntargets = [\"local\"]\n\n[jobs.app.sources.tree]\nkind = \"directory\"\npath = \"src\"\n"
     );
     let out = world.backupd(&["run-now"]);
     assert!(out.status.success(), "{}", text(&out));
