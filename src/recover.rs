@@ -57,8 +57,13 @@ pub async fn find(
     since: Option<DateTime<Utc>>,
 ) -> Result<Vec<Deleted>, S3ApiError> {
     let versions = bucket.versions(&format!("{job}/")).await?;
+    Ok(plan(&versions, job, since))
+}
+
+/// [`find`] on versions already listed.
+fn plan(versions: &[Version], job: &str, since: Option<DateTime<Utc>>) -> Vec<Deleted> {
     let mut by_snapshot: BTreeMap<String, BTreeMap<String, Vec<&Version>>> = BTreeMap::new();
-    for v in &versions {
+    for v in versions {
         let mut parts = v.key.splitn(3, '/');
         let (Some(j), Some(id), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
             continue;
@@ -103,7 +108,7 @@ pub async fn find(
             objects,
         });
     }
-    Ok(out)
+    out
 }
 
 /// Removes the snapshot's delete markers, the manifest's last.
@@ -130,6 +135,52 @@ mod tests {
 
     fn ids(found: Option<Vec<(String, String, DateTime<Utc>)>>) -> Option<Vec<String>> {
         found.map(|m| m.into_iter().map(|(_, id, _)| id).collect())
+    }
+
+    fn at(key: &str, id: &str, minute: u32, marker: bool, latest: bool) -> Version {
+        Version {
+            key: key.into(),
+            ..v(id, minute, marker, latest)
+        }
+    }
+
+    /// Keys a bucket writer planted — another job's, an id that is no id, a name with
+    /// `..` or none — are never touched; a deleted snapshot's markers come objects first,
+    /// manifest last.
+    #[test]
+    fn only_a_snapshots_own_keys_are_recovered_manifest_last() {
+        let id = "2026-12-01T00-00-00.000Z-aaaaaa";
+        let mut versions = Vec::new();
+        for key in [
+            format!("app/{id}/files.tar.age"),
+            format!("app/{id}/manifest.json"),
+            format!("other/{id}/manifest.json"),
+            "app/../etc/manifest.json".to_string(),
+            "app/not-an-id/manifest.json".to_string(),
+            format!("app/{id}/"),
+        ] {
+            versions.push(at(&key, &format!("real-{key}"), 1, false, false));
+            versions.push(at(&key, &format!("marker-{key}"), 2, true, true));
+        }
+        let found = plan(&versions, "app", None);
+        assert_eq!(found.len(), 1, "{found:?}");
+        let keys: Vec<&str> = found[0].markers.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec![
+                format!("app/{id}/files.tar.age"),
+                format!("app/{id}/manifest.json")
+            ]
+        );
+        assert_eq!(found[0].objects, 1);
+        assert!(
+            plan(
+                &versions,
+                "app",
+                Some("2026-12-01T00:03:00Z".parse().unwrap())
+            )
+            .is_empty()
+        );
     }
 
     #[test]

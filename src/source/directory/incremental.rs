@@ -495,6 +495,26 @@ mod tests {
         assert_eq!(top, b"Ncopied.txt\0Ysame.txt\0Dsub\0\0");
     }
 
+    /// A full written before incrementals existed has an index without inodes and
+    /// ctimes: an incremental on it stores every file again (correct, if not small), and
+    /// lists them all in its dumpdirs.
+    #[test]
+    fn a_base_from_before_incrementals_has_every_file_stored_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir(root.join("sub")).unwrap();
+        std::fs::write(root.join("a.txt"), b"aaaa").unwrap();
+        std::fs::write(root.join("sub/b.txt"), b"bbbb").unwrap();
+        let mut base = base_of(root);
+        for e in base.tree.values_mut() {
+            (e.inode, e.ctime_ns) = (None, None);
+        }
+        let (archived, unchanged, top) = changes(root, &base, Compare::Metadata);
+        assert_eq!(archived, vec!["a.txt", "sub/b.txt"]);
+        assert!(unchanged.is_empty());
+        assert_eq!(top, b"Ya.txt\0Dsub\0\0");
+    }
+
     #[test]
     fn a_full_every_under_an_hour_is_refused() {
         let mut s = inc(Compare::Metadata);

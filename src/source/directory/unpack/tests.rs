@@ -18,6 +18,8 @@ enum E {
     Sym(String, String),
     Hard(String, String),
     Fifo(String),
+    /// GNU tar's incremental directory entry (type `D`), its data a dumpdir listing.
+    Dumpdir(String, Vec<u8>),
 }
 
 fn header(name: &str, kind: EntryType, link: &str, mode: u32, size: u64) -> tar::Header {
@@ -46,6 +48,10 @@ fn tar_of(entries: &[E]) -> Vec<u8> {
             E::Sym(n, t) => (header(n, EntryType::Symlink, t, 0o777, 0), b""),
             E::Hard(n, t) => (header(n, EntryType::Link, t, 0o644, 0), b""),
             E::Fifo(n) => (header(n, EntryType::Fifo, "", 0o644, 0), b""),
+            E::Dumpdir(n, listing) => (
+                header(n, EntryType::new(DUMPDIR), "", 0o755, listing.len() as u64),
+                listing,
+            ),
         };
         b.append(&h, data).unwrap();
     }
@@ -169,6 +175,38 @@ fn refused(r: Result<Restored, SourceError>, naming: &str) {
         }
         other => panic!("expected a refusal naming {naming}, got {other:?}"),
     }
+}
+
+/// An incremental archive's directory entries (`D`, a dumpdir) are held to the same
+/// rules as directories: a `..` name is refused, a `D` over a link out is refused, the
+/// `./` entry is the restore directory itself; the names a dumpdir lists (here `..` and
+/// `../canary`) are never acted on.
+#[test]
+fn gnu_dumpdir_entries_are_held_to_the_directory_rules() {
+    let listing = b"D..\0N../canary\0Yfile\0\0".to_vec();
+    let sb = Sandbox::new();
+    refused(
+        sb.restore(&[E::Dumpdir("../canary/".into(), listing.clone())]),
+        "../canary",
+    );
+    let sb = Sandbox::new();
+    refused(
+        sb.restore(&[
+            s("out", "../canary"),
+            E::Dumpdir("out/".into(), listing.clone()),
+        ]),
+        "out",
+    );
+    let sb = Sandbox::new();
+    let r = sb
+        .restore(&[
+            E::Dumpdir("./".into(), listing.clone()),
+            E::Dumpdir("sub/".into(), listing),
+            f("sub/file"),
+        ])
+        .unwrap();
+    assert_eq!((r.dirs, r.files), (1, 1));
+    assert!(sb.dest().join("sub/file").is_file());
 }
 
 #[test]
@@ -377,7 +415,8 @@ fn arb_entry() -> impl Strategy<Value = E> {
         name.clone().prop_map(|n| E::Dir(n, 0o777)),
         name.clone().prop_map(|n| E::File(n, 0o6777, b"x".to_vec())),
         (name.clone(), target.clone()).prop_map(|(n, t)| E::Sym(n, t)),
-        (name, target).prop_map(|(n, t)| E::Hard(n, t)),
+        (name.clone(), target).prop_map(|(n, t)| E::Hard(n, t)),
+        name.prop_map(|n| E::Dumpdir(n, b"Ya\0D..\0N../canary\0\0".to_vec())),
     ]
 }
 
