@@ -232,6 +232,19 @@ pub fn dump(spec: &DirectorySpec, out: &mut dyn Write) -> Result<Dumped, SourceE
             ));
         }
     }
+    finish(spec, tar, counts, entries, Vec::new())
+}
+
+/// The end of a dump, full or incremental: an empty tree fails (unless allowed), the
+/// archive is closed, the counts become the stats and the entries the index.
+fn finish(
+    spec: &DirectorySpec,
+    tar: tar::Builder<Counting<'_>>,
+    counts: Counts,
+    entries: Vec<index::Entry>,
+    unchanged: Vec<index::Entry>,
+) -> Result<Dumped, SourceError> {
+    let root = spec.path.as_path();
     if counts.files + counts.dirs + counts.symlinks == 0 && !spec.allow_empty {
         return Err(SourceError::Empty { path: root.into() });
     }
@@ -250,7 +263,7 @@ pub fn dump(spec: &DirectorySpec, out: &mut dyn Write) -> Result<Dumped, SourceE
             entries,
             members: Vec::new(),
             member_bytes: 0,
-            unchanged: Vec::new(),
+            unchanged,
         }),
     })
 }
@@ -270,12 +283,56 @@ fn root_metadata(root: &Path) -> Result<std::fs::Metadata, SourceError> {
     Ok(meta)
 }
 
-/// Appends the regular file the walk saw at `path` (`seen`: its metadata then). Opened
-/// without following a link and without blocking, then checked through the open handle:
-/// whatever is at `path` now must still be a regular file with the same device and inode,
-/// so a file swapped for a FIFO, a device or a symlink to a secret between listing and
-/// opening is skipped with a warning, never read.
-/// Returns the size and sha256 of what was archived, `None` when the file was skipped.
+/// Why a listed regular file was not opened.
+#[derive(Debug)]
+enum NotOpened {
+    Replaced,
+    /// `O_NOFOLLOW` met a symlink that took the file's place.
+    Symlink,
+    Deleted,
+    Unopenable(io::Error),
+    /// Opened, but its metadata could not be read: an I/O error, not a skip.
+    Unreadable(io::Error),
+}
+
+impl std::fmt::Display for NotOpened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotOpened::Replaced => write!(f, "replaced by something else while backing up"),
+            NotOpened::Symlink => write!(f, "replaced by a symlink while backing up"),
+            NotOpened::Deleted => write!(f, "deleted while backing up"),
+            NotOpened::Unopenable(e) => write!(f, "cannot open: {e}"),
+            NotOpened::Unreadable(e) => write!(f, "cannot read its metadata: {e}"),
+        }
+    }
+}
+
+/// Opens the regular file the walk saw at `path` (`seen`: its metadata then) without
+/// following a link and without blocking, and only if what is there now is still that
+/// file (same device and inode): a file swapped for a FIFO, a device or a symlink to a
+/// secret between listing and opening is never read. The full dump and the incremental
+/// one (archiving, or hashing to compare contents) open files only through this.
+fn open_as_listed(path: &Path, seen: &std::fs::Metadata) -> Result<File, NotOpened> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path);
+    match opened {
+        Ok(f) => match f.metadata() {
+            Ok(now) if now.is_file() && now.dev() == seen.dev() && now.ino() == seen.ino() => Ok(f),
+            Ok(_) => Err(NotOpened::Replaced),
+            Err(e) => Err(NotOpened::Unreadable(e)),
+        },
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Err(NotOpened::Symlink),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(NotOpened::Deleted),
+        Err(e) => Err(NotOpened::Unopenable(e)),
+    }
+}
+
+/// Appends the regular file the walk saw at `path` (`seen`: its metadata then), opened by
+/// [`open_as_listed`]; one it will not open is skipped with a warning naming why, never
+/// read. Returns the size and sha256 of what was archived, `None` when the file was skipped.
 fn append_file(
     tar: &mut tar::Builder<Counting<'_>>,
     header: &mut Header,
@@ -284,44 +341,12 @@ fn append_file(
     seen: &std::fs::Metadata,
     counts: &mut Counts,
 ) -> Result<Option<(u64, String)>, SourceError> {
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-    let opened = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path);
-    let file = match opened {
-        Ok(f) => match f.metadata() {
-            Ok(now) if now.is_file() && now.dev() == seen.dev() && now.ino() == seen.ino() => f,
-            Ok(_) => {
-                counts.skipped += 1;
-                counts.warn(format!(
-                    "skipped {}: replaced by something else while backing up",
-                    path.display()
-                ));
-                return Ok(None);
-            }
-            Err(e) => return Err(io_err(path)(e)),
-        },
-        // O_NOFOLLOW on a symlink that took the file's place.
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+    let file = match open_as_listed(path, seen) {
+        Ok(file) => file,
+        Err(NotOpened::Unreadable(e)) => return Err(io_err(path)(e)),
+        Err(not) => {
             counts.skipped += 1;
-            counts.warn(format!(
-                "skipped {}: replaced by a symlink while backing up",
-                path.display()
-            ));
-            return Ok(None);
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            counts.skipped += 1;
-            counts.warn(format!(
-                "skipped {}: deleted while backing up",
-                path.display()
-            ));
-            return Ok(None);
-        }
-        Err(e) => {
-            counts.skipped += 1;
-            counts.warn(format!("skipped {}: cannot open: {e}", path.display()));
+            counts.warn(format!("skipped {}: {not}", path.display()));
             return Ok(None);
         }
     };
@@ -452,17 +477,24 @@ pub fn test_restore(
             format!("restore would leave out: {}", r.warnings.join("; ")),
         )
     };
-    Ok(vec![
-        rules,
-        crate::snapshot::record::Check::compare("file count", expected[0], r.files),
-        crate::snapshot::record::Check::compare("directory count", expected[1], r.dirs),
-        crate::snapshot::record::Check::compare(
-            "symlink count",
-            expected[2],
-            r.symlinks + r.links_skipped,
-        ),
-        crate::snapshot::record::Check::compare("file bytes", expected[3], r.bytes),
-    ])
+    let mut checks = vec![rules];
+    checks.extend(count_checks(expected, &r));
+    Ok(checks)
+}
+
+/// A test-restore's counts against what the manifest recorded (`[files, dirs, symlinks,
+/// file bytes]`): of one archive, or of a whole incremental chain.
+pub fn count_checks(
+    expected: [u64; 4],
+    r: &crate::source::Restored,
+) -> Vec<crate::snapshot::record::Check> {
+    use crate::snapshot::record::Check;
+    vec![
+        Check::compare("file count", expected[0], r.files),
+        Check::compare("directory count", expected[1], r.dirs),
+        Check::compare("symlink count", expected[2], r.symlinks + r.links_skipped),
+        Check::compare("file bytes", expected[3], r.bytes),
+    ]
 }
 
 #[cfg(test)]

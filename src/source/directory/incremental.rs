@@ -24,10 +24,9 @@ use std::path::{Path, PathBuf};
 
 use tar::{EntryType, Header, HeaderMode};
 
-use super::index::{self, Entry, Index, Kind};
+use super::index::{Entry, Index, Kind};
 use super::{Counting, Counts, DirectorySpec, Excludes, append_file, ctime_ns};
 use crate::error::Invalid;
-use crate::snapshot::SourceStats;
 use crate::source::{Dumped, SourceError, io_err};
 
 /// `incremental = { ... }` of a directory source.
@@ -153,27 +152,7 @@ pub fn dump(
         unchanged,
         ..
     } = walk;
-    if counts.files + counts.dirs + counts.symlinks == 0 && !spec.allow_empty {
-        return Err(SourceError::Empty { path: root.into() });
-    }
-    tar.into_inner().map_err(io_err(root))?;
-    Ok(Dumped {
-        stats: SourceStats::Tree {
-            files: counts.files,
-            dirs: counts.dirs,
-            symlinks: counts.symlinks,
-            file_bytes: counts.file_bytes,
-            skipped: counts.skipped,
-        },
-        warnings: counts.warnings,
-        index: Some(Index {
-            format: index::FORMAT,
-            entries,
-            members: Vec::new(),
-            member_bytes: 0,
-            unchanged,
-        }),
-    })
+    super::finish(spec, tar, counts, entries, unchanged)
 }
 
 impl Walk<'_, '_> {
@@ -373,19 +352,11 @@ fn entry(
     }
 }
 
-/// The sha256 of the regular file the walk saw at `path` (same inode, never a link).
+/// The sha256 of the regular file the walk saw at `path` (same inode, never a link);
+/// `None` when it cannot be read as listed (then it counts as changed).
 fn sha256_of(path: &Path, seen: &std::fs::Metadata) -> Option<String> {
     use sha2::Digest;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .ok()?;
-    let now = file.metadata().ok()?;
-    if !now.is_file() || now.ino() != seen.ino() || now.dev() != seen.dev() {
-        return None;
-    }
+    let mut file = super::open_as_listed(path, seen).ok()?;
     let mut h = sha2::Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
