@@ -265,14 +265,10 @@ impl Verifier<'_> {
             ..
         } = entry.stats
         {
-            checks.push(Check::compare("file count", files, r.files));
-            checks.push(Check::compare("directory count", dirs, r.dirs));
-            checks.push(Check::compare(
-                "symlink count",
-                symlinks,
-                r.symlinks + r.links_skipped,
+            checks.extend(crate::source::directory::count_checks(
+                [files, dirs, symlinks, file_bytes],
+                &r,
             ));
-            checks.push(Check::compare("file bytes", file_bytes, r.bytes));
         }
         checks
     }
