@@ -155,29 +155,17 @@ async fn check_immutability(policy: &crate::policy::Policy, name: &str, f: &mut 
     if url.scheme() != "s3" {
         return;
     }
-    let bucket = match crate::target::s3api::Bucket::new(&url, spec) {
-        Ok(b) => b,
+    let read = async {
+        let bucket = crate::target::s3api::Bucket::new(&url, spec)?;
+        tokio::try_join!(bucket.versioning(), bucket.lock())
+    };
+    let (versioned, lock) = match read.await {
+        Ok(found) => found,
         Err(e) => {
             f.warn(format!(
                 "target {name}: versioning and Object Lock not checked: {e}"
             ));
             return;
-        }
-    };
-    let versioned = match bucket.versioning().await {
-        Ok(v) => v,
-        Err(e) => {
-            f.warn(format!(
-                "target {name}: versioning and Object Lock not checked: {e}"
-            ));
-            return;
-        }
-    };
-    let lock = match bucket.lock().await {
-        Ok(l) => l,
-        Err(e) => {
-            f.warn(format!("target {name}: Object Lock not checked: {e}"));
-            None
         }
     };
     match (&lock, versioned) {
