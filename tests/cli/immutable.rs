@@ -24,6 +24,34 @@ fn boto3(script: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// One S3 target for `world`'s policy.
+struct S3<'a> {
+    name: &'a str,
+    endpoint: String,
+    bucket_and_prefix: String,
+    secret: &'a str,
+    extra: &'a str,
+}
+
+/// `policy.toml`: job `app` backing up `src` to `target`; `job` adds lines to `[jobs.app]`,
+/// `more` adds tables after the `files` source.
+fn s3_policy(world: &World, target: S3<'_>, job: &str, more: &str) {
+    let secret = s3_secret_file(world, target.secret);
+    let section = s3_target(
+        target.name,
+        &target.endpoint,
+        &target.bucket_and_prefix,
+        &secret,
+        target.extra,
+    );
+    world.write_policy(&format!(
+        "[daemon]\nstate_dir = \"state\"\n[encryption]\nrecipients = [\"{}\"]\nidentity_file = \"identity.txt\"\n{section}\n[jobs.app]\ntargets = [\"{}\"]\n{job}\n[jobs.app.sources.files]\nkind = \"directory\"\npath = \"{}\"\n{more}",
+        world.recipient,
+        target.name,
+        world.path("src").display(),
+    ));
+}
+
 /// A new bucket with Object Lock on and a COMPLIANCE default retention of one day.
 fn locked_bucket() -> String {
     let bucket = unique("locked").to_lowercase().replace('_', "-");
@@ -40,20 +68,21 @@ fn locked_world(bucket: &str, extra: &str) -> World {
     std::fs::write(world.path("src/small.txt"), "a small file").unwrap();
     // Over one 8 MiB part: a multipart upload.
     std::fs::write(world.path("src/big.bin"), noise(20 << 20, 17)).unwrap();
-    let secret = s3_secret_file(&world, "moto-does-not-check");
-    let target = s3_target(
-        "locked",
-        &env("BACKUPD_TEST_MOTO"),
-        &format!("{bucket}/backups"),
-        &secret,
-        extra,
+    s3_policy(
+        &world,
+        S3 {
+            name: "locked",
+            endpoint: env("BACKUPD_TEST_MOTO"),
+            bucket_and_prefix: format!("{bucket}/backups"),
+            secret: "moto-does-not-check",
+            extra,
+        },
+        "compression = \"none\"",
+        &format!(
+            "[jobs.app.sources.db]\nkind = \"sqlite\"\npath = \"{}\"\n",
+            world.path("app.db").display()
+        ),
     );
-    world.write_policy(&format!(
-        "[daemon]\nstate_dir = \"state\"\n[encryption]\nrecipients = [\"{}\"]\nidentity_file = \"identity.txt\"\n{target}\n[jobs.app]\ntargets = [\"locked\"]\ncompression = \"none\"\n[jobs.app.sources.files]\nkind = \"directory\"\npath = \"{}\"\n[jobs.app.sources.db]\nkind = \"sqlite\"\npath = \"{}\"\n",
-        world.recipient,
-        world.path("src").display(),
-        world.path("app.db").display(),
-    ));
     let db = rusqlite::Connection::open(world.path("app.db")).unwrap();
     db.execute_batch("create table t(x); insert into t values (1), (2);")
         .unwrap();
@@ -173,19 +202,18 @@ impl Drop for DenyDeletes {
 }
 
 fn write_only_policy(world: &World, endpoint: &str, prefix: &str, extra: &str) {
-    let secret = s3_secret_file(world, "moto-does-not-check");
-    let target = s3_target(
-        "writer",
-        endpoint,
-        &format!("backupd-test/{prefix}"),
-        &secret,
-        extra,
+    s3_policy(
+        world,
+        S3 {
+            name: "writer",
+            endpoint: endpoint.to_string(),
+            bucket_and_prefix: format!("backupd-test/{prefix}"),
+            secret: "moto-does-not-check",
+            extra,
+        },
+        "retention = { keep_last = 1 }",
+        "",
     );
-    world.write_policy(&format!(
-        "[daemon]\nstate_dir = \"state\"\n[encryption]\nrecipients = [\"{}\"]\nidentity_file = \"identity.txt\"\n{target}\n[jobs.app]\ntargets = [\"writer\"]\nretention = {{ keep_last = 1 }}\n[jobs.app.sources.files]\nkind = \"directory\"\npath = \"{}\"\n",
-        world.recipient,
-        world.path("src").display(),
-    ));
 }
 
 /// Credentials that may write but not delete: the backup commits and exits 0; what
@@ -360,19 +388,18 @@ fn the_versions_client_signs_requests_as_s3_checks_them() {
     ] {
         let world = World::new();
         std::fs::create_dir_all(world.path("src")).unwrap();
-        let secret_file = s3_secret_file(&world, &secret);
-        let target = s3_target(
-            "s3",
-            &env("BACKUPD_TEST_S3S"),
-            &format!("backupd-test/{}", unique("signed")),
-            &secret_file,
+        s3_policy(
+            &world,
+            S3 {
+                name: "s3",
+                endpoint: env("BACKUPD_TEST_S3S"),
+                bucket_and_prefix: format!("backupd-test/{}", unique("signed")),
+                secret: &secret,
+                extra: "",
+            },
+            "",
             "",
         );
-        world.write_policy(&format!(
-            "[daemon]\nstate_dir = \"state\"\n[encryption]\nrecipients = [\"{}\"]\n{target}\n[jobs.app]\ntargets = [\"s3\"]\n[jobs.app.sources.files]\nkind = \"directory\"\npath = \"{}\"\n",
-            world.recipient,
-            world.path("src").display(),
-        ));
         let out = world.backupd(&["recover", "app", "--dry-run"]);
         assert_eq!(out.status.code(), Some(1), "{}", text(&out));
         assert!(text(&out).contains(expected), "{}", text(&out));
