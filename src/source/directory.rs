@@ -114,16 +114,7 @@ impl Counts {
 /// Writes the tree at `spec.path` as a tar stream into `out`.
 pub fn dump(spec: &DirectorySpec, out: &mut dyn Write) -> Result<Dumped, SourceError> {
     let root = spec.path.as_path();
-    root_metadata(root)?;
-    let excludes = Excludes::new(&spec.exclude).map_err(|e| SourceError::Invalid {
-        path: root.into(),
-        what: format!("bad exclude pattern: {e}"),
-    })?;
-    let mut tar = tar::Builder::new(Counting {
-        inner: out,
-        bytes: 0,
-    });
-    tar.follow_symlinks(false);
+    let (_, excludes, mut tar) = start(spec, out)?;
     let mut counts = Counts::default();
     let mut entries: Vec<index::Entry> = Vec::new();
     let walker = walkdir::WalkDir::new(root)
@@ -233,6 +224,26 @@ pub fn dump(spec: &DirectorySpec, out: &mut dyn Write) -> Result<Dumped, SourceE
         }
     }
     finish(spec, tar, counts, entries, Vec::new())
+}
+
+/// The start of a dump, full or incremental: the root's metadata (it must be a
+/// directory), the compiled excludes, and an archive that counts its bytes (the index's
+/// offsets) and never follows a link.
+type Started<'o> = (std::fs::Metadata, Excludes, tar::Builder<Counting<'o>>);
+
+fn start<'o>(spec: &DirectorySpec, out: &'o mut dyn Write) -> Result<Started<'o>, SourceError> {
+    let root = spec.path.as_path();
+    let meta = root_metadata(root)?;
+    let excludes = Excludes::new(&spec.exclude).map_err(|e| SourceError::Invalid {
+        path: root.into(),
+        what: format!("bad exclude pattern: {e}"),
+    })?;
+    let mut tar = tar::Builder::new(Counting {
+        inner: out,
+        bytes: 0,
+    });
+    tar.follow_symlinks(false);
+    Ok((meta, excludes, tar))
 }
 
 /// The end of a dump, full or incremental: an empty tree fails (unless allowed), the

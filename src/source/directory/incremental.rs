@@ -124,16 +124,7 @@ pub fn dump(
     out: &mut dyn Write,
 ) -> Result<Dumped, SourceError> {
     let root = spec.path.as_path();
-    let meta = super::root_metadata(root)?;
-    let excludes = Excludes::new(&spec.exclude).map_err(|e| SourceError::Invalid {
-        path: root.into(),
-        what: format!("bad exclude pattern: {e}"),
-    })?;
-    let mut tar = tar::Builder::new(Counting {
-        inner: out,
-        bytes: 0,
-    });
-    tar.follow_symlinks(false);
+    let (meta, excludes, tar) = super::start(spec, out)?;
     let mut walk = Walk {
         root,
         excludes,
