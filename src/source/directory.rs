@@ -166,21 +166,7 @@ pub fn dump(spec: &DirectorySpec, out: &mut dyn Write) -> Result<Dumped, SourceE
         let mut header = Header::new_gnu();
         header.set_metadata_in_mode(&meta, HeaderMode::Complete);
         let offset = tar.get_ref().bytes;
-        let indexed = |kind, link: Option<&Path>| {
-            use std::os::unix::fs::MetadataExt;
-            index::Entry {
-                path: rel.to_string_lossy().into_owned(),
-                kind,
-                size: 0,
-                mode: meta.mode() & 0o7777,
-                mtime: meta.mtime(),
-                link: link.map(|l| l.to_string_lossy().into_owned()),
-                offset,
-                sha256: None,
-                inode: Some(meta.ino()),
-                ctime_ns: Some(ctime_ns(&meta)),
-            }
-        };
+        let indexed = |kind, link: Option<&Path>| index_entry(rel, kind, &meta, link, offset);
         if ft.is_dir() {
             header.set_size(0);
             tar.append_data(&mut header, rel, io::empty())
@@ -391,6 +377,30 @@ fn append_file(
     counts.file_bytes += size;
     let sha256 = hex::encode(sha2::Digest::finalize(reader.sha256));
     Ok(Some((size, sha256)))
+}
+
+/// The index entry of what the walk saw at `rel` (size and sha256 are a file's, set by
+/// the caller once it is archived).
+fn index_entry(
+    rel: &Path,
+    kind: index::Kind,
+    meta: &std::fs::Metadata,
+    link: Option<&Path>,
+    offset: u64,
+) -> index::Entry {
+    use std::os::unix::fs::MetadataExt;
+    index::Entry {
+        path: rel.to_string_lossy().into_owned(),
+        kind,
+        size: 0,
+        mode: meta.mode() & 0o7777,
+        mtime: meta.mtime(),
+        link: link.map(|l| l.to_string_lossy().into_owned()),
+        offset,
+        sha256: None,
+        inode: Some(meta.ino()),
+        ctime_ns: Some(ctime_ns(meta)),
+    }
 }
 
 /// The status-change time in nanoseconds, as the index records it.

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use tar::{EntryType, Header, HeaderMode};
 
 use super::index::{Entry, Index, Kind};
-use super::{Counting, Counts, DirectorySpec, Excludes, append_file, ctime_ns};
+use super::{Counting, Counts, DirectorySpec, Excludes, append_file, ctime_ns, index_entry};
 use crate::error::Invalid;
 use crate::source::{Dumped, SourceError, io_err};
 
@@ -229,7 +229,8 @@ impl Walk<'_, '_> {
             .map_err(io_err(&abs))?;
         if !rel.as_os_str().is_empty() {
             self.counts.dirs += 1;
-            self.entries.push(entry(rel, Kind::Dir, meta, None, offset));
+            self.entries
+                .push(index_entry(rel, Kind::Dir, meta, None, offset));
         }
 
         for (name, child) in children {
@@ -257,8 +258,13 @@ impl Walk<'_, '_> {
                         .append_link(&mut header, &child_rel, &link)
                         .map_err(io_err(&path))?;
                     self.counts.symlinks += 1;
-                    self.entries
-                        .push(entry(&child_rel, Kind::Symlink, &meta, Some(&link), offset));
+                    self.entries.push(index_entry(
+                        &child_rel,
+                        Kind::Symlink,
+                        &meta,
+                        Some(&link),
+                        offset,
+                    ));
                 }
                 Child::Changed(meta, None) => {
                     let offset = self.tar.get_ref().bytes;
@@ -271,7 +277,7 @@ impl Walk<'_, '_> {
                         &meta,
                         &mut self.counts,
                     )? {
-                        let mut e = entry(&child_rel, Kind::File, &meta, None, offset);
+                        let mut e = index_entry(&child_rel, Kind::File, &meta, None, offset);
                         e.size = size;
                         e.sha256 = Some(sha256);
                         self.entries.push(e);
@@ -319,27 +325,6 @@ impl Walk<'_, '_> {
         e.inode = Some(meta.ino());
         e.ctime_ns = Some(ctime_ns(meta));
         Some(e)
-    }
-}
-
-fn entry(
-    rel: &Path,
-    kind: Kind,
-    meta: &std::fs::Metadata,
-    link: Option<&Path>,
-    offset: u64,
-) -> Entry {
-    Entry {
-        path: rel.to_string_lossy().into_owned(),
-        kind,
-        size: 0,
-        mode: meta.mode() & 0o7777,
-        mtime: meta.mtime(),
-        link: link.map(|l| l.to_string_lossy().into_owned()),
-        offset,
-        sha256: None,
-        inode: Some(meta.ino()),
-        ctime_ns: Some(ctime_ns(meta)),
     }
 }
 
