@@ -18,6 +18,7 @@ mod status;
 mod table;
 pub use table::printable;
 mod verify;
+mod wal;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -79,6 +80,12 @@ pub enum Command {
     Prune(prune::Args),
     /// Bring back snapshots whose manifests were deleted in a versioned S3 bucket.
     Recover(recover::Args),
+    /// PostgreSQL's archive_command: archive one WAL file (`%p`) to the job's targets;
+    /// exit 1 on any failure so PostgreSQL keeps it and retries.
+    WalPush(wal::PushArgs),
+    /// PostgreSQL's restore_command: fetch one archived WAL file (`%f`) to `%p`, checked;
+    /// exit 1 when it is not archived (the end of a recovery).
+    WalFetch(wal::FetchArgs),
     /// Validate the policy, keys, source paths and target reachability; exit 2 on a fatal finding.
     Check,
     /// Generate a new age identity (secret key, mode 0600) and print its public key.
@@ -112,6 +119,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Verify(args) => verify::run(&cli.config, args, quiet).await,
         Command::Prune(args) => prune::run(&cli.config, args).await,
         Command::Recover(args) => recover::run(&cli.config, args).await,
+        Command::WalPush(args) => wal::push(&cli.config, args).await,
+        Command::WalFetch(args) => wal::fetch(&cli.config, args).await,
         Command::Check => check::run(&cli.config).await,
         Command::Keygen(args) => keygen::run(args),
         Command::Init(args) => init::run(args),

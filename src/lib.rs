@@ -18,6 +18,8 @@
 //! - [`snapshot`]: the versioned format: ids, keys, names, the manifest, its seal, commit,
 //!   listing and the one rule for selecting snapshots.
 //! - [`verify`]: verification by test-restore and its stored records.
+//! - [`wal`]: PostgreSQL's WAL archive beside a job's base backups (push, fetch, listing,
+//!   gaps, retention), for point-in-time recovery.
 //! - [`restore`]: finding a snapshot, choosing its sources, restoring each into a
 //!   directory or a server; an incremental directory object with its chain.
 //! - [`browse`]: a directory source's index, `ls`/`find` over it, and `cat` of one file.
@@ -61,3 +63,4 @@ pub mod state;
 pub mod target;
 pub mod units;
 pub mod verify;
+pub mod wal;

@@ -405,7 +405,7 @@ mod upload;
 pub use upload::{PartWriter, UploadError};
 
 pub use blocks::BLOCK_BYTES as MEMBER_BYTES;
-pub use decode::{Decoded, IntegrityError, decode};
+pub use decode::{Decoded, Encoded, IntegrityError, decode};
 
 #[cfg(test)]
 mod tests;

@@ -7,6 +7,7 @@
 
 pub mod chain;
 pub mod index;
+pub mod pitr;
 
 use std::path::PathBuf;
 use std::sync::Arc;

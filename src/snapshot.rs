@@ -235,6 +235,22 @@ pub enum SourceStats {
         /// Keys per logical database (`db0`, …) from INFO keyspace at dump time.
         keys: BTreeMap<String, u64>,
     },
+    /// A PostgreSQL base backup: the cluster's data directory as a tar, consistent with
+    /// the archived WAL from `start_lsn` to `stop_lsn` (`crate::wal`).
+    Basebackup {
+        server_version: String,
+        tool_version: String,
+        /// The cluster's identity (empty when the role may not read it).
+        system_identifier: String,
+        /// The database the source URL names: the replay's checks run there.
+        database: String,
+        timeline: u32,
+        start_lsn: String,
+        stop_lsn: String,
+        /// The first WAL file the backup needs: retention keeps the archive from here.
+        start_wal: String,
+        wal_segment_bytes: u64,
+    },
 }
 
 impl SourceStats {
@@ -253,6 +269,12 @@ impl SourceStats {
                 tables.values().sum::<u64>()
             ),
             SourceStats::Redis { keys, .. } => format!("{} keys", keys.values().sum::<u64>()),
+            SourceStats::Basebackup {
+                timeline,
+                start_lsn,
+                stop_lsn,
+                ..
+            } => format!("base backup, timeline {timeline}, WAL {start_lsn} to {stop_lsn}"),
         }
     }
 }

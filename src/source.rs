@@ -8,6 +8,7 @@
 pub(crate) mod child;
 pub mod directory;
 pub mod mysql;
+pub mod pgbase;
 pub mod postgres;
 pub mod redis;
 pub mod scratch_db;
@@ -43,6 +44,13 @@ impl SourceSpec {
                 ),
             },
             SourceSpec::Sqlite(_) => ("path", Ok(())),
+            SourceSpec::Postgres(pg) if pg.method == postgres::Method::Basebackup => {
+                let mut found = pgbase::check_spec(pg);
+                if let Err(e) = postgres::check_url(&pg.url) {
+                    found.push(("url", e.0));
+                }
+                return found;
+            }
             SourceSpec::Postgres(pg) => ("url", postgres::check_spec(pg)),
             SourceSpec::Mysql(my) => ("url", mysql::check_spec(my)),
             SourceSpec::Redis(r) => ("url", redis::check_url(&r.url)),
@@ -209,6 +217,8 @@ pub enum Expanded {
     Spec(SourceSpec),
     Postgres(postgres::PostgresSpec),
     PostgresGlobals(postgres::PostgresSpec),
+    /// `method = "basebackup"`: the whole cluster (see `pgbase`).
+    PostgresBase(postgres::PostgresSpec),
     Mysql(mysql::MysqlSpec),
 }
 
@@ -216,7 +226,9 @@ impl Expanded {
     pub fn kind(&self) -> &'static str {
         match self {
             Expanded::Spec(s) => s.kind(),
-            Expanded::Postgres(_) | Expanded::PostgresGlobals(_) => "postgres",
+            Expanded::Postgres(_) | Expanded::PostgresGlobals(_) | Expanded::PostgresBase(_) => {
+                "postgres"
+            }
             Expanded::Mysql(_) => "mysql",
         }
     }
@@ -280,6 +292,7 @@ pub fn object_name(name: &str, spec: &Expanded, compression_ext: &str, encrypted
         Expanded::Spec(SourceSpec::Postgres(_)) | Expanded::Postgres(_) => "pgdump",
         Expanded::Spec(SourceSpec::Mysql(_)) | Expanded::Mysql(_) => "sql",
         Expanded::PostgresGlobals(_) => "sql",
+        Expanded::PostgresBase(_) => "tar",
         Expanded::Spec(SourceSpec::Redis(_)) => "rdb",
     };
     let age = if encrypted { ".age" } else { "" };
@@ -302,6 +315,7 @@ pub fn dump(
         Expanded::Spec(SourceSpec::Mysql(s)) | Expanded::Mysql(s) => mysql::dump(s, out),
         Expanded::Spec(SourceSpec::Redis(s)) => redis::dump(s, out),
         Expanded::PostgresGlobals(s) => postgres::dump_globals(s, out),
+        Expanded::PostgresBase(s) => pgbase::dump(s, out),
     }
 }
 
@@ -313,7 +327,7 @@ pub fn estimate(spec: &Expanded) -> Option<u64> {
         Expanded::Spec(spec) => spec,
         Expanded::Postgres(pg) => return postgres::size_estimate(pg),
         Expanded::Mysql(my) => return mysql::size_estimate(my),
-        Expanded::PostgresGlobals(_) => return None,
+        Expanded::PostgresGlobals(_) | Expanded::PostgresBase(_) => return None,
     };
     match spec {
         SourceSpec::Directory(d) => {
@@ -419,6 +433,7 @@ pub fn restore(
             mysql::restore_to_file(input, dest, database, overwrite)
         }
         SourceStats::Redis { .. } => redis::restore_to_file(input, dest, overwrite),
+        SourceStats::Basebackup { .. } => pgbase::restore(input, dest, options),
     }
 }
 
@@ -478,6 +493,11 @@ pub fn test_restore(
         } => directory::test_restore(reader, [*files, *dirs, *symlinks, *file_bytes], scratch),
         SourceStats::Sqlite { tables, .. } => sqlite::test_restore(reader, tables, scratch),
         SourceStats::Redis { keys, .. } => redis::test_restore(reader, keys, scratch),
+        // Verification replays a base backup with its WAL (`verify`), never here.
+        SourceStats::Basebackup { .. } => Err(SourceError::Invalid {
+            path: PathBuf::from(&entry.object),
+            what: "a base backup is verified by replaying its WAL".into(),
+        }),
         SourceStats::Database { engine, .. } if engine == postgres::GLOBALS_ENGINE => {
             Ok(Vec::new())
         }

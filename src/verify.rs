@@ -5,6 +5,7 @@
 //! `verify/<utc-time>.json`; retention treats the newest verified snapshot as untouchable.
 
 mod checks;
+mod replay;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -140,6 +141,14 @@ impl Verifier<'_> {
         name: &str,
         entry: &SourceEntry,
     ) -> SourceResult {
+        if let crate::snapshot::SourceStats::Basebackup { .. } = entry.stats {
+            let checks = self.replay_checks(target, manifest, name, entry).await;
+            return SourceResult {
+                ok: checks.iter().all(|c| c.ok),
+                checks,
+                error: None,
+            };
+        }
         if !entry.is_full() {
             let mut checks = self.chain_checks(target, manifest, name, entry).await;
             checks.push(self.index_check(target, manifest, entry).await);

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use super::{EXIT_FAILED, UsageError, chosen_targets, human_bytes, load_policy};
 use crate::crypto;
-use crate::restore::{self, Destination};
+use crate::restore::{self, Destination, pitr};
 use crate::snapshot::seal::Judgment;
 use crate::snapshot::{Encryption, Selector};
 use crate::source;
@@ -73,6 +73,19 @@ pub struct Args {
     /// Default: this instance's (`daemon.instance`, else the host name).
     #[arg(long, value_name = "NAME")]
     pub instance: Option<String>,
+    /// Point-in-time recovery of a base backup source: recover up to this moment (with
+    /// its zone, e.g. "2026-12-01 10:05:00+00"). With `latest`, the newest base backup
+    /// that ended before it is restored. Without any --target-*, recovery replays the
+    /// whole archive.
+    #[arg(long, value_name = "TIME", conflicts_with_all = ["into_url", "target_lsn", "target_xid"])]
+    pub target_time: Option<String>,
+    /// Point-in-time recovery up to this WAL position (e.g. 0/16B3748).
+    #[arg(long, value_name = "LSN", conflicts_with_all = ["into_url", "target_xid"])]
+    pub target_lsn: Option<String>,
+    /// Point-in-time recovery up to this transaction id (name the snapshot when the
+    /// transaction is older than the newest base backup).
+    #[arg(long, value_name = "XID", conflicts_with = "into_url")]
+    pub target_xid: Option<String>,
 }
 
 pub async fn run(config: &Path, args: Args, quiet: bool) -> anyhow::Result<ExitCode> {
@@ -94,9 +107,19 @@ pub async fn run(config: &Path, args: Args, quiet: bool) -> anyhow::Result<ExitC
         }
         s => s,
     };
-    let (target, manifest) = restore::find(&targets, &args.job, &selector, &instance, &trust)
-        .await
-        .map_err(edge)?;
+    let point = pitr::point(
+        args.target_time.as_deref(),
+        args.target_lsn.as_deref(),
+        args.target_xid.as_deref(),
+    )
+    .map_err(edge)?;
+    let (target, manifest) = match &point {
+        Some(point) if selector == Selector::Latest => {
+            pitr::choose(&targets, &args.job, &instance, &trust, point).await
+        }
+        _ => restore::find(&targets, &args.job, &selector, &instance, &trust).await,
+    }
+    .map_err(edge)?;
     match trust.judge(&manifest) {
         Judgment::Trusted => {}
         Judgment::Accepted(why) => println!("warning: snapshot {} is {why}", manifest.snapshot),
@@ -109,6 +132,16 @@ pub async fn run(config: &Path, args: Args, quiet: bool) -> anyhow::Result<ExitC
         }
     }
     let chosen = restore::select_sources(&manifest, &args.only, &args.skip).map_err(edge)?;
+    let is_base = |e: &crate::snapshot::SourceEntry| {
+        matches!(e.stats, crate::snapshot::SourceStats::Basebackup { .. })
+    };
+    if point.is_some() && !chosen.iter().any(|(_, e)| is_base(e)) {
+        return Err(UsageError(format!(
+            "--target-time/--target-lsn/--target-xid recover a PostgreSQL base backup, and snapshot {} restores none: choose a job with a method = \"basebackup\" source",
+            manifest.snapshot
+        ))
+        .into());
+    }
     let filter = restore::Filter::new(&args.include, &args.exclude)
         .map_err(edge)?
         .map(std::sync::Arc::new);
@@ -232,6 +265,29 @@ pub async fn run(config: &Path, args: Args, quiet: bool) -> anyhow::Result<ExitC
                         r.skipped, r.links_skipped
                     );
                 }
+                if is_base(&entry)
+                    && let Some(to) = &args.to
+                {
+                    let data = to.join(&name);
+                    let archive = crate::wal::Archive {
+                        job: manifest.job.clone(),
+                        instance: manifest.instance().to_string(),
+                        source: name.clone(),
+                    };
+                    match recovery(
+                        config,
+                        args.identity.as_deref(),
+                        &archive,
+                        &data,
+                        point.as_ref(),
+                    ) {
+                        Ok(how) => println!("{how}"),
+                        Err(e) => {
+                            failed += 1;
+                            println!("FAILED to write the recovery settings into {shown}: {e:#}");
+                        }
+                    }
+                }
                 if let Some(base) = &entry.base {
                     println!(
                         "  incremental (level {}) on {base}: its chain was restored, full first",
@@ -255,6 +311,43 @@ pub async fn run(config: &Path, args: Args, quiet: bool) -> anyhow::Result<ExitC
     } else {
         ExitCode::from(EXIT_FAILED)
     })
+}
+
+/// Writes a restored base backup's recovery settings and says how to start it.
+fn recovery(
+    config: &Path,
+    identity: Option<&Path>,
+    archive: &crate::wal::Archive,
+    data: &Path,
+    point: Option<&source::pgbase::Point>,
+) -> anyhow::Result<String> {
+    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let exe = std::env::current_exe()?;
+    let identity = identity.map(absolute);
+    let command = pitr::restore_command(&exe, &absolute(config), identity.as_deref(), archive);
+    source::pgbase::write_recovery(data, &command, point)?;
+    let until = match point {
+        None => "the end of the WAL archive".to_string(),
+        Some(source::pgbase::Point::Time(t)) => format!("{t} (recovery_target_time)"),
+        Some(source::pgbase::Point::Lsn(l)) => format!("LSN {l}"),
+        Some(source::pgbase::Point::Xid(x)) => format!("transaction {x}"),
+    };
+    let start = format!(
+        "pg_ctl -D {} -o '-p 5433' -l {}/recovery.log start",
+        data.display(),
+        data.display()
+    );
+    let start = if rustix::process::geteuid().is_root() {
+        format!(
+            "runuser -u postgres -- {start}   (as the data directory's owner; PostgreSQL refuses root)"
+        )
+    } else {
+        start
+    };
+    Ok(format!(
+        "  recovery settings written (recovery.signal, postgresql.auto.conf): replays WAL of instance {} source {} until {until}, fetched by `backupd wal-fetch`\n  start the server with:\n    {start}",
+        archive.instance, archive.source
+    ))
 }
 
 /// A library error at the edge: a usage error exits 2, anything else 1.

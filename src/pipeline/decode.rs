@@ -8,7 +8,32 @@ use std::sync::{Arc, Mutex};
 use super::Tally;
 use crate::crypto::Identities;
 use crate::snapshot::Compression;
-use crate::snapshot::SourceEntry;
+use crate::snapshot::{Digest, Encryption, SourceEntry};
+
+/// What reading one stored object needs: its name, how it was encoded and both digests
+/// to check. A snapshot's source entry carries it, and so does a WAL file's receipt.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Encoded {
+    pub object: String,
+    pub compression: Compression,
+    pub compression_level: i32,
+    pub encryption: Encryption,
+    pub stored: Digest,
+    pub plain: Digest,
+}
+
+impl From<&SourceEntry> for Encoded {
+    fn from(e: &SourceEntry) -> Self {
+        Encoded {
+            object: e.object.clone(),
+            compression: e.compression,
+            compression_level: e.compression_level,
+            encryption: e.encryption.clone(),
+            stored: e.stored.clone(),
+            plain: e.plain.clone(),
+        }
+    }
+}
 
 /// A reader that tallies what passes, readable after the chain is consumed.
 struct TallyReader<R> {
@@ -54,15 +79,16 @@ pub struct Decoded {
     pub reader: Box<dyn Read + Send>,
     stored: Arc<Mutex<Tally>>,
     plain: Arc<Mutex<Tally>>,
-    entry: SourceEntry,
+    entry: Encoded,
 }
 
 /// Builds the read chain over `input` (the stored object's bytes).
 pub fn decode(
     input: impl Read + Send + 'static,
-    entry: &SourceEntry,
+    entry: impl Into<Encoded>,
     identities: Option<&Identities>,
 ) -> Result<Decoded, IntegrityError> {
+    let entry = &entry.into();
     let stored = Arc::new(Mutex::new(Tally::default()));
     let counted = io::BufReader::with_capacity(
         256 << 10,
@@ -72,8 +98,8 @@ pub fn decode(
         },
     );
     let decrypted: Box<dyn Read + Send> = match (&entry.encryption, identities) {
-        (crate::snapshot::Encryption::None, _) => Box::new(counted),
-        (crate::snapshot::Encryption::Age { recipients }, ids) => {
+        (Encryption::None, _) => Box::new(counted),
+        (Encryption::Age { recipients }, ids) => {
             let fail = |reason: String| IntegrityError::Decrypt {
                 object: entry.object.clone(),
                 reason,

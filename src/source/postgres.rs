@@ -50,6 +50,22 @@ pub struct PostgresSpec {
     /// e.g. `["select count(*) > 0 from users"]`.
     #[serde(default)]
     pub checks: Vec<String>,
+    /// `dump` (pg_dump, default) or `basebackup` (pg_basebackup of the whole cluster plus
+    /// the WAL archive: point-in-time recovery; see `source::pgbase` and `crate::wal`).
+    #[serde(default)]
+    pub method: Method,
+    /// With `basebackup`, when backupd runs as root: the OS user a verification's
+    /// throwaway server runs as (PostgreSQL refuses root). Default `postgres`.
+    #[serde(default)]
+    pub verify_as: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    #[default]
+    Dump,
+    Basebackup,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -89,6 +105,9 @@ pub fn check_spec(spec: &PostgresSpec) -> Result<(), Invalid> {
     super::check_database_spec(&spec.url, spec.databases.as_ref(), "postgres", check_url)
 }
 
+/// The user a base backup's replay runs as when backupd is root.
+pub const DEFAULT_VERIFY_AS: &str = "postgres";
+
 /// One spec per database to dump (named `<source>-<database>` when the policy lists
 /// several), plus the globals when asked; `"all"` asks the server.
 pub fn expand(
@@ -105,6 +124,12 @@ pub fn expand(
         one
     };
     let mut out = Vec::new();
+    if spec.method == Method::Basebackup {
+        return Ok(vec![(
+            name.to_string(),
+            super::Expanded::PostgresBase(spec.clone()),
+        )]);
+    }
     let names: Vec<String> = match &spec.databases {
         None => {
             out.push((name.to_string(), super::Expanded::Postgres(single(None))));
@@ -176,7 +201,7 @@ pub fn dump_globals(spec: &PostgresSpec, out: &mut dyn Write) -> Result<Dumped, 
 /// The manifest's engine name for a `pg_dumpall --globals-only` object.
 pub const GLOBALS_ENGINE: &str = "postgres_globals";
 
-fn database_of(url: &str) -> String {
+pub(super) fn database_of(url: &str) -> String {
     url::Url::parse(url)
         .ok()
         .map(|u| u.path().trim_start_matches('/').to_string())
@@ -200,7 +225,7 @@ pub(super) fn db_err(url: &str) -> impl Fn(postgres::Error) -> SourceError + '_ 
     }
 }
 
-fn connect(url: &str, password: Option<&str>) -> Result<postgres::Client, SourceError> {
+pub(super) fn connect(url: &str, password: Option<&str>) -> Result<postgres::Client, SourceError> {
     let mut config: postgres::Config = url.parse().map_err(db_err(url))?;
     if let Some(p) = password {
         config.password(p);
@@ -333,7 +358,7 @@ pub fn dump(spec: &PostgresSpec, out: &mut dyn Write) -> Result<Dumped, SourceEr
     })
 }
 
-fn version_cmd(tool: &Path) -> Command {
+pub(super) fn version_cmd(tool: &Path) -> Command {
     let mut cmd = super::child::command(tool, &["PG"]);
     cmd.arg("--version");
     cmd

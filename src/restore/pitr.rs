@@ -1,0 +1,182 @@
+//! Point-in-time recovery's restore side: the recovery *point* an operator names
+//! (`--target-time`, `--target-lsn`, `--target-xid`), the base backup that can reach it
+//! (the newest one that ended before it), and the `restore_command` the restored server
+//! fetches its WAL with (`backupd wal-fetch`, see `crate::wal`).
+
+use chrono::{DateTime, FixedOffset};
+
+use super::RestoreError;
+use crate::snapshot::seal::Trust;
+use crate::snapshot::{self, Manifest, Selector, SourceStats};
+use crate::source::pgbase::Point;
+use crate::target::Target;
+
+/// Reads the recovery point from the command line's three flags (at most one given).
+pub fn point(
+    time: Option<&str>,
+    lsn: Option<&str>,
+    xid: Option<&str>,
+) -> Result<Option<Point>, RestoreError> {
+    let usage = |m: String| RestoreError::Usage(m);
+    Ok(match (time, lsn, xid) {
+        (None, None, None) => None,
+        (Some(t), None, None) => {
+            parse_time(t).ok_or_else(|| {
+                usage(format!(
+                    "--target-time {t:?}: give a time with its zone, e.g. \"2026-12-01 10:05:00+00\" (PostgreSQL would read a time without one in the restored server's zone)"
+                ))
+            })?;
+            Some(Point::Time(t.to_string()))
+        }
+        (None, Some(l), None) => {
+            crate::wal::name::parse_lsn(l)
+                .ok_or_else(|| usage(format!("--target-lsn {l:?}: an LSN looks like 0/16B3748")))?;
+            Some(Point::Lsn(l.to_string()))
+        }
+        (None, None, Some(x)) => {
+            x.parse::<u32>().map_err(|_| {
+                usage(format!(
+                    "--target-xid {x:?}: a transaction id is a number, e.g. 7431"
+                ))
+            })?;
+            Some(Point::Xid(x.to_string()))
+        }
+        _ => {
+            return Err(usage(
+                "give one of --target-time, --target-lsn, --target-xid".into(),
+            ));
+        }
+    })
+}
+
+/// A recovery target time as PostgreSQL takes it, with an explicit offset.
+pub fn parse_time(t: &str) -> Option<DateTime<FixedOffset>> {
+    let t = t.trim();
+    DateTime::parse_from_rfc3339(t).ok().or_else(|| {
+        ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%#z"]
+            .iter()
+            .find_map(|f| DateTime::parse_from_str(t, f).ok())
+    })
+}
+
+/// The base backup to start a recovery to `point` from: among `instance`'s snapshots on
+/// `targets` holding a base backup, the newest that finished before the point (for a
+/// time or an LSN); for a transaction id, whose time is unknown, the newest.
+pub async fn choose(
+    targets: &[Target],
+    job: &str,
+    instance: &str,
+    trust: &Trust,
+    point: &Point,
+) -> Result<(Target, Manifest), RestoreError> {
+    let mut best: Option<(Target, Manifest)> = None;
+    for target in targets {
+        let all = match snapshot::list(target, Some(job)).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(target = %target.name, "cannot list snapshots: {e}");
+                continue;
+            }
+        };
+        for m in snapshot::select(all, &Selector::All, instance, trust).unwrap_or_default() {
+            if reaches(&m, point) && best.as_ref().is_none_or(|(_, b)| m.snapshot > b.snapshot) {
+                best = Some((target.clone(), m));
+            }
+        }
+    }
+    best.ok_or_else(|| {
+        RestoreError::NotFound(format!(
+            "no base backup of job {job} (instance {instance}) ended before {}: a recovery can only start from one that did",
+            match point {
+                Point::Time(t) => format!("--target-time {t}"),
+                Point::Lsn(l) => format!("--target-lsn {l}"),
+                Point::Xid(x) => format!("--target-xid {x}"),
+            }
+        ))
+    })
+}
+
+/// Whether a snapshot holds a base backup a recovery to `point` can start from. The
+/// manifest's finish time is after the backup's own end, so this never picks one that
+/// ends too late.
+fn reaches(m: &Manifest, point: &Point) -> bool {
+    m.sources.values().any(|e| match &e.stats {
+        SourceStats::Basebackup { stop_lsn, .. } => match point {
+            Point::Time(t) => parse_time(t).is_some_and(|t| m.finished_at < t),
+            Point::Lsn(l) => match (
+                crate::wal::name::parse_lsn(stop_lsn),
+                crate::wal::name::parse_lsn(l),
+            ) {
+                (Some(stop), Some(target)) => stop <= target,
+                _ => false,
+            },
+            Point::Xid(_) => true,
+        },
+        _ => false,
+    })
+}
+
+/// `restore_command` for a restored base backup: this backupd, this policy, and the
+/// archive of the snapshot's instance and source. Each argument is quoted for the shell
+/// PostgreSQL runs it with.
+pub fn restore_command(
+    exe: &std::path::Path,
+    config: &std::path::Path,
+    identity: Option<&std::path::Path>,
+    archive: &crate::wal::Archive,
+) -> String {
+    let q = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+    let mut cmd = format!(
+        "{} --config {} --quiet wal-fetch --job {} --source {} --instance {}",
+        q(&exe.display().to_string()),
+        q(&config.display().to_string()),
+        q(&archive.job),
+        q(&archive.source),
+        q(&archive.instance),
+    );
+    if let Some(id) = identity {
+        cmd.push_str(&format!(" --identity {}", q(&id.display().to_string())));
+    }
+    cmd.push_str(" %f %p");
+    cmd
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_target_time_needs_its_zone_and_one_point_is_given() {
+        assert!(parse_time("2026-12-01 10:05:00+00").is_some());
+        assert!(parse_time("2026-12-01 10:05:00.123+01:00").is_some());
+        assert!(parse_time("2026-12-01T10:05:00Z").is_some());
+        assert!(parse_time("2026-12-01 10:05:00").is_none());
+        assert!(point(Some("yesterday"), None, None).is_err());
+        assert!(point(None, Some("0/1"), Some("7")).is_err());
+        assert!(point(None, Some("0/zz"), None).is_err());
+        assert_eq!(point(None, None, None).unwrap(), None);
+        assert_eq!(
+            point(None, None, Some("7431")).unwrap(),
+            Some(Point::Xid("7431".into()))
+        );
+    }
+
+    #[test]
+    fn the_restore_command_quotes_every_argument_for_the_shell() {
+        let a = crate::wal::Archive {
+            job: "db".into(),
+            instance: "host-1".into(),
+            source: "main".into(),
+        };
+        let c = restore_command(
+            std::path::Path::new("/usr/bin/backupd"),
+            std::path::Path::new("/etc/it's.toml"),
+            None,
+            &a,
+        );
+        assert_eq!(
+            c,
+            r"'/usr/bin/backupd' --config '/etc/it'\''s.toml' --quiet wal-fetch --job 'db' --source 'main' --instance 'host-1' %f %p"
+        );
+    }
+}

@@ -1,0 +1,614 @@
+//! PostgreSQL base backups (`kind = "postgres"`, `method = "basebackup"`): the whole
+//! cluster's data directory as `pg_basebackup --format=tar --wal-method=none` streams it,
+//! through the usual pipeline; consistent only with the archived WAL from its start to
+//! its stop LSN (see `crate::wal`), which the manifest records.
+//!
+//! Vocabulary: the *start/stop LSN* and *timeline* of a base backup; the *recovery
+//! settings* a restore writes (`restore_command`, a recovery target, `recovery.signal`);
+//! a *replay* is verification's throwaway server that recovers a restored base backup to
+//! the end of the archived WAL and answers the source's checks.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use super::{Dumped, PostgresSpec, RestoreOptions, Restored, SourceError, child, io_err};
+use crate::snapshot::SourceStats;
+
+/// The manifest's engine word and the tar's object format.
+pub const ENGINE: &str = "basebackup";
+
+/// Keys of a postgres source that mean nothing for a base backup (it is the whole
+/// cluster), each with why: a policy error names them.
+pub fn check_spec(spec: &PostgresSpec) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    let whole = "a base backup copies the whole cluster: remove it, or use method = \"dump\"";
+    if spec.databases.is_some() {
+        out.push(("databases", whole.to_string()));
+    }
+    if !spec.include_tables.is_empty() {
+        out.push(("include_tables", whole.to_string()));
+    }
+    if !spec.exclude_tables.is_empty() {
+        out.push(("exclude_tables", whole.to_string()));
+    }
+    if spec.include_globals {
+        out.push((
+            "include_globals",
+            "a base backup already holds roles and tablespaces: remove it".to_string(),
+        ));
+    }
+    out
+}
+
+/// Streams `pg_basebackup`'s tar of the cluster into `out`, after checking that WAL
+/// archiving is on (without it the backup can never be made consistent).
+pub fn dump(spec: &PostgresSpec, out: &mut dyn Write) -> Result<Dumped, SourceError> {
+    let tool = child::find_tool(&["pg_basebackup"], "postgresql-client")?;
+    let password = child::password(spec.password_file.as_deref(), "PGPASSWORD")?;
+    let tool_version = child::output(super::postgres::version_cmd(&tool), None)?
+        .trim()
+        .to_string();
+    let server = server_facts(spec, password.as_deref())?;
+    let mut cmd = child::command(&tool, &["PG"]);
+    cmd.arg(format!("--dbname={}", spec.url))
+        .arg("--pgdata=-")
+        .arg("--format=tar")
+        .arg("--wal-method=none")
+        .arg("--checkpoint=fast")
+        .arg("--verbose")
+        .args(&spec.extra_args);
+    cmd.env_remove("PGPASSWORD");
+    if let Some(p) = &password {
+        cmd.env("PGPASSWORD", p);
+    }
+    let mut running = child::spawn(cmd, Stdio::null(), password.as_deref())?;
+    let bytes = running.copy_stdout(out)?;
+    let report = running.finish()?;
+    let points = parse_report(&report).ok_or_else(|| SourceError::Tool {
+        tool: "pg_basebackup".into(),
+        message: format!("did not report its WAL start and end points: {report}"),
+    })?;
+    if bytes == 0 {
+        return Err(SourceError::Tool {
+            tool: "pg_basebackup".into(),
+            message: "produced no output".into(),
+        });
+    }
+    let start = crate::wal::name::parse_lsn(&points.start_lsn).unwrap_or(0);
+    let start_wal = crate::wal::name::segment_name(
+        points.timeline,
+        start / server.segment_bytes,
+        server.segment_bytes,
+    )
+    .unwrap_or_default();
+    Ok(Dumped {
+        stats: SourceStats::Basebackup {
+            server_version: server.version,
+            tool_version,
+            system_identifier: server.system_identifier,
+            database: super::postgres::database_of(&spec.url),
+            timeline: points.timeline,
+            start_lsn: points.start_lsn,
+            stop_lsn: points.stop_lsn,
+            start_wal,
+            wal_segment_bytes: server.segment_bytes,
+        },
+        warnings: Vec::new(),
+        index: None,
+    })
+}
+
+struct ServerFacts {
+    version: String,
+    system_identifier: String,
+    segment_bytes: u64,
+}
+
+fn server_facts(spec: &PostgresSpec, password: Option<&str>) -> Result<ServerFacts, SourceError> {
+    let mut client = super::postgres::connect(&spec.url, password)?;
+    let err = super::postgres::db_err(&spec.url);
+    let show = |client: &mut postgres::Client, what: &str| -> Result<String, SourceError> {
+        Ok(client
+            .query_one(&format!("show {what}"), &[])
+            .map_err(&err)?
+            .get(0))
+    };
+    let version = show(&mut client, "server_version")?;
+    let archive_mode = show(&mut client, "archive_mode")?;
+    if archive_mode == "off" {
+        return Err(SourceError::Invalid {
+            path: PathBuf::from(crate::secret::redact(&spec.url)),
+            what: "archive_mode is off, so this base backup could never be made consistent: set wal_level = replica, archive_mode = on and archive_command = 'backupd wal-push --job JOB %p' in postgresql.conf and restart (BACKUP_POLICY.md, \"Point-in-time recovery\")".into(),
+        });
+    }
+    let segment_bytes: i64 = client
+        .query_one(
+            "select setting::bigint from pg_settings where name = 'wal_segment_size'",
+            &[],
+        )
+        .map_err(&err)?
+        .get(0);
+    // Needs superuser or an explicit grant: without it the backup is no less usable.
+    let system_identifier = client
+        .query_one(
+            "select system_identifier::text from pg_control_system()",
+            &[],
+        )
+        .map(|r| r.get::<_, String>(0))
+        .unwrap_or_default();
+    Ok(ServerFacts {
+        version,
+        system_identifier,
+        segment_bytes: u64::try_from(segment_bytes).unwrap_or(16 << 20),
+    })
+}
+
+#[derive(Debug, PartialEq)]
+struct Points {
+    start_lsn: String,
+    timeline: u32,
+    stop_lsn: String,
+}
+
+/// The WAL points `pg_basebackup --verbose` reports on stderr.
+fn parse_report(report: &str) -> Option<Points> {
+    let after = |marker: &str| {
+        report.lines().find_map(|l| {
+            l.split_once(marker)
+                .map(|(_, rest)| rest.trim().to_string())
+        })
+    };
+    let start = after("write-ahead log start point:")?;
+    let (start_lsn, timeline) = start.split_once(" on timeline ")?;
+    let stop_lsn = after("write-ahead log end point:")?;
+    crate::wal::name::parse_lsn(start_lsn)?;
+    crate::wal::name::parse_lsn(&stop_lsn)?;
+    Some(Points {
+        start_lsn: start_lsn.to_string(),
+        timeline: timeline.trim().parse().ok()?,
+        stop_lsn,
+    })
+}
+
+/// Unpacks a base backup into `dest` by the directory restore rules (nothing outside
+/// `dest`), mode 0700 as PostgreSQL demands; as root, `dest` goes to the owner of the
+/// restored files so the server can start there.
+pub fn restore(
+    input: &mut dyn Read,
+    dest: &Path,
+    options: RestoreOptions,
+) -> Result<Restored, SourceError> {
+    use std::os::unix::fs::PermissionsExt;
+    let r = super::directory::restore(
+        input,
+        dest,
+        super::directory::Unpack {
+            overwrite: options.overwrite,
+            same_owner: options.same_owner,
+            data: super::directory::Data::Write,
+        },
+    )?;
+    std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o700)).map_err(io_err(dest))?;
+    if rustix::process::geteuid().is_root() && options.same_owner {
+        let version = dest.join("PG_VERSION");
+        if let Ok(meta) = std::fs::symlink_metadata(&version) {
+            use std::os::unix::fs::MetadataExt;
+            rustix::fs::chown(
+                dest,
+                Some(rustix::fs::Uid::from_raw(meta.uid())),
+                Some(rustix::fs::Gid::from_raw(meta.gid())),
+            )
+            .map_err(|e| io_err(dest)(e.into()))?;
+        }
+    }
+    Ok(r)
+}
+
+/// Where a recovery stops: PostgreSQL's `recovery_target_*`; none means the end of the
+/// archived WAL.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Point {
+    Time(String),
+    Lsn(String),
+    Xid(String),
+}
+
+impl Point {
+    fn setting(&self) -> (&'static str, &str) {
+        match self {
+            Point::Time(t) => ("recovery_target_time", t),
+            Point::Lsn(l) => ("recovery_target_lsn", l),
+            Point::Xid(x) => ("recovery_target_xid", x),
+        }
+    }
+}
+
+/// A string as a postgresql.conf value: single-quoted, quotes doubled.
+fn conf_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Writes the recovery settings into a restored data directory: appended to
+/// `postgresql.auto.conf` (read last, so they win over anything the backup carried) and
+/// `recovery.signal`. Neither is followed if it is a link.
+pub fn write_recovery(
+    data_dir: &Path,
+    restore_command: &str,
+    point: Option<&Point>,
+) -> Result<(), SourceError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = |name: &str, append: bool| {
+        let path = data_dir.join(name);
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(append)
+            .write(true)
+            .truncate(!append)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(io_err(&path))
+            .map(|f| (f, path))
+    };
+    let mut text = format!(
+        "\n# Written by backupd restore {}: recover from the WAL archive.\nrestore_command = {}\nrecovery_target_timeline = 'latest'\n",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC"),
+        conf_quote(restore_command)
+    );
+    if let Some(point) = point {
+        let (key, value) = point.setting();
+        text.push_str(&format!(
+            "{key} = {}\nrecovery_target_action = 'promote'\n",
+            conf_quote(value)
+        ));
+    }
+    let (mut conf, path) = open("postgresql.auto.conf", true)?;
+    conf.write_all(text.as_bytes()).map_err(io_err(&path))?;
+    let (signal, path) = open("recovery.signal", false)?;
+    signal.sync_all().map_err(io_err(&path))?;
+    Ok(())
+}
+
+/// A replay's settings.
+#[derive(Debug, Clone)]
+pub struct Replay {
+    /// Where the archived WAL was fetched to (checked), one file per WAL name.
+    pub wal_dir: PathBuf,
+    /// The OS user the server runs as when backupd is root (PostgreSQL refuses root).
+    pub run_as: String,
+    /// The role and database the checks connect as (the source URL's).
+    pub user: String,
+    pub database: String,
+    pub checks: Vec<String>,
+    /// The server's major version, to find matching binaries.
+    pub major: u32,
+    pub timeout: Duration,
+}
+
+/// What a replay reached.
+#[derive(Debug)]
+pub struct Replayed {
+    pub elapsed: Duration,
+    /// The LSN the promoted server continues from: recovery ended just before it.
+    pub end_lsn: String,
+    /// Each check query and whether it returned true (or why it failed).
+    pub checks: Vec<(String, Result<bool, String>)>,
+}
+
+/// Settings that override whatever the restored configuration says: a base backup read
+/// from a target may carry commands, libraries or paths meant to run on the verifying
+/// host, and the throwaway server must neither archive, listen on the network nor touch
+/// anything outside its scratch directory.
+fn replay_settings(scratch: &Path, wal_dir: &Path) -> Vec<(&'static str, String)> {
+    vec![
+        ("listen_addresses", String::new()),
+        ("port", "5432".into()),
+        ("unix_socket_directories", scratch.display().to_string()),
+        (
+            "hba_file",
+            scratch.join("pg_hba.conf").display().to_string(),
+        ),
+        (
+            "ident_file",
+            scratch.join("pg_ident.conf").display().to_string(),
+        ),
+        ("archive_mode", "off".into()),
+        ("archive_command", String::new()),
+        ("archive_cleanup_command", String::new()),
+        ("recovery_end_command", String::new()),
+        (
+            "restore_command",
+            format!("cp \"{}/%f\" \"%p\"", wal_dir.display()),
+        ),
+        ("recovery_target_timeline", "latest".into()),
+        ("ssl", "off".into()),
+        ("ssl_passphrase_command", String::new()),
+        ("shared_preload_libraries", String::new()),
+        ("session_preload_libraries", String::new()),
+        ("local_preload_libraries", String::new()),
+        ("logging_collector", "off".into()),
+        ("external_pid_file", String::new()),
+        ("hot_standby", "on".into()),
+        ("max_connections", "20".into()),
+        ("shared_buffers", "32MB".into()),
+        ("max_wal_senders", "0".into()),
+        ("max_replication_slots", "0".into()),
+        ("wal_level", "replica".into()),
+    ]
+}
+
+/// Starts a throwaway server on the base backup restored in `data_dir`, replays the WAL
+/// in `replay.wal_dir` to its end, runs the checks and stops the server whatever happens.
+pub fn replay(data_dir: &Path, scratch: &Path, replay: &Replay) -> Result<Replayed, SourceError> {
+    use std::os::unix::fs::PermissionsExt;
+    let postgres = server_binary(replay.major)?;
+    for (name, text) in [
+        ("pg_hba.conf", "local all all trust\n"),
+        ("pg_ident.conf", ""),
+    ] {
+        let path = scratch.join(name);
+        std::fs::write(&path, text).map_err(io_err(&path))?;
+    }
+    // Recovery, not a standby: the server promotes at the end of the archive.
+    let signal = data_dir.join("recovery.signal");
+    std::fs::write(&signal, "").map_err(io_err(&signal))?;
+    for stale in ["postmaster.pid", "standby.signal"] {
+        let _ = std::fs::remove_file(data_dir.join(stale));
+    }
+    std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(io_err(data_dir))?;
+    let ids = if rustix::process::geteuid().is_root() {
+        let ids = user_ids(&replay.run_as)?;
+        chown_tree(scratch, ids)?;
+        Some(ids)
+    } else {
+        None
+    };
+    let log_path = scratch.join("server.log");
+    let log = std::fs::File::create(&log_path).map_err(io_err(&log_path))?;
+    if let Some((uid, gid)) = ids {
+        rustix::fs::chown(
+            &log_path,
+            Some(rustix::fs::Uid::from_raw(uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
+        )
+        .map_err(|e| io_err(&log_path)(e.into()))?;
+    }
+    let mut cmd = child::command(&postgres, &[]);
+    cmd.arg("-D").arg(data_dir);
+    for (key, value) in replay_settings(scratch, &replay.wal_dir) {
+        cmd.arg("-c").arg(format!("{key}={value}"));
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(io_err(&log_path))?)
+        .stderr(log);
+    if let Some((uid, gid)) = ids {
+        use std::os::unix::process::CommandExt;
+        cmd.uid(uid).gid(gid);
+    }
+    let started = Instant::now();
+    let child = cmd.spawn().map_err(|e| SourceError::Tool {
+        tool: "postgres".into(),
+        message: format!("cannot start: {e}"),
+    })?;
+    let mut server = Running { child, log_path };
+    let mut config = postgres::Config::new();
+    config
+        .host_path(scratch)
+        .port(5432)
+        .user(&replay.user)
+        .dbname(&replay.database)
+        .application_name("backupd-verify")
+        .connect_timeout(Duration::from_secs(5));
+    // Connections are refused until the replay is consistent, and it is done when the
+    // server leaves recovery (it promotes at the end of the archive).
+    let mut client = loop {
+        server.alive()?;
+        if started.elapsed() > replay.timeout {
+            return Err(server.failed("did not finish replaying in time"));
+        }
+        if let Ok(mut c) = config.connect(postgres::NoTls)
+            && let Ok(row) = c.query_one("select pg_is_in_recovery()", &[])
+            && !row.get::<_, bool>(0)
+        {
+            break c;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let elapsed = started.elapsed();
+    let end_lsn: String = client
+        .query_one("select pg_current_wal_lsn()::text", &[])
+        .map_err(|e| server.failed(&e.to_string()))?
+        .get(0);
+    let checks = replay
+        .checks
+        .iter()
+        .map(|q| {
+            let answer = client
+                .query_one(q.as_str(), &[])
+                .map_err(|e| match e.as_db_error() {
+                    Some(db) => db.message().to_string(),
+                    None => e.to_string(),
+                })
+                .and_then(|row| row.try_get::<_, bool>(0).map_err(|e| e.to_string()));
+            (q.clone(), answer)
+        })
+        .collect();
+    drop(client);
+    server.stop();
+    Ok(Replayed {
+        elapsed,
+        end_lsn,
+        checks,
+    })
+}
+
+/// The throwaway server; stopped (immediate shutdown) when dropped.
+struct Running {
+    child: std::process::Child,
+    log_path: PathBuf,
+}
+
+impl Running {
+    fn alive(&mut self) -> Result<(), SourceError> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(()),
+            _ => Err(self.failed("stopped during the replay")),
+        }
+    }
+
+    fn failed(&self, what: &str) -> SourceError {
+        let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let tail: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("FATAL") || l.contains("PANIC") || l.contains("ERROR"))
+            .collect();
+        let tail = tail[tail.len().saturating_sub(3)..].join(" | ");
+        SourceError::Tool {
+            tool: "postgres (replay)".into(),
+            message: format!("{what}: {tail}"),
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+                // SIGQUIT: immediate shutdown; the scratch copy is thrown away anyway.
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::QUIT);
+            }
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `postgres` of the server's major version: the Debian layout first, then PATH.
+fn server_binary(major: u32) -> Result<PathBuf, SourceError> {
+    let packaged = PathBuf::from(format!("/usr/lib/postgresql/{major}/bin/postgres"));
+    if packaged.is_file() {
+        return Ok(packaged);
+    }
+    let found = child::find_tool(&["postgres"], &format!("postgresql-{major}"))?;
+    let version = child::output(super::postgres::version_cmd(&found), None)?;
+    match child::major_version(&version) {
+        Some(m) if m == major => Ok(found),
+        other => Err(SourceError::Tool {
+            tool: "postgres".into(),
+            message: format!(
+                "on PATH is version {}, the backup needs {major}: install postgresql-{major}",
+                other.unwrap_or(0)
+            ),
+        }),
+    }
+}
+
+/// The uid and gid of a user, as `id` reports them (NSS included).
+fn user_ids(user: &str) -> Result<(u32, u32), SourceError> {
+    let id = |flag: &str| -> Result<u32, SourceError> {
+        let mut cmd = std::process::Command::new("id");
+        cmd.arg(flag).arg(user);
+        child::output(cmd, None)?
+            .trim()
+            .parse()
+            .map_err(|_| SourceError::Tool {
+                tool: "id".into(),
+                message: format!("gave no number for user {user:?}"),
+            })
+    };
+    match (id("-u"), id("-g")) {
+        (Ok(u), Ok(g)) if u != 0 => Ok((u, g)),
+        _ => Err(SourceError::Invalid {
+            path: PathBuf::from(user),
+            what: "PostgreSQL refuses to run as root, and this user (the replay's `verify_as`) does not exist or is root: create it, or set verify_as on the source".into(),
+        }),
+    }
+}
+
+/// Gives a scratch tree to the replay's user, never following links.
+fn chown_tree(root: &Path, (uid, gid): (u32, u32)) -> Result<(), SourceError> {
+    for entry in walkdir::WalkDir::new(root).follow_links(false) {
+        let entry = entry.map_err(|e| io_err(root)(e.into()))?;
+        rustix::fs::chownat(
+            rustix::fs::CWD,
+            entry.path(),
+            Some(rustix::fs::Uid::from_raw(uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| io_err(entry.path())(e.into()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wal_points_come_from_pg_basebackups_report() {
+        let report = "pg_basebackup: initiating base backup, waiting for checkpoint to complete\n\
+            pg_basebackup: checkpoint completed\n\
+            pg_basebackup: write-ahead log start point: 0/5000028 on timeline 2\n\
+            pg_basebackup: write-ahead log end point: 0/5000100\n\
+            pg_basebackup: base backup completed";
+        assert_eq!(
+            parse_report(report),
+            Some(Points {
+                start_lsn: "0/5000028".into(),
+                timeline: 2,
+                stop_lsn: "0/5000100".into()
+            })
+        );
+        assert_eq!(parse_report("pg_basebackup: base backup completed"), None);
+        assert_eq!(
+            parse_report(
+                "write-ahead log start point: 0/zz on timeline 1\nwrite-ahead log end point: 0/1"
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn recovery_settings_are_quoted_and_never_written_through_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("postgresql.auto.conf"),
+            "work_mem = '4MB'\n",
+        )
+        .unwrap();
+        write_recovery(
+            dir.path(),
+            "backupd wal-fetch --config '/etc/it''s.toml' %f %p",
+            Some(&Point::Time("2026-12-01 10:05:00+00".into())),
+        )
+        .unwrap();
+        let conf = std::fs::read_to_string(dir.path().join("postgresql.auto.conf")).unwrap();
+        assert!(conf.starts_with("work_mem = '4MB'\n"));
+        assert!(conf.contains(
+            "restore_command = 'backupd wal-fetch --config ''/etc/it''''s.toml'' %f %p'\n"
+        ));
+        assert!(conf.contains("recovery_target_time = '2026-12-01 10:05:00+00'\n"));
+        assert!(dir.path().join("recovery.signal").is_file());
+
+        // A restored auto.conf that is a link (a forged archive) is not written through.
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        std::fs::write(&victim, "untouched").unwrap();
+        let data = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(&victim, data.path().join("postgresql.auto.conf")).unwrap();
+        assert!(write_recovery(data.path(), "x", None).is_err());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+    }
+}
