@@ -21,6 +21,7 @@ mod limits;
 mod load;
 mod notify;
 mod old_format;
+mod pitr;
 mod operator;
 mod page;
 mod policy_errors;

@@ -1,0 +1,483 @@
+//! PostgreSQL point-in-time recovery against a real cluster each test initdb's for itself
+//! (wal_level = replica, archive_mode = on, archive_command = backupd wal-push), run as
+//! the packaged postgres user as tests/services runs its server: base backups, WAL
+//! archiving through kills, restore to a time between two markers and to the end,
+//! verification by replay, and the archive's hostile cases.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+/// The newest PostgreSQL server binaries installed (tests/services installs them).
+fn pg_bin() -> PathBuf {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL server packages are not installed: run tests/run (tests/services installs them)")
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|b| b.join("initdb").is_file())
+        .collect();
+    found.sort();
+    found
+        .pop()
+        .expect("no /usr/lib/postgresql/*/bin/initdb: install the postgresql package")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs a command as the postgres user (PostgreSQL refuses root); panics on failure.
+fn as_postgres(args: &[&str]) -> String {
+    let out = Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .args(args)
+        .output()
+        .expect("runuser");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn chown_postgres(path: &Path) {
+    let out = Command::new("chown")
+        .args(["-R", "postgres:postgres"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// One throwaway cluster in `dir`, stopped when dropped.
+struct Cluster {
+    data: PathBuf,
+    socket: PathBuf,
+    port: u16,
+}
+
+impl Cluster {
+    /// A new cluster on `port` archiving with `archive_command`.
+    fn init(dir: &Path, archive_command: &str, port: u16) -> Cluster {
+        let bin = pg_bin();
+        std::fs::create_dir_all(dir).unwrap();
+        chown_postgres(dir);
+        let data = dir.join("data");
+        as_postgres(&[
+            bin.join("initdb").to_str().unwrap(),
+            "-D",
+            data.to_str().unwrap(),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C.UTF-8",
+        ]);
+        let conf = format!(
+            "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nwal_level = replica\narchive_mode = on\narchive_command = '{}'\nmax_wal_senders = 4\nfsync = off\n",
+            dir.display(),
+            archive_command.replace('\'', "''")
+        );
+        let path = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str(&conf);
+        std::fs::write(&path, text).unwrap();
+        let c = Cluster {
+            data,
+            socket: dir.to_path_buf(),
+            port,
+        };
+        c.start(&[]);
+        c
+    }
+
+    fn start(&self, extra: &[&str]) {
+        let log = self.socket.join("server.log");
+        let mut opts = format!("-p {} -k {}", self.port, self.socket.display());
+        for e in extra {
+            opts.push(' ');
+            opts.push_str(e);
+        }
+        as_postgres(&[
+            pg_bin().join("pg_ctl").to_str().unwrap(),
+            "-D",
+            self.data.to_str().unwrap(),
+            "-l",
+            log.to_str().unwrap(),
+            "-o",
+            &opts,
+            "-w",
+            "-t",
+            "120",
+            "start",
+        ]);
+    }
+
+    fn psql(&self, db: &str, sql: &str) -> String {
+        let out = Command::new("psql")
+            .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(&self.socket)
+            .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", db, "-c", sql])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Switches to a new segment and waits until the archiver has pushed everything
+    /// before it (PostgreSQL's own view, `pg_stat_archiver`).
+    fn archive_now(&self) {
+        let current = self.psql(
+            "postgres",
+            "select pg_walfile_name(pg_current_wal_lsn()) from pg_switch_wal()",
+        );
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let last = self.psql(
+                "postgres",
+                "select coalesce(last_archived_wal, '') from pg_stat_archiver",
+            );
+            if last.as_str() >= current.as_str() && !last.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the archiver did not push {current} (last archived {last:?}); server log:\n{}",
+                std::fs::read_to_string(self.socket.join("server.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn wait_out_of_recovery(&self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.psql("postgres", "select pg_is_in_recovery()") != "f" {
+            assert!(Instant::now() < deadline, "recovery did not finish");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(pg_bin().join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "immediate", "stop"])
+            .output();
+    }
+}
+
+/// A world the postgres user can reach: its directory, the binary (copied in, as the
+/// build directory may be closed to other users), the policy and the identity (owned by
+/// postgres: `wal-fetch` runs as the restored server's user).
+struct PitrWorld {
+    world: World,
+    bin: PathBuf,
+}
+
+impl PitrWorld {
+    fn new() -> PitrWorld {
+        use std::os::unix::fs::PermissionsExt;
+        let world = World::new();
+        std::fs::set_permissions(world.dir.path(), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        let bin = world.path("backupd");
+        std::fs::copy(BIN, &bin).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let archive = world.target_dir().join("pitr").join("wal");
+        std::fs::create_dir_all(&archive).unwrap();
+        chown_postgres(&world.target_dir());
+        chown_postgres(&world.key);
+        PitrWorld { world, bin }
+    }
+
+    fn policy(&self, port: u16) {
+        self.world.policy(&format!(
+            "[jobs.pitr]\ntargets = [\"local\"]\ncompression = \"zstd\"\n\n[jobs.pitr.sources.db]\nkind = \"postgres\"\nmethod = \"basebackup\"\nurl = \"postgres://postgres@127.0.0.1:{port}/app\"\nchecks = [\"select count(*) >= 1 from markers\"]\n"
+        ));
+    }
+
+    /// `archive_command`: a wrapper that kills the first push of every file with SIGKILL
+    /// mid-way (and fails, as PostgreSQL sees a killed command), then pushes for real.
+    fn killing_archive_command(&self) -> String {
+        let script = self.world.path("archive.sh");
+        let policy = self.world.path("policy.toml");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nmarker=\"{dir}/killed-$(basename \"$1\")\"\nif [ ! -e \"$marker\" ]; then\n  touch \"$marker\"\n  {bin} --config {policy} wal-push --job pitr \"$1\" &\n  pid=$!\n  sleep 0.15\n  kill -9 $pid 2>/dev/null\n  wait $pid\n  exit 1\nfi\nexec {bin} --config {policy} wal-push --job pitr \"$1\"\n",
+                dir = self.world.path("kills").display(),
+                bin = self.bin.display(),
+                policy = policy.display()
+            ),
+        )
+        .unwrap();
+        std::fs::create_dir_all(self.world.path("kills")).unwrap();
+        chown_postgres(&self.world.path("kills"));
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        format!("{} %p", script.display())
+    }
+}
+
+fn markers(c: &Cluster) -> String {
+    c.psql("app", "select string_agg(label, ',' order by id) from markers")
+}
+
+#[test]
+fn a_base_backup_and_archived_wal_restore_to_a_moment_and_to_the_end_and_verify_by_replay() {
+    require_tool("pgbench");
+    let pw = PitrWorld::new();
+    // The port must be in the policy before the server starts archiving with it.
+    let port = free_port();
+    pw.policy(port);
+    let command = pw.killing_archive_command();
+    let cluster = Cluster::init(&pw.world.path("pg"), &command, port);
+    let c = &cluster;
+    c.psql("postgres", "create database app");
+    c.psql(
+        "app",
+        "create table markers (id serial primary key, label text not null, at timestamptz not null default clock_timestamp())",
+    );
+    c.psql("app", "insert into markers (label) values ('m0')");
+    let pgbench = |args: &[&str]| {
+        let out = Command::new("pgbench")
+            .arg("-h")
+            .arg(&c.socket)
+            .args(["-p", &c.port.to_string(), "-U", "postgres"])
+            .args(args)
+            .arg("app")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pgbench: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    pgbench(&["-i", "-s", "2", "-q"]);
+    c.archive_now();
+
+    // The base backup (pg_basebackup waits until its last segment is archived).
+    let out = pw.world.backupd(&["run-now", "pitr"]);
+    assert!(out.status.success(), "run-now: {}", text(&out));
+    let list = list_json(&pw.world, &["pitr"]);
+    assert_eq!(list.len(), 1);
+
+    // m1, a recorded moment, then m2: a restore to the moment has m1 and not m2.
+    pgbench(&["-t", "300", "-c", "2"]);
+    c.psql("app", "insert into markers (label) values ('m1')");
+    std::thread::sleep(Duration::from_millis(1100));
+    let moment = c.psql("app", "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS.US+00')");
+    std::thread::sleep(Duration::from_millis(1100));
+    c.psql("app", "insert into markers (label) values ('m2')");
+    pgbench(&["-t", "300", "-c", "2"]);
+    c.psql("app", "insert into markers (label) values ('m3')");
+    c.archive_now();
+    let accounts = c.psql("app", "select sum(abalance) from pgbench_accounts");
+
+    // Every file's first push was killed with SIGKILL; PostgreSQL retried each.
+    let kills = std::fs::read_dir(pw.world.path("kills")).unwrap().count();
+    assert!(kills >= 4, "only {kills} pushes were killed");
+
+    // To the moment between m1 and m2.
+    let to = pw.world.path("restore-moment");
+    let out = pw.world.backupd(&[
+        "restore",
+        "pitr",
+        "--to",
+        to.to_str().unwrap(),
+        "--target-time",
+        &moment,
+    ]);
+    assert!(out.status.success(), "restore --target-time: {}", text(&out));
+    assert!(text(&out).contains("start the server with"), "{}", text(&out));
+    let data = to.join("db");
+    assert!(data.join("recovery.signal").is_file());
+    let restored = Cluster {
+        data: data.clone(),
+        socket: pw.world.path("pg"),
+        port: free_port(),
+    };
+    // Not archiving into the original's archive: this is a copy beside it.
+    restored.start(&["-c archive_mode=off"]);
+    restored.wait_out_of_recovery();
+    assert_eq!(markers(&restored), "m0,m1", "restored to {moment}");
+    drop(restored);
+
+    // To the end of the archive: everything committed and archived.
+    let to = pw.world.path("restore-end");
+    let out = pw.world.backupd(&["restore", "pitr", "--to", to.to_str().unwrap()]);
+    assert!(out.status.success(), "restore: {}", text(&out));
+    let restored = Cluster {
+        data: to.join("db"),
+        socket: pw.world.path("pg"),
+        port: free_port(),
+    };
+    restored.start(&["-c archive_mode=off"]);
+    restored.wait_out_of_recovery();
+    assert_eq!(markers(&restored), "m0,m1,m2,m3");
+    assert_eq!(restored.psql("app", "select sum(abalance) from pgbench_accounts"), accounts);
+    drop(restored);
+
+    // Before the first base backup ended there is nothing to start from.
+    let out = pw.world.backupd(&[
+        "restore",
+        "pitr",
+        "--to",
+        pw.world.path("too-early").to_str().unwrap(),
+        "--target-time",
+        "2020-01-01 00:00:00+00",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("no base backup"), "{}", text(&out));
+    assert!(!pw.world.path("too-early").exists());
+
+    // Verification replays the archive in a throwaway server and runs the checks.
+    let out = pw.world.backupd(&["verify", "pitr", "--json"]);
+    assert!(
+        out.status.success(),
+        "verify: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let records: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let checks = records[0]["sources"]["db"]["checks"].as_array().unwrap();
+    let named = |n: &str| checks.iter().find(|c| c["name"] == n).unwrap_or_else(|| panic!("no {n} check in {checks:?}"));
+    assert_eq!(named("replay")["ok"], true);
+    assert_eq!(named("check")["detail"], "select count(*) >= 1 from markers");
+    assert!(named("wal")["detail"].as_str().unwrap().contains("without a gap"));
+
+    // A segment lost from the archive: verification fails and names it.
+    let archive = pw.world.target_dir().join("pitr/wal");
+    let mut receipts: Vec<PathBuf> = walk(&archive)
+        .into_iter()
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            n.len() == 29 && n.ends_with(".json")
+        })
+        .collect();
+    receipts.sort();
+    assert!(receipts.len() >= 4, "{receipts:?}");
+    let lost = receipts[receipts.len() - 2].clone();
+    let lost_name = lost.file_name().unwrap().to_string_lossy().replace(".json", "");
+    for p in walk(&archive) {
+        if p.file_name().unwrap().to_string_lossy().starts_with(&lost_name) {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+    let out = pw.world.backupd(&["verify", "pitr"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains(&format!("segment {lost_name} missing")), "{}", text(&out));
+    assert!(text(&out).contains("unreachable"), "{}", text(&out));
+}
+
+#[test]
+fn the_archive_is_idempotent_refuses_other_contents_and_never_trusts_a_receipt() {
+    let world = World::new();
+    world.policy(
+        "[jobs.pitr]\ntargets = [\"local\"]\ncompression = \"zstd\"\n\n[jobs.pitr.sources.db]\nkind = \"postgres\"\nmethod = \"basebackup\"\nurl = \"postgres://postgres@127.0.0.1:1/app\"\n",
+    );
+    let wal = world.path("pg_wal");
+    std::fs::create_dir_all(&wal).unwrap();
+    let seg = wal.join("000000010000000000000007");
+    std::fs::write(&seg, noise(1 << 20, 7)).unwrap();
+    let push = |p: &Path| world.backupd(&["wal-push", "--job", "pitr", p.to_str().unwrap()]);
+
+    let out = push(&seg);
+    assert!(out.status.success(), "{}", text(&out));
+    // <job>/wal/<instance>/<source>/
+    let stored = walk(&world.target_dir())
+        .into_iter()
+        .find(|p| p.ends_with("000000010000000000000007.json"))
+        .expect("a receipt")
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    assert!(stored.ends_with("db") && stored.parent().unwrap().parent().unwrap().ends_with("pitr/wal"));
+    assert!(stored.join("000000010000000000000007.json").is_file());
+    assert!(stored.join("000000010000000000000007.zst.age").is_file());
+    // The object restores with standard tools alone.
+    let plain = sh(&format!(
+        "age -d -i {} {} | zstd -d | sha256sum | cut -c1-64",
+        world.key.display(),
+        stored.join("000000010000000000000007.zst.age").display()
+    ));
+    assert_eq!(plain.trim(), sha256_hex(&std::fs::read(&seg).unwrap()));
+
+    // The same file again: nothing to do, success.
+    let out = push(&seg);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("already archived"), "{}", text(&out));
+    // Same name, other contents: refused, the archived one untouched.
+    let before = std::fs::read(stored.join("000000010000000000000007.zst.age")).unwrap();
+    std::fs::write(&seg, noise(1 << 20, 8)).unwrap();
+    let out = push(&seg);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("other contents"), "{}", text(&out));
+    assert_eq!(std::fs::read(stored.join("000000010000000000000007.zst.age")).unwrap(), before);
+    // Not a WAL name: a usage error.
+    let odd = wal.join("notes.txt");
+    std::fs::write(&odd, "x").unwrap();
+    assert_eq!(push(&odd).status.code(), Some(2));
+
+    // Fetch writes the checked file; a missing one is exit 1, nothing written.
+    let fetch = |file: &str, dest: &Path| {
+        world.backupd(&["wal-fetch", "--job", "pitr", file, dest.to_str().unwrap()])
+    };
+    let dest = world.path("RECOVERYXLOG");
+    let out = fetch("000000010000000000000007", &dest);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(sha256_hex(&std::fs::read(&dest).unwrap()), plain.trim());
+    std::fs::remove_file(&dest).unwrap();
+    let out = fetch("000000010000000000000008", &dest);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!dest.exists());
+    // Asked for a path, not a WAL name: refused.
+    let out = fetch("../../../etc/passwd", &dest);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(!dest.exists());
+
+    // Forged receipts, as a bucket writer would plant them: an object outside the
+    // archive, a receipt for another file, a giant size, a flipped byte in the object.
+    let receipt_path = stored.join("000000010000000000000007.json");
+    let good: serde_json::Value = serde_json::from_slice(&std::fs::read(&receipt_path).unwrap()).unwrap();
+    let forge = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut r = good.clone();
+        edit(&mut r);
+        std::fs::write(&receipt_path, serde_json::to_vec(&r).unwrap()).unwrap();
+        let out = fetch("000000010000000000000007", &dest);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert!(!dest.exists(), "a forged receipt wrote {}", dest.display());
+        text(&out)
+    };
+    assert!(forge(&|r| r["object"] = "../../../../identity.txt".into()).contains("not one of ours"));
+    assert!(forge(&|r| r["file"] = "000000010000000000000009".into()).contains("not one of ours"));
+    assert!(forge(&|r| r["plain"]["bytes"] = (1u64 << 40).into()).contains("not one of ours"));
+    std::fs::write(&receipt_path, serde_json::to_vec(&good).unwrap()).unwrap();
+    let object = stored.join("000000010000000000000007.zst.age");
+    let mut bytes = std::fs::read(&object).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(&object, bytes).unwrap();
+    let out = fetch("000000010000000000000007", &dest);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(!dest.exists());
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
