@@ -33,6 +33,10 @@ pub struct PruneOutcome {
     /// backup; an error of `prune` itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_permitted: Option<String>,
+    /// WAL files older than the oldest kept base backup of their source, deleted (or due,
+    /// with `dry_run`): `<source>/<file>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub wal_deleted: Vec<String>,
     pub errors: Vec<String>,
 }
 
@@ -57,10 +61,21 @@ pub async fn prune(
         orphans: Vec::new(),
         left_alone: Vec::new(),
         not_permitted: None,
+        wal_deleted: Vec::new(),
         errors: Vec::new(),
     };
     // Ids just listed with a manifest: the sweep need not ask the store about each again.
     let mut committed = std::collections::BTreeSet::new();
+    let archived: Vec<&str> = job_policy
+        .source_specs
+        .iter()
+        .filter(|(_, s)| {
+            matches!(s, crate::source::SourceSpec::Postgres(p)
+                if p.method == crate::source::postgres::Method::Basebackup)
+        })
+        .map(|(n, _)| n.as_str())
+        .collect();
+    let mut wal_kept: Vec<snapshot::Manifest> = Vec::new();
     if let Some(rules) = job_policy.retention_for(&target.name) {
         let trust = Trust::new(&policy.signing).map_err(|e| SnapshotError::Store {
             target: target.name.clone(),
@@ -113,7 +128,24 @@ pub async fn prune(
                 }
             }
         }
+        // The WAL of what stays: a failed delete keeps its snapshot, and its WAL.
+        wal_kept = manifests
+            .into_iter()
+            .filter(|m| !outcome.deleted.contains(&m.snapshot))
+            .filter(|m| !dry_run || decisions.iter().any(|d| d.keep && d.snapshot == m.snapshot))
+            .collect();
         outcome.decisions = Some(decisions);
+    }
+    if outcome.not_permitted.is_none() && !target.write_only {
+        let kept: Vec<&snapshot::Manifest> = wal_kept.iter().collect();
+        let scope = WalScope {
+            instance,
+            kept: &kept,
+            archived: &archived,
+            grace: policy.daemon.orphan_grace,
+            dry_run,
+        };
+        prune_wal(target, job, &scope, &mut outcome).await;
     }
     if !dry_run
         && !target.write_only
@@ -147,4 +179,85 @@ pub async fn prune(
         Err(e) => outcome.errors.push(format!("sweeping leftovers: {e}")),
     }
     Ok(outcome)
+}
+
+/// What WAL retention looks at on one target.
+struct WalScope<'a> {
+    instance: &'a str,
+    /// The snapshots retention keeps (none without rules: then no WAL is deleted).
+    kept: &'a [&'a snapshot::Manifest],
+    /// The job's base backup sources in the policy (their archives are swept even before
+    /// a base backup exists).
+    archived: &'a [&'a str],
+    grace: std::time::Duration,
+    dry_run: bool,
+}
+
+/// Deletes each base backup source's WAL that no kept base backup needs: the files
+/// numbered before the oldest kept one's first segment. A source with no kept base
+/// backup on this target keeps all its WAL (nothing here says what it is for). Staging
+/// files of killed pushes are swept in every archive.
+async fn prune_wal(target: &Target, job: &str, scope: &WalScope<'_>, outcome: &mut PruneOutcome) {
+    use crate::wal::{self, WalName};
+    let (instance, dry_run) = (scope.instance, scope.dry_run);
+    // source → (oldest first segment, segment size) among the kept base backups.
+    let mut oldest: std::collections::BTreeMap<&str, Option<(u64, u64)>> =
+        scope.archived.iter().map(|s| (*s, None)).collect();
+    for m in scope.kept {
+        for (name, e) in &m.sources {
+            if let snapshot::SourceStats::Basebackup {
+                start_wal,
+                wal_segment_bytes,
+                ..
+            } = &e.stats
+                && let Some(n) = WalName::parse(start_wal).and_then(|w| w.segno(*wal_segment_bytes))
+            {
+                let slot = oldest.entry(name.as_str()).or_default();
+                let from = slot.map_or(n, |(o, _)| o.min(n));
+                *slot = Some((from, *wal_segment_bytes));
+            }
+        }
+    }
+    for (source, keep) in oldest {
+        let archive = wal::Archive {
+            job: job.into(),
+            instance: instance.into(),
+            source: source.into(),
+        };
+        match wal::sweep_staging(target, &archive, scope.grace, dry_run) {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(job, target = %target.name, source, files = n, "removed staging files of killed WAL pushes")
+            }
+            Err(e) => outcome
+                .errors
+                .push(format!("sweeping WAL of {source}: {e}")),
+        }
+        let Some((keep_from, segment_bytes)) = keep else {
+            continue;
+        };
+        let listed = match wal::list(target, &archive).await {
+            Ok(l) => l,
+            Err(e) => {
+                outcome.errors.push(format!("listing WAL of {source}: {e}"));
+                continue;
+            }
+        };
+        let expired = wal::expired(&listed, keep_from, segment_bytes);
+        if expired.is_empty() {
+            continue;
+        }
+        if !dry_run {
+            if let Err(e) = wal::delete(target, &archive, &expired).await {
+                outcome
+                    .errors
+                    .push(format!("deleting WAL of {source}: {e}"));
+                continue;
+            }
+            tracing::info!(job, target = %target.name, source, files = expired.len(), "deleted WAL older than the oldest kept base backup");
+        }
+        outcome
+            .wal_deleted
+            .extend(expired.into_iter().map(|f| format!("{source}/{f}")));
+    }
 }

@@ -501,6 +501,49 @@ pub async fn delete(
     Ok(deleted)
 }
 
+/// Removes what killed pushes left in a local target's archive directory: the store's
+/// staging files (`<object>#<n>`) older than `grace` (a push under way writes one too).
+/// Object stores keep an unfinished multipart upload out of sight instead; their
+/// lifecycle rule for incomplete uploads removes it (BACKUP_POLICY.md). Returns how many.
+pub fn sweep_staging(
+    target: &Target,
+    archive: &Archive,
+    grace: std::time::Duration,
+    dry_run: bool,
+) -> std::io::Result<usize> {
+    let Some(root) = &target.local_root else {
+        return Ok(0);
+    };
+    let dir = root.join(archive.prefix().as_ref());
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let staged = name
+            .to_str()
+            .and_then(|n| n.split_once('#'))
+            .is_some_and(|(object, _)| WalName::parse(stem(object)).is_some());
+        let old = e
+            .metadata()
+            .ok()
+            .filter(std::fs::Metadata::is_file)
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > grace);
+        if staged && old {
+            if !dry_run {
+                std::fs::remove_file(e.path())?;
+            }
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// The WAL name a key of the archive belongs to: `<name>.json`, `<name>.zst.age`, ….
 fn stem(file: &str) -> &str {
     let f = file.strip_suffix(RECEIPT_SUFFIX).unwrap_or(file);

@@ -119,6 +119,13 @@ fn print_outcome(o: &PruneOutcome) {
             if o.dry_run { "would remove" } else { "removed" }
         );
     }
+    if let Some(last) = o.wal_deleted.last() {
+        println!(
+            "  {} {} WAL file(s) older than the oldest kept base backup (the last: {last})",
+            if o.dry_run { "would delete" } else { "deleted" },
+            o.wal_deleted.len()
+        );
+    }
     for why in &o.left_alone {
         println!("  left alone (not trusted) {why}");
     }

@@ -196,7 +196,9 @@ impl<'a> TarTap<'a> {
     fn observe(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
             if self.remaining > 0 {
-                let n = data.len().min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+                let n = data
+                    .len()
+                    .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
                 let own = n.min(usize::try_from(self.data_left).unwrap_or(usize::MAX));
                 match self.keeping {
                     Some(Keep::Label) if self.label.len() < LABEL_MAX_BYTES => {
@@ -304,7 +306,10 @@ fn manifest_end_lsn(tail: &str) -> Option<String> {
     ranges
         .match_indices("\"End-LSN\"")
         .filter_map(|(i, m)| {
-            let rest = ranges[i + m.len()..].trim_start().strip_prefix(':')?.trim_start();
+            let rest = ranges[i + m.len()..]
+                .trim_start()
+                .strip_prefix(':')?
+                .trim_start();
             let value = rest.strip_prefix('"')?.split('"').next()?;
             crate::wal::name::parse_lsn(value).map(|lsn| (lsn, value.to_string()))
         })
@@ -745,7 +750,10 @@ mod tests {
         tap.write_all(&no_manifest).unwrap();
         assert!(tap.points().unwrap_err().contains("--no-manifest"));
         assert_eq!(tar_number(b"00000001750\0"), 1000);
-        assert_eq!(tar_number(&[0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, 0x00]), 256);
+        assert_eq!(
+            tar_number(&[0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, 0x00]),
+            256
+        );
     }
 
     #[test]

@@ -55,7 +55,11 @@ fn chown_postgres(path: &Path) {
         .arg(path)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// One throwaway cluster in `dir`, stopped when dropped.
@@ -127,7 +131,16 @@ impl Cluster {
         let out = Command::new("psql")
             .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(&self.socket)
-            .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", db, "-c", sql])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                db,
+                "-c",
+                sql,
+            ])
             .output()
             .unwrap();
         assert!(
@@ -196,8 +209,7 @@ impl PitrWorld {
     fn new() -> PitrWorld {
         use std::os::unix::fs::PermissionsExt;
         let world = World::new();
-        std::fs::set_permissions(world.dir.path(), std::fs::Permissions::from_mode(0o755))
-            .unwrap();
+        std::fs::set_permissions(world.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let bin = world.path("backupd");
         std::fs::copy(BIN, &bin).unwrap();
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -208,9 +220,9 @@ impl PitrWorld {
         PitrWorld { world, bin }
     }
 
-    fn policy(&self, port: u16) {
+    fn policy(&self, port: u16, job_keys: &str) {
         self.world.policy(&format!(
-            "[jobs.pitr]\ntargets = [\"local\"]\ncompression = \"zstd\"\n\n[jobs.pitr.sources.db]\nkind = \"postgres\"\nmethod = \"basebackup\"\nurl = \"postgres://postgres@127.0.0.1:{port}/app\"\nchecks = [\"select count(*) >= 1 from markers\"]\n"
+            "[jobs.pitr]\ntargets = [\"local\"]\ncompression = \"zstd\"\n{job_keys}\n[jobs.pitr.sources.db]\nkind = \"postgres\"\nmethod = \"basebackup\"\nurl = \"postgres://postgres@127.0.0.1:{port}/app\"\nchecks = [\"select count(*) >= 1 from markers\"]\n"
         ));
     }
 
@@ -238,7 +250,10 @@ impl PitrWorld {
 }
 
 fn markers(c: &Cluster) -> String {
-    c.psql("app", "select string_agg(label, ',' order by id) from markers")
+    c.psql(
+        "app",
+        "select string_agg(label, ',' order by id) from markers",
+    )
 }
 
 #[test]
@@ -247,7 +262,7 @@ fn a_base_backup_and_archived_wal_restore_to_a_moment_and_to_the_end_and_verify_
     let pw = PitrWorld::new();
     // The port must be in the policy before the server starts archiving with it.
     let port = free_port();
-    pw.policy(port);
+    pw.policy(port, "");
     let command = pw.killing_archive_command();
     let cluster = Cluster::init(&pw.world.path("pg"), &command, port);
     let c = &cluster;
@@ -266,7 +281,11 @@ fn a_base_backup_and_archived_wal_restore_to_a_moment_and_to_the_end_and_verify_
             .arg("app")
             .output()
             .unwrap();
-        assert!(out.status.success(), "pgbench: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "pgbench: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     pgbench(&["-i", "-s", "2", "-q"]);
     c.archive_now();
@@ -281,7 +300,10 @@ fn a_base_backup_and_archived_wal_restore_to_a_moment_and_to_the_end_and_verify_
     pgbench(&["-t", "300", "-c", "2"]);
     c.psql("app", "insert into markers (label) values ('m1')");
     std::thread::sleep(Duration::from_millis(1100));
-    let moment = c.psql("app", "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS.US+00')");
+    let moment = c.psql(
+        "app",
+        "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS.US+00')",
+    );
     std::thread::sleep(Duration::from_millis(1100));
     c.psql("app", "insert into markers (label) values ('m2')");
     pgbench(&["-t", "300", "-c", "2"]);
@@ -303,8 +325,16 @@ fn a_base_backup_and_archived_wal_restore_to_a_moment_and_to_the_end_and_verify_
         "--target-time",
         &moment,
     ]);
-    assert!(out.status.success(), "restore --target-time: {}", text(&out));
-    assert!(text(&out).contains("start the server with"), "{}", text(&out));
+    assert!(
+        out.status.success(),
+        "restore --target-time: {}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("start the server with"),
+        "{}",
+        text(&out)
+    );
     let data = to.join("db");
     assert!(data.join("recovery.signal").is_file());
     let restored = Cluster {
@@ -320,7 +350,9 @@ fn a_base_backup_and_archived_wal_restore_to_a_moment_and_to_the_end_and_verify_
 
     // To the end of the archive: everything committed and archived.
     let to = pw.world.path("restore-end");
-    let out = pw.world.backupd(&["restore", "pitr", "--to", to.to_str().unwrap()]);
+    let out = pw
+        .world
+        .backupd(&["restore", "pitr", "--to", to.to_str().unwrap()]);
     assert!(out.status.success(), "restore: {}", text(&out));
     let restored = Cluster {
         data: to.join("db"),
@@ -330,7 +362,10 @@ fn a_base_backup_and_archived_wal_restore_to_a_moment_and_to_the_end_and_verify_
     restored.start(&["-c archive_mode=off"]);
     restored.wait_out_of_recovery();
     assert_eq!(markers(&restored), "m0,m1,m2,m3");
-    assert_eq!(restored.psql("app", "select sum(abalance) from pgbench_accounts"), accounts);
+    assert_eq!(
+        restored.psql("app", "select sum(abalance) from pgbench_accounts"),
+        accounts
+    );
     drop(restored);
 
     // Before the first base backup ended there is nothing to start from.
@@ -355,13 +390,86 @@ fn a_base_backup_and_archived_wal_restore_to_a_moment_and_to_the_end_and_verify_
     );
     let records: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let checks = records[0]["sources"]["db"]["checks"].as_array().unwrap();
-    let named = |n: &str| checks.iter().find(|c| c["name"] == n).unwrap_or_else(|| panic!("no {n} check in {checks:?}"));
+    let named = |n: &str| {
+        checks
+            .iter()
+            .find(|c| c["name"] == n)
+            .unwrap_or_else(|| panic!("no {n} check in {checks:?}"))
+    };
     assert_eq!(named("replay")["ok"], true);
-    assert_eq!(named("check")["detail"], "select count(*) >= 1 from markers");
-    assert!(named("wal")["detail"].as_str().unwrap().contains("without a gap"));
+    assert_eq!(
+        named("check")["detail"],
+        "select count(*) >= 1 from markers"
+    );
+    assert!(
+        named("wal")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("without a gap")
+    );
+
+    // A second base backup, and retention keeping one: the first snapshot and the WAL
+    // only it needed go; the history of timelines and everything after stay.
+    let archive = pw.world.target_dir().join("pitr/wal");
+    let wal_files = || -> Vec<String> {
+        let mut v: Vec<String> = walk(&archive)
+            .into_iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".json"))
+            .map(|n| n.trim_end_matches(".json").to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    let before = wal_files();
+    let out = pw.world.backupd(&["run-now", "pitr"]);
+    assert!(out.status.success(), "run-now: {}", text(&out));
+    let second = list_json(&pw.world, &["pitr"]);
+    assert_eq!(second.len(), 2);
+    let start_wal = second[0]["sources"]["db"]["stats"]["start_wal"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no start_wal in {}", second[0]))
+        .to_string();
+    c.psql("app", "insert into markers (label) values ('m4')");
+    pgbench(&["-t", "300", "-c", "2"]);
+    c.archive_now();
+    c.psql("app", "insert into markers (label) values ('m5')");
+    c.archive_now();
+    // Retention never deletes the newest verified snapshot: verify the new one first.
+    let out = pw.world.backupd(&["verify", "pitr"]);
+    assert!(out.status.success(), "verify of the second: {}", text(&out));
+    pw.policy(port, "retention = { keep_last = 1 }\n");
+    let out = pw.world.backupd(&["prune", "pitr", "--dry-run"]);
+    assert!(out.status.success(), "prune --dry-run: {}", text(&out));
+    assert!(text(&out).contains("would delete"), "{}", text(&out));
+    assert_eq!(
+        wal_files().len() >= before.len(),
+        true,
+        "a dry run deleted WAL"
+    );
+    let out = pw.world.backupd(&["prune", "pitr"]);
+    assert!(out.status.success(), "prune: {}", text(&out));
+    assert!(
+        text(&out).contains("WAL file(s) older than the oldest kept base backup"),
+        "{}",
+        text(&out)
+    );
+    let after = wal_files();
+    assert_eq!(list_json(&pw.world, &["pitr"]).len(), 1);
+    let segment = |n: &str| n.get(8..24).map(str::to_string);
+    for f in &before {
+        let needed = f.ends_with(".history") || segment(f) >= segment(&start_wal);
+        assert_eq!(
+            after.contains(f),
+            needed,
+            "{f} (kept base starts at {start_wal}): {after:?}"
+        );
+    }
+    assert!(after.iter().any(|f| segment(f) > segment(&start_wal)));
+    let out = pw.world.backupd(&["verify", "pitr"]);
+    assert!(out.status.success(), "verify after prune: {}", text(&out));
 
     // A segment lost from the archive: verification fails and names it.
-    let archive = pw.world.target_dir().join("pitr/wal");
     let mut receipts: Vec<PathBuf> = walk(&archive)
         .into_iter()
         .filter(|p| {
@@ -370,17 +478,29 @@ fn a_base_backup_and_archived_wal_restore_to_a_moment_and_to_the_end_and_verify_
         })
         .collect();
     receipts.sort();
-    assert!(receipts.len() >= 4, "{receipts:?}");
+    assert!(receipts.len() >= 3, "{receipts:?}");
     let lost = receipts[receipts.len() - 2].clone();
-    let lost_name = lost.file_name().unwrap().to_string_lossy().replace(".json", "");
+    let lost_name = lost
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .replace(".json", "");
     for p in walk(&archive) {
-        if p.file_name().unwrap().to_string_lossy().starts_with(&lost_name) {
+        if p.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(&lost_name)
+        {
             std::fs::remove_file(p).unwrap();
         }
     }
     let out = pw.world.backupd(&["verify", "pitr"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains(&format!("segment {lost_name} missing")), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("segment {lost_name} missing")),
+        "{}",
+        text(&out)
+    );
     assert!(text(&out).contains("unreachable"), "{}", text(&out));
 }
 
@@ -406,7 +526,15 @@ fn the_archive_is_idempotent_refuses_other_contents_and_never_trusts_a_receipt()
         .parent()
         .unwrap()
         .to_path_buf();
-    assert!(stored.ends_with("db") && stored.parent().unwrap().parent().unwrap().ends_with("pitr/wal"));
+    assert!(
+        stored.ends_with("db")
+            && stored
+                .parent()
+                .unwrap()
+                .parent()
+                .unwrap()
+                .ends_with("pitr/wal")
+    );
     assert!(stored.join("000000010000000000000007.json").is_file());
     assert!(stored.join("000000010000000000000007.zst.age").is_file());
     // The object restores with standard tools alone.
@@ -427,11 +555,85 @@ fn the_archive_is_idempotent_refuses_other_contents_and_never_trusts_a_receipt()
     let out = push(&seg);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("other contents"), "{}", text(&out));
-    assert_eq!(std::fs::read(stored.join("000000010000000000000007.zst.age")).unwrap(), before);
+    assert_eq!(
+        std::fs::read(stored.join("000000010000000000000007.zst.age")).unwrap(),
+        before
+    );
     // Not a WAL name: a usage error.
     let odd = wal.join("notes.txt");
     std::fs::write(&odd, "x").unwrap();
     assert_eq!(push(&odd).status.code(), Some(2));
+
+    // A push killed with SIGKILL mid-upload leaves no receipt, so the file is not
+    // archived: a fetch finds nothing, the retry archives it whole, and prune sweeps what
+    // the killed one left on a local target.
+    let big = wal.join("000000010000000000000009");
+    std::fs::write(&big, noise(48 << 20, 9)).unwrap();
+    let stored_dir = stored.clone();
+    let staged = move || {
+        std::fs::read_dir(&stored_dir).unwrap().flatten().any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("000000010000000000000009")
+                && e.file_name().to_string_lossy().contains('#')
+        })
+    };
+    let mut child = world.spawn(&["wal-push", "--job", "pitr", big.to_str().unwrap()], None);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !staged() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the push never started writing"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the push finished before it could be killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!stored.join("000000010000000000000009.json").exists());
+    let scratch = world.path("fetched");
+    let out = world.backupd(&[
+        "wal-fetch",
+        "--job",
+        "pitr",
+        "000000010000000000000009",
+        scratch.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(!scratch.exists());
+    let out = push(&big);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = world.backupd(&[
+        "wal-fetch",
+        "--job",
+        "pitr",
+        "000000010000000000000009",
+        scratch.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        std::fs::read(&scratch).unwrap(),
+        std::fs::read(&big).unwrap()
+    );
+    assert!(staged(), "the killed push left no staging file to sweep");
+    let policy = world.path("policy.toml");
+    let body = std::fs::read_to_string(&policy).unwrap();
+    std::fs::write(
+        &policy,
+        body.replace(
+            "state_dir = \"state\"",
+            "state_dir = \"state\"\norphan_grace = \"1s\"",
+        ),
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let out = world.backupd(&["prune", "pitr"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!staged(), "prune left the killed push's staging file");
+    assert!(stored.join("000000010000000000000009.json").is_file());
 
     // Fetch writes the checked file; a missing one is exit 1, nothing written.
     let fetch = |file: &str, dest: &Path| {
@@ -453,7 +655,8 @@ fn the_archive_is_idempotent_refuses_other_contents_and_never_trusts_a_receipt()
     // Forged receipts, as a bucket writer would plant them: an object outside the
     // archive, a receipt for another file, a giant size, a flipped byte in the object.
     let receipt_path = stored.join("000000010000000000000007.json");
-    let good: serde_json::Value = serde_json::from_slice(&std::fs::read(&receipt_path).unwrap()).unwrap();
+    let good: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&receipt_path).unwrap()).unwrap();
     let forge = |edit: &dyn Fn(&mut serde_json::Value)| {
         let mut r = good.clone();
         edit(&mut r);
@@ -463,7 +666,9 @@ fn the_archive_is_idempotent_refuses_other_contents_and_never_trusts_a_receipt()
         assert!(!dest.exists(), "a forged receipt wrote {}", dest.display());
         text(&out)
     };
-    assert!(forge(&|r| r["object"] = "../../../../identity.txt".into()).contains("not one of ours"));
+    assert!(
+        forge(&|r| r["object"] = "../../../../identity.txt".into()).contains("not one of ours")
+    );
     assert!(forge(&|r| r["file"] = "000000010000000000000009".into()).contains("not one of ours"));
     assert!(forge(&|r| r["plain"]["bytes"] = (1u64 << 40).into()).contains("not one of ours"));
     std::fs::write(&receipt_path, serde_json::to_vec(&good).unwrap()).unwrap();
