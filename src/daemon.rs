@@ -4,7 +4,8 @@
 //! reloads the policy (an invalid one is refused and the old one kept).
 //!
 //! Layout: `plan` (next times), `scheduler` (the loop), `work` (what a run does),
-//! `status` (the shared view), `metrics` and `http` (the listener), `systemd` (notify).
+//! `status` (the shared view), `metrics` and `http` (the listener), `systemd` (notify),
+//! `wal_watch` (each base backup source's WAL archiving, from its server).
 
 mod http;
 mod metrics;
@@ -13,6 +14,7 @@ mod plan;
 mod scheduler;
 mod status;
 mod systemd;
+mod wal_watch;
 mod work;
 
 use std::path::Path;
@@ -138,6 +140,7 @@ pub async fn run(config: &Path) -> anyhow::Result<ExitCode> {
         tracing::warn!("{said}");
     }
     let (policy_tx, policy_rx) = tokio::sync::watch::channel(policy.clone());
+    tokio::spawn(wal_watch::run(policy_rx.clone(), shared.clone()));
     if policy.daemon.spool_dir.is_some() {
         let shared = shared.clone();
         tokio::spawn(crate::spool::delivery_loop(policy_rx, move |pending| {

@@ -373,6 +373,7 @@ pub fn probe(spec: &SourceSpec) -> Result<String, SourceError> {
         SourceSpec::Sqlite(s) => Err(SourceError::Missing {
             path: s.path.clone(),
         }),
+        SourceSpec::Postgres(p) if p.method == postgres::Method::Basebackup => pgbase::probe(p),
         SourceSpec::Postgres(p) => postgres::probe(p),
         SourceSpec::Mysql(m) => mysql::probe(m),
         SourceSpec::Redis(r) => redis::probe(r),

@@ -182,6 +182,27 @@ fn print(s: &Status, from_daemon: bool) {
         if j.fresh == Some(false) {
             println!("\njob {name}: no snapshot newer than alert_if_older_than");
         }
+        for (source, w) in &j.wal {
+            let a = &w.archiver;
+            match &w.error {
+                Some(e) => println!("\njob {name} source {source}: WAL archiving unknown: {e}"),
+                None => println!(
+                    "\njob {name} source {source}: WAL last archived {} ({}), {} waiting, {} failure(s){}",
+                    a.last_archived_wal.as_deref().unwrap_or("none yet"),
+                    when(a.last_archived_at),
+                    a.ready_files
+                        .map_or("? (grant pg_monitor)".into(), |n| n.to_string()),
+                    a.failed_count,
+                    match (&a.last_failed_wal, a.last_failed_at) {
+                        (Some(f), Some(t)) if a.last_failed_at > a.last_archived_at => format!(
+                            ", FAILING: {f} {} — see the server log for archive_command",
+                            super::table::age(t, now)
+                        ),
+                        _ => String::new(),
+                    }
+                ),
+            }
+        }
         if from_daemon && (j.runs_skipped > 0 || j.verify_failures > 0) {
             println!(
                 "\njob {name}: {} run(s) skipped, {} verification failure(s) since start",

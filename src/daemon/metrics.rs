@@ -226,7 +226,60 @@ pub fn render(status: &Status, now: DateTime<Utc>) -> String {
         }
     }
     alerting_families(&mut f, status);
+    wal_families(&mut f, status);
     out
+}
+
+/// Each base backup source's WAL archiving as its server reports it: the alert rules
+/// fire on failures and on a backlog (`pg_wal` grows until the server stops).
+fn wal_families(f: &mut Family<'_>, status: &Status) {
+    type WalPick = fn(&super::wal_watch::WalStatus) -> Option<f64>;
+    let families: [(&str, &str, &str, WalPick); 5] = [
+        (
+            "backupd_wal_up",
+            "gauge",
+            "1 when the base backup source's server answered the last archiver query.",
+            |w| Some(if w.error.is_none() { 1.0 } else { 0.0 }),
+        ),
+        (
+            "backupd_wal_archived_total",
+            "counter",
+            "WAL files the server archived (pg_stat_archiver.archived_count).",
+            |w| {
+                w.error
+                    .is_none()
+                    .then_some(w.archiver.archived_count as f64)
+            },
+        ),
+        (
+            "backupd_wal_archive_failures_total",
+            "counter",
+            "Failed archive_command runs (pg_stat_archiver.failed_count).",
+            |w| w.error.is_none().then_some(w.archiver.failed_count as f64),
+        ),
+        (
+            "backupd_wal_last_archived_timestamp_seconds",
+            "gauge",
+            "When the server last archived a WAL file (unix time).",
+            |w| ts(w.archiver.last_archived_at),
+        ),
+        (
+            "backupd_wal_ready_files",
+            "gauge",
+            "WAL files waiting to be archived: growing means archiving falls behind.",
+            |w| w.archiver.ready_files.map(|n| n as f64),
+        ),
+    ];
+    for (name, kind, help, pick) in families {
+        f.header(name, kind, help);
+        for (job, j) in &status.jobs {
+            for (source, w) in &j.wal {
+                if let Some(v) = pick(w) {
+                    f.sample(name, &[("job", job), ("source", source)], v);
+                }
+            }
+        }
+    }
 }
 
 /// What the shipped alert rules (deploy/prometheus) need beyond the families above: each

@@ -73,6 +73,9 @@ pub struct JobStatus {
     /// trend).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recent: Vec<RecentSnapshot>,
+    /// Each base backup source's WAL archiving, as its server last reported it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub wal: BTreeMap<String, super::wal_watch::WalStatus>,
 }
 
 /// How many of a job's newest snapshots the status keeps.

@@ -317,6 +317,96 @@ fn manifest_end_lsn(tail: &str) -> Option<String> {
         .map(|(_, v)| v)
 }
 
+/// What PostgreSQL says about its own archiving (`pg_stat_archiver`), for the daemon's
+/// status and metrics: a failing `archive_command` fills `pg_wal` until the server stops,
+/// so failures and the backlog are worth an alert long before that.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Archiver {
+    pub archived_count: u64,
+    pub last_archived_wal: Option<String>,
+    pub last_archived_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub failed_count: u64,
+    pub last_failed_wal: Option<String>,
+    pub last_failed_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// WAL files waiting to be archived (`.ready` in `pg_wal/archive_status`); `None`
+    /// when the role may not list that directory (grant it `pg_monitor`).
+    pub ready_files: Option<u64>,
+}
+
+/// Reads the server's archiver statistics.
+pub fn archiver(spec: &PostgresSpec) -> Result<Archiver, SourceError> {
+    let password = child::password(spec.password_file.as_deref(), "PGPASSWORD")?;
+    let mut client = super::postgres::connect(&spec.url, password.as_deref())?;
+    let err = super::postgres::db_err(&spec.url);
+    let row = client
+        .query_one(
+            "select archived_count, last_archived_wal, extract(epoch from last_archived_time)::float8,
+                    failed_count, last_failed_wal, extract(epoch from last_failed_time)::float8
+               from pg_stat_archiver",
+            &[],
+        )
+        .map_err(&err)?;
+    let at = |secs: Option<f64>| {
+        secs.and_then(|s| chrono::DateTime::from_timestamp_millis((s * 1000.0) as i64))
+    };
+    let ready_files = client
+        .query_one(
+            "select count(*) from pg_ls_archive_statusdir() where name like '%.ready'",
+            &[],
+        )
+        .ok()
+        .map(|r| r.get::<_, i64>(0).max(0) as u64);
+    Ok(Archiver {
+        archived_count: row.get::<_, i64>(0).max(0) as u64,
+        last_archived_wal: row.get(1),
+        last_archived_at: at(row.get(2)),
+        failed_count: row.get::<_, i64>(3).max(0) as u64,
+        last_failed_wal: row.get(4),
+        last_failed_at: at(row.get(5)),
+        ready_files,
+    })
+}
+
+/// `backupd check`: tools present, server reachable with replication rights, and WAL
+/// archiving on and running backupd (a base backup without it never becomes consistent).
+pub fn probe(spec: &PostgresSpec) -> Result<String, SourceError> {
+    let tool = child::find_tool(&["pg_basebackup"], "postgresql-client")?;
+    let tool_version = child::output(super::postgres::version_cmd(&tool), None)?;
+    let password = child::password(spec.password_file.as_deref(), "PGPASSWORD")?;
+    let server = server_facts(spec, password.as_deref())?;
+    let mut client = super::postgres::connect(&spec.url, password.as_deref())?;
+    let err = super::postgres::db_err(&spec.url);
+    let row = client
+        .query_one(
+            "select rolreplication or rolsuper, current_setting('archive_command')
+               from pg_roles where rolname = current_user",
+            &[],
+        )
+        .map_err(&err)?;
+    let label = PathBuf::from(crate::secret::redact(&spec.url));
+    if !row.get::<_, bool>(0) {
+        return Err(SourceError::Invalid {
+            path: label,
+            what: "the role may not take base backups: `ALTER ROLE … REPLICATION` (and allow it a replication line in pg_hba.conf)".into(),
+        });
+    }
+    let command: String = row.get(1);
+    if !command.contains("wal-push") {
+        return Err(SourceError::Invalid {
+            path: label,
+            what: format!(
+                "archive_command is {command:?}, not `backupd wal-push --job JOB %p`: the WAL a base backup needs would not reach the job's targets"
+            ),
+        });
+    }
+    Ok(format!(
+        "postgres {} answers (server {}, {}), archiving with backupd wal-push",
+        crate::secret::redact(&spec.url),
+        server.version,
+        tool_version.trim()
+    ))
+}
+
 /// Unpacks a base backup into `dest` by the directory restore rules (nothing outside
 /// `dest`), mode 0700 as PostgreSQL demands; as root, `dest` goes to the owner of the
 /// restored files so the server can start there.

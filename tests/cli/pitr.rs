@@ -439,14 +439,11 @@ fn a_base_backup_and_archived_wal_restore_to_a_moment_and_to_the_end_and_verify_
     let out = pw.world.backupd(&["verify", "pitr"]);
     assert!(out.status.success(), "verify of the second: {}", text(&out));
     pw.policy(port, "retention = { keep_last = 1 }\n");
+    let pre_prune = wal_files();
     let out = pw.world.backupd(&["prune", "pitr", "--dry-run"]);
     assert!(out.status.success(), "prune --dry-run: {}", text(&out));
     assert!(text(&out).contains("would delete"), "{}", text(&out));
-    assert_eq!(
-        wal_files().len() >= before.len(),
-        true,
-        "a dry run deleted WAL"
-    );
+    assert_eq!(wal_files(), pre_prune, "a dry run deleted WAL");
     let out = pw.world.backupd(&["prune", "pitr"]);
     assert!(out.status.success(), "prune: {}", text(&out));
     assert!(
@@ -685,4 +682,64 @@ fn the_archive_is_idempotent_refuses_other_contents_and_never_trusts_a_receipt()
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
+}
+
+#[test]
+fn the_daemon_reports_failing_archiving_in_status_and_metrics() {
+    let pw = PitrWorld::new();
+    let port = free_port();
+    pw.policy(port, "");
+    let policy = pw.world.path("policy.toml");
+    let body = std::fs::read_to_string(&policy).unwrap().replacen(
+        "[daemon]\n",
+        "[daemon]\nlisten = \"127.0.0.1:0\"\n",
+        1,
+    );
+    std::fs::write(&policy, body).unwrap();
+    // archive_command fails, as a full or unreachable target would make it.
+    let c = Cluster::init(&pw.world.path("pg"), "/bin/false", port);
+    c.psql("postgres", "create database app");
+    c.psql("postgres", "select pg_switch_wal()");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while c.psql("postgres", "select failed_count from pg_stat_archiver") == "0" {
+        assert!(Instant::now() < deadline, "archive_command never failed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut daemon = super::daemon_support::Daemon::start(&pw.world, &[]);
+    let status = daemon.wait_status(60, "the WAL watch", |s| {
+        s["jobs"]["pitr"]["wal"]["db"]["failed_count"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+    });
+    let wal = &status["jobs"]["pitr"]["wal"]["db"];
+    assert!(wal["error"].is_null(), "{wal}");
+    assert!(wal["ready_files"].as_u64().unwrap() >= 1, "{wal}");
+    assert!(
+        wal["last_failed_wal"].as_str().unwrap().len() == 24,
+        "{wal}"
+    );
+    let (code, metrics) = daemon.get("/metrics");
+    assert_eq!(code, 200);
+    let sample = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{{job=\"pitr\",source=\"db\"}}")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+    };
+    assert_eq!(sample("backupd_wal_up"), 1.0);
+    assert!(sample("backupd_wal_archive_failures_total") >= 1.0);
+    assert!(sample("backupd_wal_ready_files") >= 1.0);
+    // `backupd status` asks the running daemon, and says so.
+    let out = pw.world.backupd(&["status"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("source db: WAL last archived none yet"),
+        "{}",
+        text(&out)
+    );
+    assert!(text(&out).contains("FAILING"), "{}", text(&out));
+    assert!(daemon.stop().success());
 }
