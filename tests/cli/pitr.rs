@@ -743,3 +743,105 @@ fn the_daemon_reports_failing_archiving_in_status_and_metrics() {
     assert!(text(&out).contains("FAILING"), "{}", text(&out));
     assert!(daemon.stop().success());
 }
+
+#[test]
+fn a_promoted_copy_archives_a_new_timeline_and_recovery_follows_it() {
+    let pw = PitrWorld::new();
+    let port = free_port();
+    pw.policy(port, "");
+    let archive_command = format!(
+        "{} --config {} wal-push --job pitr %p",
+        pw.bin.display(),
+        pw.world.path("policy.toml").display()
+    );
+    let primary = Cluster::init(&pw.world.path("pg"), &archive_command, port);
+    primary.psql("postgres", "create database app");
+    primary.psql(
+        "app",
+        "create table markers (id serial primary key, label text not null)",
+    );
+    primary.psql("app", "insert into markers (label) values ('m0')");
+    primary.archive_now();
+    let out = pw.world.backupd(&["run-now", "pitr"]);
+    assert!(out.status.success(), "run-now: {}", text(&out));
+    primary.psql("app", "insert into markers (label) values ('m1')");
+    primary.archive_now();
+    drop(primary);
+
+    // The primary is gone; its restored copy becomes the new primary (timeline 2) and
+    // archives into the same archive, as a promoted standby would.
+    let to = pw.world.path("promoted");
+    let out = pw
+        .world
+        .backupd(&["restore", "pitr", "--to", to.to_str().unwrap()]);
+    assert!(out.status.success(), "restore: {}", text(&out));
+    let promoted = Cluster {
+        data: to.join("db"),
+        socket: pw.world.path("pg"),
+        port: free_port(),
+    };
+    promoted.start(&[]);
+    promoted.wait_out_of_recovery();
+    assert_eq!(markers(&promoted), "m0,m1");
+    promoted.psql(
+        "app",
+        "insert into markers (label) values ('after-promotion')",
+    );
+    promoted.archive_now();
+    let timeline = promoted.psql(
+        "postgres",
+        "select timeline_id from pg_control_checkpoint()",
+    );
+    assert_eq!(timeline, "2");
+    drop(promoted);
+    assert!(
+        !pw.world.stored("00000002.history.json").is_empty(),
+        "the new timeline's history was not archived"
+    );
+
+    // Recovery from the timeline-1 base backup follows the archive to timeline 2.
+    let to = pw.world.path("followed");
+    let out = pw
+        .world
+        .backupd(&["restore", "pitr", "--to", to.to_str().unwrap()]);
+    assert!(out.status.success(), "restore: {}", text(&out));
+    let followed = Cluster {
+        data: to.join("db"),
+        socket: pw.world.path("pg"),
+        port: free_port(),
+    };
+    followed.start(&["-c archive_mode=off"]);
+    followed.wait_out_of_recovery();
+    assert_eq!(markers(&followed), "m0,m1,after-promotion");
+    drop(followed);
+    let out = pw.world.backupd(&["verify", "pitr"]);
+    assert!(
+        out.status.success(),
+        "verify across timelines: {}",
+        text(&out)
+    );
+}
+
+#[test]
+fn basebackup_sources_refuse_keys_that_mean_a_dump() {
+    let world = World::new();
+    world.policy(
+        "[jobs.pitr]\ntargets = [\"local\"]\n[jobs.pitr.sources.db]\nkind = \"postgres\"\nmethod = \"basebackup\"\nurl = \"postgres://postgres@127.0.0.1:1/app\"\ndatabases = [\"app\", \"crm\"]\ninclude_globals = true\n",
+    );
+    let out = world.backupd(&["run-now", "pitr"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("jobs.pitr.sources.db.databases"),
+        "{}",
+        text(&out)
+    );
+    assert!(text(&out).contains("whole cluster"), "{}", text(&out));
+    assert!(text(&out).contains("include_globals"), "{}", text(&out));
+    assert!(world.stored(".json").is_empty());
+    world.policy(
+        "[jobs.pitr]\ntargets = [\"local\"]\n[jobs.pitr.sources.db]\nkind = \"postgres\"\nmethod = \"snapshot\"\nurl = \"postgres://postgres@127.0.0.1:1/app\"\n",
+    );
+    let out = world.backupd(&["run-now", "pitr"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("method"), "{}", text(&out));
+}
