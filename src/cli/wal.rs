@@ -1,6 +1,7 @@
 //! `backupd wal-push --job JOB %p` (PostgreSQL's `archive_command`) and `backupd wal-fetch
 //! --job JOB … %f %p` (its `restore_command`): exit 0 only when the file is archived on
-//! every target / written whole and checked, so PostgreSQL keeps and retries what failed.
+//! every target / written whole and checked, so PostgreSQL keeps and retries what failed;
+//! a fetch exits 1 only for a file that is not archived (the end of recovery).
 //! The archive itself is `crate::wal`.
 //!
 //! Both run as the database's OS user, not backupd's: targets are opened without the
@@ -160,7 +161,24 @@ pub async fn push(config: &Path, args: PushArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `wal-fetch`'s status when a file is archived but cannot be delivered whole (damaged,
+/// forged, no identity, a broken policy). PostgreSQL reads 1 as "not archived" and ends
+/// recovery there, promoting at that point: a damaged file would silently cut the
+/// recovery short. Above 125 it stops the recovery instead, loudly.
+pub const EXIT_FETCH_FATAL: u8 = 126;
+
 pub async fn fetch(config: &Path, args: FetchArgs) -> anyhow::Result<ExitCode> {
+    let file = args.file.clone();
+    match fetch_checked(config, args).await {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            tracing::error!("wal-fetch {file}: {e:#}; recovery stops here rather than end early");
+            Ok(ExitCode::from(EXIT_FETCH_FATAL))
+        }
+    }
+}
+
+async fn fetch_checked(config: &Path, args: FetchArgs) -> anyhow::Result<ExitCode> {
     let policy = load_policy(config)?;
     let archive = archive(
         &policy,
@@ -188,9 +206,6 @@ pub async fn fetch(config: &Path, args: FetchArgs) -> anyhow::Result<ExitCode> {
             tracing::info!("{e}");
             Ok(ExitCode::from(EXIT_FAILED))
         }
-        Err(e) => {
-            tracing::error!("wal-fetch {}: {e}", args.file);
-            Ok(ExitCode::from(EXIT_FAILED))
-        }
+        Err(e) => Err(e.into()),
     }
 }
