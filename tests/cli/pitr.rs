@@ -249,6 +249,32 @@ impl PitrWorld {
     }
 }
 
+impl PitrWorld {
+    /// `backupd restore pitr --to <name> ARGS`, then the restored copy started with
+    /// `start` options and waited on until its recovery has ended.
+    fn restore_and_start(&self, name: &str, args: &[&str], start: &[&str]) -> Cluster {
+        let to = self.world.path(name);
+        let mut full = vec!["restore", "pitr", "--to", to.to_str().unwrap()];
+        full.extend_from_slice(args);
+        let out = self.world.backupd(&full);
+        assert!(out.status.success(), "restore {args:?}: {}", text(&out));
+        assert!(
+            text(&out).contains("start the server with"),
+            "{}",
+            text(&out)
+        );
+        assert!(to.join("db/recovery.signal").is_file());
+        let restored = Cluster {
+            data: to.join("db"),
+            socket: self.world.path("pg"),
+            port: free_port(),
+        };
+        restored.start(start);
+        restored.wait_out_of_recovery();
+        restored
+    }
+}
+
 fn markers(c: &Cluster) -> String {
     c.psql(
         "app",
@@ -315,52 +341,18 @@ fn a_base_backup_and_archived_wal_restore_to_a_moment_and_to_the_end_and_verify_
     let kills = std::fs::read_dir(pw.world.path("kills")).unwrap().count();
     assert!(kills >= 4, "only {kills} pushes were killed");
 
-    // To the moment between m1 and m2.
-    let to = pw.world.path("restore-moment");
-    let out = pw.world.backupd(&[
-        "restore",
-        "pitr",
-        "--to",
-        to.to_str().unwrap(),
-        "--target-time",
-        &moment,
-    ]);
-    assert!(
-        out.status.success(),
-        "restore --target-time: {}",
-        text(&out)
+    // To the moment between m1 and m2; not archiving into the original's archive: this
+    // is a copy beside it.
+    let restored = pw.restore_and_start(
+        "restore-moment",
+        &["--target-time", &moment],
+        &["-c archive_mode=off"],
     );
-    assert!(
-        text(&out).contains("start the server with"),
-        "{}",
-        text(&out)
-    );
-    let data = to.join("db");
-    assert!(data.join("recovery.signal").is_file());
-    let restored = Cluster {
-        data: data.clone(),
-        socket: pw.world.path("pg"),
-        port: free_port(),
-    };
-    // Not archiving into the original's archive: this is a copy beside it.
-    restored.start(&["-c archive_mode=off"]);
-    restored.wait_out_of_recovery();
     assert_eq!(markers(&restored), "m0,m1", "restored to {moment}");
     drop(restored);
 
     // To the end of the archive: everything committed and archived.
-    let to = pw.world.path("restore-end");
-    let out = pw
-        .world
-        .backupd(&["restore", "pitr", "--to", to.to_str().unwrap()]);
-    assert!(out.status.success(), "restore: {}", text(&out));
-    let restored = Cluster {
-        data: to.join("db"),
-        socket: pw.world.path("pg"),
-        port: free_port(),
-    };
-    restored.start(&["-c archive_mode=off"]);
-    restored.wait_out_of_recovery();
+    let restored = pw.restore_and_start("restore-end", &[], &["-c archive_mode=off"]);
     assert_eq!(markers(&restored), "m0,m1,m2,m3");
     assert_eq!(
         restored.psql("app", "select sum(abalance) from pgbench_accounts"),
@@ -512,6 +504,9 @@ fn the_archive_is_idempotent_refuses_other_contents_and_never_trusts_a_receipt()
     let seg = wal.join("000000010000000000000007");
     std::fs::write(&seg, noise(1 << 20, 7)).unwrap();
     let push = |p: &Path| world.backupd(&["wal-push", "--job", "pitr", p.to_str().unwrap()]);
+    let fetch = |file: &str, dest: &Path| {
+        world.backupd(&["wal-fetch", "--job", "pitr", file, dest.to_str().unwrap()])
+    };
 
     let out = push(&seg);
     assert!(out.status.success(), "{}", text(&out));
@@ -592,24 +587,12 @@ fn the_archive_is_idempotent_refuses_other_contents_and_never_trusts_a_receipt()
     child.wait().unwrap();
     assert!(!stored.join("000000010000000000000009.json").exists());
     let scratch = world.path("fetched");
-    let out = world.backupd(&[
-        "wal-fetch",
-        "--job",
-        "pitr",
-        "000000010000000000000009",
-        scratch.to_str().unwrap(),
-    ]);
+    let out = fetch("000000010000000000000009", &scratch);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(!scratch.exists());
     let out = push(&big);
     assert!(out.status.success(), "{}", text(&out));
-    let out = world.backupd(&[
-        "wal-fetch",
-        "--job",
-        "pitr",
-        "000000010000000000000009",
-        scratch.to_str().unwrap(),
-    ]);
+    let out = fetch("000000010000000000000009", &scratch);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(
         std::fs::read(&scratch).unwrap(),
@@ -633,9 +616,6 @@ fn the_archive_is_idempotent_refuses_other_contents_and_never_trusts_a_receipt()
     assert!(stored.join("000000010000000000000009.json").is_file());
 
     // Fetch writes the checked file; a missing one is exit 1, nothing written.
-    let fetch = |file: &str, dest: &Path| {
-        world.backupd(&["wal-fetch", "--job", "pitr", file, dest.to_str().unwrap()])
-    };
     let dest = world.path("RECOVERYXLOG");
     let out = fetch("000000010000000000000007", &dest);
     assert!(out.status.success(), "{}", text(&out));
@@ -774,18 +754,7 @@ fn a_promoted_copy_archives_a_new_timeline_and_recovery_follows_it() {
 
     // The primary is gone; its restored copy becomes the new primary (timeline 2) and
     // archives into the same archive, as a promoted standby would.
-    let to = pw.world.path("promoted");
-    let out = pw
-        .world
-        .backupd(&["restore", "pitr", "--to", to.to_str().unwrap()]);
-    assert!(out.status.success(), "restore: {}", text(&out));
-    let promoted = Cluster {
-        data: to.join("db"),
-        socket: pw.world.path("pg"),
-        port: free_port(),
-    };
-    promoted.start(&[]);
-    promoted.wait_out_of_recovery();
+    let promoted = pw.restore_and_start("promoted", &[], &[]);
     assert_eq!(markers(&promoted), "m0,m1");
     promoted.psql(
         "app",
@@ -804,18 +773,7 @@ fn a_promoted_copy_archives_a_new_timeline_and_recovery_follows_it() {
     );
 
     // Recovery from the timeline-1 base backup follows the archive to timeline 2.
-    let to = pw.world.path("followed");
-    let out = pw
-        .world
-        .backupd(&["restore", "pitr", "--to", to.to_str().unwrap()]);
-    assert!(out.status.success(), "restore: {}", text(&out));
-    let followed = Cluster {
-        data: to.join("db"),
-        socket: pw.world.path("pg"),
-        port: free_port(),
-    };
-    followed.start(&["-c archive_mode=off"]);
-    followed.wait_out_of_recovery();
+    let followed = pw.restore_and_start("followed", &[], &["-c archive_mode=off"]);
     assert_eq!(markers(&followed), "m0,m1,after-promotion");
     drop(followed);
     let out = pw.world.backupd(&["verify", "pitr"]);
