@@ -25,11 +25,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::crypto::Identities;
 use crate::pipeline::{Encoded, Encoding};
+use crate::snapshot::seal::{Judgment, Seal, Trust};
 use crate::target::{Small, Target};
 pub use name::{Kind, WalName};
 
 /// A receipt is a few hundred bytes; anything larger is not one of ours.
 const MAX_RECEIPT_BYTES: u64 = 64 << 10;
+/// What a receipt's signature signs besides the receipt: a signature over a manifest (or
+/// anything else backupd signs) never passes for one.
+const RECEIPT_CONTEXT: &[u8] = b"backupd wal receipt signature v1\n";
 const RECEIPT_SUFFIX: &str = ".json";
 
 /// Where one source's WAL of one instance lives in a job's targets.
@@ -72,6 +76,20 @@ pub struct Receipt {
     pub pushed_at: DateTime<Utc>,
     #[serde(flatten)]
     pub encoded: Encoded,
+    /// With `[signing]`: Ed25519 by the pushing host's key over the receipt's canonical
+    /// JSON without this key (`seal::sign_document`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<crate::snapshot::seal::Signature>,
+}
+
+/// How a push encodes, signs and judges what it finds.
+pub struct Pushing<'a> {
+    pub encoding: &'a Encoding,
+    pub host: &'a str,
+    /// `[signing]`: the key receipts are signed with.
+    pub key: Option<&'a ed25519_dalek::SigningKey>,
+    /// Whose receipts count as archived: a receipt it refuses is pushed over.
+    pub trust: &'a Trust,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,12 +140,13 @@ fn store_err(target: &Target, key: &ObjectPath, e: impl std::fmt::Display) -> Wa
     }
 }
 
-/// Reads and checks `name`'s receipt on `target`: `None` when there is none.
+/// Reads and checks `name`'s receipt on `target`, with its seal: `None` when there is
+/// none. A signature that does not verify is an error (a corrupt or edited receipt).
 async fn receipt(
     target: &Target,
     archive: &Archive,
     name: &WalName,
-) -> Result<Option<Receipt>, WalError> {
+) -> Result<Option<(Receipt, Seal)>, WalError> {
     let key = archive.receipt_key(&name.name);
     let bad = |why: String| WalError::BadReceipt {
         target: target.name.clone(),
@@ -140,7 +159,10 @@ async fn receipt(
         Ok(Small::TooLarge { bytes }) => return Err(bad(format!("{bytes} bytes"))),
         Err(e) => return Err(store_err(target, &key, e)),
     };
-    let r: Receipt = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+    let raw: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+    let seal = crate::snapshot::seal::open_document(&raw, RECEIPT_CONTEXT)
+        .map_err(|e| bad(e.to_string()))?;
+    let r: Receipt = serde_json::from_value(raw).map_err(|e| bad(e.to_string()))?;
     // Everything below is what a forged receipt could lie about to make a fetch read or
     // write something else.
     if r.file != name.name {
@@ -159,7 +181,7 @@ async fn receipt(
             r.encoded.plain.bytes
         )));
     }
-    Ok(Some(r))
+    Ok(Some((r, seal)))
 }
 
 /// `<file><compression ext>[.age]`: the object says how to decode it.
@@ -188,9 +210,9 @@ pub async fn push(
     targets: &[Target],
     archive: &Archive,
     path: &Path,
-    encoding: &Encoding,
-    host: &str,
+    how: &Pushing<'_>,
 ) -> Result<Pushed, WalError> {
+    let encoding = how.encoding;
     let file_name = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -212,7 +234,22 @@ pub async fn push(
     let mut pushed = Pushed::default();
     let mut need = Vec::new();
     for target in targets {
-        match receipt(target, archive, &name).await? {
+        let found = match receipt(target, archive, &name).await {
+            Err(WalError::BadReceipt { key, why, .. }) => {
+                tracing::warn!(target = %target.name, "receipt {key} is damaged or forged ({why}): archiving the file again");
+                None
+            }
+            other => other?,
+        };
+        let found = found.filter(|(r, seal)| match how.trust.judge_seal(seal, r.pushed_at) {
+            Judgment::Refused(why) => {
+                // Planted receipts must neither block archiving nor stand in for it.
+                tracing::warn!(target = %target.name, file = %name.name, "the archived receipt is {why}: archiving the file again");
+                false
+            }
+            _ => true,
+        });
+        match found.map(|(r, _)| r) {
             Some(r) if r.encoded.plain == plain => {
                 pushed.already.push(target.name.clone());
                 pushed.stored_on.push(target.name.clone());
@@ -259,10 +296,10 @@ pub async fn push(
             "the file changed while it was being archived",
         )));
     }
-    let receipt = Receipt {
+    let mut receipt = Receipt {
         format: 1,
         file: name.name.clone(),
-        host: host.to_string(),
+        host: how.host.to_string(),
         instance: archive.instance.clone(),
         backupd_version: env!("CARGO_PKG_VERSION").into(),
         pushed_at: Utc::now(),
@@ -279,7 +316,16 @@ pub async fn push(
             stored: stored.stored.clone(),
             plain,
         },
+        signature: None,
     };
+    if let Some(key) = how.key {
+        let doc = serde_json::to_value(&receipt).expect("a receipt serializes");
+        receipt.signature = Some(crate::snapshot::seal::sign_document(
+            &doc,
+            RECEIPT_CONTEXT,
+            key,
+        ));
+    }
     let body = serde_json::to_vec_pretty(&receipt).expect("a receipt serializes");
     let mut failed = Vec::new();
     for (target, upload) in need.iter().zip(stored.uploads) {
@@ -338,12 +384,23 @@ pub async fn fetch(
     file: &str,
     dest: &Path,
     identities: Option<Arc<Identities>>,
+    trust: &Trust,
 ) -> Result<Receipt, WalError> {
     let name = WalName::parse(file).ok_or_else(|| WalError::BadName(file.into()))?;
     let mut errors = Vec::new();
     for target in targets {
         let r = match receipt(target, archive, &name).await {
-            Ok(Some(r)) => r,
+            Ok(Some((r, seal))) => match trust.judge_seal(&seal, r.pushed_at) {
+                Judgment::Refused(why) => {
+                    errors.push(WalError::BadReceipt {
+                        target: target.name.clone(),
+                        key: archive.receipt_key(&name.name).to_string(),
+                        why: format!("it is {why}"),
+                    });
+                    continue;
+                }
+                _ => r,
+            },
             Ok(None) => continue,
             Err(e) => {
                 errors.push(e);

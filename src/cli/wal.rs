@@ -44,6 +44,10 @@ pub struct FetchArgs {
     /// age identity file (default: encryption.identity_file from the policy).
     #[arg(long, value_name = "FILE")]
     pub identity: Option<PathBuf>,
+    /// Accept unsigned receipts although `[signing]` is configured (WAL archived before
+    /// it was). A receipt signed by an untrusted key is never accepted.
+    #[arg(long)]
+    pub allow_unsigned: bool,
     /// The WAL file PostgreSQL asks for (`%f`).
     pub file: String,
     /// Where PostgreSQL wants it (`%p`).
@@ -143,7 +147,27 @@ pub async fn push(config: &Path, args: PushArgs) -> anyhow::Result<ExitCode> {
     };
     let targets = targets(&policy, &args.job, None)?;
     let host = gethostname::gethostname().to_string_lossy().into_owned();
-    match crate::wal::push(&targets, &archive, &args.path, &encoding, &host).await {
+    let key = match wal_signing_key(&policy) {
+        Ok(key) => key,
+        Err(e) => {
+            // Archiving unsigned WAL would only be refused at recovery time: fail now,
+            // where PostgreSQL's log and the alert rules show it.
+            tracing::error!("wal-push {}: {e}", args.path.display());
+            return Ok(ExitCode::from(EXIT_FAILED));
+        }
+    };
+    let mut trust = crate::snapshot::seal::Trust::listed(&policy.signing)
+        .map_err(|e| UsageError(format!("[signing]: {e}")))?;
+    if let Some(k) = &key {
+        trust = trust.with_key(k);
+    }
+    let how = crate::wal::Pushing {
+        encoding: &encoding,
+        host: &host,
+        key: key.as_ref(),
+        trust: &trust,
+    };
+    match crate::wal::push(&targets, &archive, &args.path, &how).await {
         Ok(p) => {
             let name = args.path.file_name().unwrap_or_default().to_string_lossy();
             if p.already.len() == p.stored_on.len() {
@@ -159,6 +183,22 @@ pub async fn push(config: &Path, args: PushArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(EXIT_FAILED))
         }
     }
+}
+
+/// The key WAL receipts are signed with: `[signing] wal_key_file`, else `key_file`;
+/// none without `[signing]`. One that cannot be read says how to give the database's user
+/// a key of its own.
+fn wal_signing_key(policy: &Policy) -> anyhow::Result<Option<ed25519_dalek::SigningKey>> {
+    let signing = &policy.signing;
+    let Some(path) = signing.wal_key_file.as_ref().or(signing.key_file.as_ref()) else {
+        return Ok(None);
+    };
+    crate::snapshot::seal::load_signing_key(path).map(Some).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot sign WAL receipts: {e}. wal-push runs as the database's user (uid {}): give it a signing key of its own, readable by it alone (`backupd keygen --signing --output FILE`), as [signing] wal_key_file, with its public key in trusted_keys",
+            rustix::process::geteuid().as_raw()
+        )
+    })
 }
 
 /// `wal-fetch`'s status when a file is archived but cannot be delivered whole (damaged,
@@ -199,7 +239,22 @@ async fn fetch_checked(config: &Path, args: FetchArgs) -> anyhow::Result<ExitCod
             }
             Err(e) => return Err(e.into()),
         };
-    match crate::wal::fetch(&targets, &archive, &args.file, &args.dest, identities).await {
+    // trusted_keys, plus this host's own keys where this user can read them.
+    let mut trust = crate::snapshot::seal::Trust::listed(&policy.signing)?;
+    for path in [&policy.signing.key_file, &policy.signing.wal_key_file]
+        .into_iter()
+        .flatten()
+    {
+        if let Ok(key) = crate::snapshot::seal::load_signing_key(path) {
+            trust = trust.with_key(&key);
+        }
+    }
+    trust.allow_unsigned = args.allow_unsigned;
+    match crate::wal::fetch(
+        &targets, &archive, &args.file, &args.dest, identities, &trust,
+    )
+    .await
+    {
         Ok(_) => Ok(ExitCode::SUCCESS),
         Err(e @ WalError::NotFound { .. }) => {
             // The normal end of a recovery: PostgreSQL asks until a file is missing.

@@ -133,6 +133,7 @@ pub fn from_figment(figment: Figment, base: &Path) -> Result<Policy, Vec<Problem
     encryption.identity_file = encryption.identity_file.map(|p| join(base, p));
     let mut signing = raw.signing;
     signing.key_file = signing.key_file.map(|p| join(base, p));
+    signing.wal_key_file = signing.wal_key_file.map(|p| join(base, p));
     let mut daemon = raw.daemon;
     daemon.state_dir = join(base, daemon.state_dir);
     daemon.spool_dir = daemon.spool_dir.map(|p| join(base, p));

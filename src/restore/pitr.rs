@@ -116,26 +116,33 @@ fn reaches(m: &Manifest, point: &Point) -> bool {
     })
 }
 
+/// How the restored server's `restore_command` calls backupd again.
+pub struct Fetching<'a> {
+    pub exe: &'a std::path::Path,
+    pub config: &'a std::path::Path,
+    pub identity: Option<&'a std::path::Path>,
+    /// The operator's `--allow-unsigned`, carried over to every fetch.
+    pub allow_unsigned: bool,
+}
+
 /// `restore_command` for a restored base backup: this backupd, this policy, and the
 /// archive of the snapshot's instance and source. Each argument is quoted for the shell
 /// PostgreSQL runs it with.
-pub fn restore_command(
-    exe: &std::path::Path,
-    config: &std::path::Path,
-    identity: Option<&std::path::Path>,
-    archive: &crate::wal::Archive,
-) -> String {
+pub fn restore_command(how: &Fetching<'_>, archive: &crate::wal::Archive) -> String {
     let q = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
     let mut cmd = format!(
         "{} --config {} --quiet wal-fetch --job {} --source {} --instance {}",
-        q(&exe.display().to_string()),
-        q(&config.display().to_string()),
+        q(&how.exe.display().to_string()),
+        q(&how.config.display().to_string()),
         q(&archive.job),
         q(&archive.source),
         q(&archive.instance),
     );
-    if let Some(id) = identity {
+    if let Some(id) = how.identity {
         cmd.push_str(&format!(" --identity {}", q(&id.display().to_string())));
+    }
+    if how.allow_unsigned {
+        cmd.push_str(" --allow-unsigned");
     }
     cmd.push_str(" %f %p");
     cmd
@@ -169,9 +176,12 @@ mod tests {
             source: "main".into(),
         };
         let c = restore_command(
-            std::path::Path::new("/usr/bin/backupd"),
-            std::path::Path::new("/etc/it's.toml"),
-            None,
+            &Fetching {
+                exe: std::path::Path::new("/usr/bin/backupd"),
+                config: std::path::Path::new("/etc/it's.toml"),
+                identity: None,
+                allow_unsigned: false,
+            },
             &a,
         );
         assert_eq!(

@@ -38,6 +38,11 @@ pub struct SigningPolicy {
     /// Create `key_file` on first use if it does not exist.
     #[serde(default)]
     pub generate_key: bool,
+    /// The key `wal-push` signs WAL receipts with, when it runs as a user who cannot read
+    /// `key_file` (PostgreSQL's `archive_command` runs as the database's user): a key of
+    /// that user's own, whose public half is in `trusted_keys`. Default: `key_file`.
+    #[serde(default)]
+    pub wal_key_file: Option<PathBuf>,
     /// Public keys (`backupd-sign-…`) whose snapshots restore, verify, list and prune
     /// accept; `key_file`'s own public key is trusted too.
     #[serde(default)]
@@ -215,6 +220,38 @@ fn digest_of(v: &serde_json::Value) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(&bytes)))
 }
 
+/// Ed25519 over `context || digest`.
+fn sign(context: &[u8], digest: &str, key: &ed25519_dalek::SigningKey) -> Signature {
+    let mut message = context.to_vec();
+    message.extend_from_slice(digest.as_bytes());
+    Signature {
+        key: public_string(&key.verifying_key()),
+        ed25519: hex::encode(key.sign(&message).to_bytes()),
+    }
+}
+
+/// Checks a stored signature over `context || digest`.
+fn check(context: &[u8], digest: &str, sig: &Signature) -> Result<Seal, SealError> {
+    let key = parse_public(&sig.key).map_err(|e| SealError::SignatureKey(Box::new(e)))?;
+    let bytes: [u8; 64] = hex::decode(&sig.ed25519)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or(SealError::SignatureBytes)?;
+    // One spelling only (lower-case hex), so a key string compares equal to the policy's.
+    if public_string(&key) != sig.key || hex::encode(bytes) != sig.ed25519 {
+        return Err(SealError::NotCanonical);
+    }
+    let mut message = context.to_vec();
+    message.extend_from_slice(digest.as_bytes());
+    key.verify(&message, &ed25519_dalek::Signature::from_bytes(&bytes))
+        .map_err(|_| SealError::DoesNotVerify {
+            key: sig.key.clone(),
+        })?;
+    Ok(Seal::Signed {
+        key: sig.key.clone(),
+    })
+}
+
 /// Adds `digest`, and `signature` when a key is given, to a manifest about to be committed.
 pub fn seal(manifest: &mut Manifest, key: Option<&ed25519_dalek::SigningKey>) {
     manifest.digest = None;
@@ -223,17 +260,37 @@ pub fn seal(manifest: &mut Manifest, key: Option<&ed25519_dalek::SigningKey>) {
     let value = serde_json::to_value(&*manifest).expect("a manifest serializes");
     let digest = digest_of(&value);
     if let Some(key) = key {
-        let mut message = CONTEXT.to_vec();
-        message.extend_from_slice(digest.as_bytes());
-        manifest.signature = Some(Signature {
-            key: public_string(&key.verifying_key()),
-            ed25519: hex::encode(key.sign(&message).to_bytes()),
-        });
+        let signature = sign(CONTEXT, &digest, key);
         manifest.seal = Seal::Signed {
-            key: public_string(&key.verifying_key()),
+            key: signature.key.clone(),
         };
+        manifest.signature = Some(signature);
     }
     manifest.digest = Some(digest);
+}
+
+/// Signs another JSON document backupd stores (a WAL receipt) under its own `context`, so
+/// a signature over one kind of document never passes for another: over the canonical
+/// form of `doc` without its `signature` key.
+pub fn sign_document(
+    doc: &serde_json::Value,
+    context: &[u8],
+    key: &ed25519_dalek::SigningKey,
+) -> Signature {
+    sign(context, &digest_of(doc), key)
+}
+
+/// Checks the `signature` of a document read from storage (`doc` as stored): `Unsigned`
+/// without one, an error when it does not verify over the document's content.
+pub fn open_document(doc: &serde_json::Value, context: &[u8]) -> Result<Seal, SealError> {
+    match doc.get("signature") {
+        None | Some(serde_json::Value::Null) => Ok(Seal::Unsigned),
+        Some(v) => {
+            let sig: Signature =
+                serde_json::from_value(v.clone()).map_err(|_| SealError::SignatureBytes)?;
+            check(context, &digest_of(doc), &sig)
+        }
+    }
 }
 
 /// Checks the seal of a manifest read from storage (`raw` is its JSON as stored).
@@ -252,27 +309,10 @@ pub fn open(raw: &serde_json::Value, manifest: &Manifest) -> Result<Seal, SealEr
             actual,
         });
     }
-    let Some(sig) = &manifest.signature else {
-        return Ok(Seal::Unsigned);
-    };
-    let key = parse_public(&sig.key).map_err(|e| SealError::SignatureKey(Box::new(e)))?;
-    let bytes: [u8; 64] = hex::decode(&sig.ed25519)
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or(SealError::SignatureBytes)?;
-    // One spelling only (lower-case hex), so a key string compares equal to the policy's.
-    if public_string(&key) != sig.key || hex::encode(bytes) != sig.ed25519 {
-        return Err(SealError::NotCanonical);
+    match &manifest.signature {
+        None => Ok(Seal::Unsigned),
+        Some(sig) => check(CONTEXT, stored, sig),
     }
-    let mut message = CONTEXT.to_vec();
-    message.extend_from_slice(stored.as_bytes());
-    key.verify(&message, &ed25519_dalek::Signature::from_bytes(&bytes))
-        .map_err(|_| SealError::DoesNotVerify {
-            key: sig.key.clone(),
-        })?;
-    Ok(Seal::Signed {
-        key: sig.key.clone(),
-    })
 }
 
 /// Whose snapshots this process accepts.
@@ -326,11 +366,36 @@ impl Trust {
             let key = load_signing_key(path)?;
             keys.insert(public_string(&key.verifying_key()));
         }
+        // The database user's key may be closed to this user: its public half belongs in
+        // trusted_keys anyway, so reading it here is only a convenience.
+        if let Some(Ok(key)) = policy.wal_key_file.as_deref().map(load_signing_key) {
+            keys.insert(public_string(&key.verifying_key()));
+        }
         Ok(Self {
             keys,
             accept_unsigned_before: policy.accept_unsigned_before,
             allow_unsigned: false,
         })
+    }
+
+    /// From the policy's `trusted_keys` alone, without reading `key_file`: for commands
+    /// run as a user who may not read it (`wal-push`, `wal-fetch` under PostgreSQL).
+    pub fn listed(policy: &SigningPolicy) -> Result<Self, SealError> {
+        let mut keys = BTreeSet::new();
+        for k in &policy.trusted_keys {
+            keys.insert(public_string(&parse_public(k)?));
+        }
+        Ok(Self {
+            keys,
+            accept_unsigned_before: policy.accept_unsigned_before,
+            allow_unsigned: false,
+        })
+    }
+
+    /// Trusts what `key` signs too (this process's own signatures).
+    pub fn with_key(mut self, key: &ed25519_dalek::SigningKey) -> Self {
+        self.keys.insert(public_string(&key.verifying_key()));
+        self
     }
 
     /// Whether any key is trusted: without one, nothing can be told from a forgery.
@@ -339,7 +404,12 @@ impl Trust {
     }
 
     pub fn judge(&self, m: &Manifest) -> Judgment {
-        match &m.seal {
+        self.judge_seal(&m.seal, m.started_at)
+    }
+
+    /// The same decision for any sealed document made at `made_at` (a WAL receipt).
+    pub fn judge_seal(&self, seal: &Seal, made_at: DateTime<Utc>) -> Judgment {
+        match seal {
             Seal::Signed { key } if self.keys.contains(key) => Judgment::Trusted,
             Seal::Signed { key } if self.keys.is_empty() => Judgment::Accepted(format!(
                 "signed by {key}, but the policy trusts no key ([signing] trusted_keys), so that proves nothing"
@@ -356,7 +426,7 @@ impl Trust {
             Seal::Unsigned
                 if self
                     .accept_unsigned_before
-                    .is_some_and(|t| m.started_at < t) =>
+                    .is_some_and(|t| made_at < t) =>
             {
                 Judgment::Accepted(
                     "unsigned, made before signing.accept_unsigned_before".into(),
@@ -390,6 +460,29 @@ mod tests {
                 .collect(),
             ..Trust::default()
         }
+    }
+
+    #[test]
+    fn a_document_signature_covers_its_content_and_only_its_own_context() {
+        let doc = serde_json::json!({"file": "000000010000000000000001", "plain": {"bytes": 1}});
+        let mut signed = doc.clone();
+        signed["signature"] = serde_json::to_value(sign_document(&doc, b"one\n", &key(1))).unwrap();
+        assert_eq!(
+            open_document(&signed, b"one\n").unwrap(),
+            Seal::Signed {
+                key: public_string(&key(1).verifying_key())
+            }
+        );
+        assert_eq!(open_document(&doc, b"one\n").unwrap(), Seal::Unsigned);
+        // Another kind of document's signature, or an edit under the signature: refused.
+        assert!(open_document(&signed, b"two\n").is_err());
+        let mut edited = signed.clone();
+        edited["plain"]["bytes"] = 2.into();
+        assert!(open_document(&edited, b"one\n").is_err());
+        let mut manifest_sig = doc.clone();
+        manifest_sig["signature"] =
+            serde_json::to_value(sign_document(&doc, CONTEXT, &key(1))).unwrap();
+        assert!(open_document(&manifest_sig, b"one\n").is_err());
     }
 
     #[test]

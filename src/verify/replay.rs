@@ -119,6 +119,7 @@ impl Verifier<'_> {
                 &file.name,
                 &dest,
                 self.identities.clone(),
+                &self.trust,
             )
             .await
             {

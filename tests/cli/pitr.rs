@@ -203,6 +203,8 @@ impl Drop for Cluster {
 struct PitrWorld {
     world: World,
     bin: PathBuf,
+    /// The public half of `wal-signing.key`, the postgres user's own signing key.
+    wal_signer: String,
 }
 
 impl PitrWorld {
@@ -217,13 +219,34 @@ impl PitrWorld {
         std::fs::create_dir_all(&archive).unwrap();
         chown_postgres(&world.target_dir());
         chown_postgres(&world.key);
-        PitrWorld { world, bin }
+        // archive_command runs as postgres, which cannot read signing.key: it signs WAL
+        // receipts with a key of its own, trusted by the policy.
+        let wal_key = world.path("wal-signing.key");
+        let out = run(&["keygen", "--signing", "--output", wal_key.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", text(&out));
+        let wal_signer = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        chown_postgres(&wal_key);
+        PitrWorld {
+            world,
+            bin,
+            wal_signer,
+        }
     }
 
     fn policy(&self, port: u16, job_keys: &str) {
-        self.world.policy(&format!(
+        let path = self.world.policy(&format!(
             "[jobs.pitr]\ntargets = [\"local\"]\ncompression = \"zstd\"\n{job_keys}\n[jobs.pitr.sources.db]\nkind = \"postgres\"\nmethod = \"basebackup\"\nurl = \"postgres://postgres@127.0.0.1:{port}/app\"\nchecks = [\"select count(*) >= 1 from markers\"]\n"
         ));
+        let body = std::fs::read_to_string(&path).unwrap().replacen(
+            &format!("trusted_keys = [\"{}\"]", self.world.signer),
+            &format!(
+                "trusted_keys = [\"{}\", \"{}\"]\nwal_key_file = \"wal-signing.key\"",
+                self.world.signer, self.wal_signer
+            ),
+            1,
+        );
+        assert!(body.contains("wal_key_file"), "{body}");
+        std::fs::write(&path, body).unwrap();
     }
 
     /// `archive_command`: a wrapper that kills the first push of every file with SIGKILL
@@ -340,6 +363,19 @@ fn a_base_backup_and_archived_wal_restore_to_a_moment_and_to_the_end_and_verify_
     // Every file's first push was killed with SIGKILL; PostgreSQL retried each.
     let kills = std::fs::read_dir(pw.world.path("kills")).unwrap().count();
     assert!(kills >= 4, "only {kills} pushes were killed");
+    // Every receipt is signed by the postgres user's own key.
+    for receipt in pw.world.stored(".json") {
+        if receipt.to_string_lossy().contains("/wal/") {
+            let r: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&receipt).unwrap()).unwrap();
+            assert_eq!(
+                r["signature"]["key"],
+                pw.wal_signer.as_str(),
+                "{}",
+                receipt.display()
+            );
+        }
+    }
 
     // To the moment between m1 and m2; not archiving into the original's archive: this
     // is a copy beside it.
@@ -650,6 +686,45 @@ fn the_archive_is_idempotent_refuses_other_contents_and_never_trusts_a_receipt()
     );
     assert!(forge(&|r| r["file"] = "000000010000000000000009".into()).contains("not one of ours"));
     assert!(forge(&|r| r["plain"]["bytes"] = (1u64 << 40).into()).contains("not one of ours"));
+    // With [signing]: a receipt without its signature, or edited under it, is refused —
+    // however right its sums; the operator's --allow-unsigned takes an unsigned one.
+    assert!(
+        good["signature"]["key"]
+            .as_str()
+            .unwrap()
+            .starts_with("backupd-sign-")
+    );
+    assert!(
+        forge(&|r| {
+            r.as_object_mut().unwrap().remove("signature");
+        })
+        .contains("unsigned")
+    );
+    assert!(forge(&|r| r["host"] = "elsewhere".into()).contains("does not verify"));
+    let mut unsigned = good.clone();
+    unsigned.as_object_mut().unwrap().remove("signature");
+    std::fs::write(&receipt_path, serde_json::to_vec(&unsigned).unwrap()).unwrap();
+    let out = world.backupd(&[
+        "wal-fetch",
+        "--job",
+        "pitr",
+        "--allow-unsigned",
+        "000000010000000000000007",
+        dest.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    std::fs::remove_file(&dest).unwrap();
+    // An unsigned receipt planted with other contents neither blocks archiving nor
+    // stands in for it: the push stores and signs the file again.
+    unsigned["plain"]["sha256"] = "0".repeat(64).into();
+    std::fs::write(&receipt_path, serde_json::to_vec(&unsigned).unwrap()).unwrap();
+    std::fs::write(&seg, noise(1 << 20, 7)).unwrap();
+    let out = push(&seg);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!text(&out).contains("already archived"), "{}", text(&out));
+    let again: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&receipt_path).unwrap()).unwrap();
+    assert!(again["signature"].is_object(), "{again}");
     std::fs::write(&receipt_path, serde_json::to_vec(&good).unwrap()).unwrap();
     let object = stored.join("000000010000000000000007.zst.age");
     let mut bytes = std::fs::read(&object).unwrap();
