@@ -357,15 +357,31 @@ pub fn estimate(spec: &Expanded) -> Option<u64> {
     }
 }
 
+/// What a probe found: what works, and what works but deserves a look.
+#[derive(Debug, Clone, Default)]
+pub struct Probed {
+    pub what: String,
+    pub warnings: Vec<String>,
+}
+
+impl From<String> for Probed {
+    fn from(what: String) -> Self {
+        Probed {
+            what,
+            warnings: Vec::new(),
+        }
+    }
+}
+
 /// Checks that a source can be backed up, without backing it up: the path exists, the
 /// tools are installed, the server answers and accepts the credentials. Says what it found.
-pub fn probe(spec: &SourceSpec) -> Result<String, SourceError> {
+pub fn probe(spec: &SourceSpec) -> Result<Probed, SourceError> {
     match spec {
         SourceSpec::Directory(d) if d.path.is_dir() => {
-            Ok(format!("directory {} exists", d.path.display()))
+            Ok(format!("directory {} exists", d.path.display()).into())
         }
         SourceSpec::Sqlite(s) if s.path.is_file() => {
-            Ok(format!("sqlite database {} exists", s.path.display()))
+            Ok(format!("sqlite database {} exists", s.path.display()).into())
         }
         SourceSpec::Directory(d) => Err(SourceError::Missing {
             path: d.path.clone(),
@@ -374,9 +390,9 @@ pub fn probe(spec: &SourceSpec) -> Result<String, SourceError> {
             path: s.path.clone(),
         }),
         SourceSpec::Postgres(p) if p.method == postgres::Method::Basebackup => pgbase::probe(p),
-        SourceSpec::Postgres(p) => postgres::probe(p),
-        SourceSpec::Mysql(m) => mysql::probe(m),
-        SourceSpec::Redis(r) => redis::probe(r),
+        SourceSpec::Postgres(p) => postgres::probe(p).map(Probed::from),
+        SourceSpec::Mysql(m) => mysql::probe(m).map(Probed::from),
+        SourceSpec::Redis(r) => redis::probe(r).map(Probed::from),
     }
 }
 

@@ -485,7 +485,6 @@ fn write_checked(
 #[derive(Debug, Clone)]
 pub struct Listed {
     pub name: WalName,
-    pub receipt_modified: DateTime<Utc>,
 }
 
 /// The archive's committed files on `target` (those with a receipt), by name. Keys that
@@ -503,7 +502,6 @@ pub async fn list(target: &Target, archive: &Archive) -> Result<Vec<Listed>, Wal
             let file = rest.strip_prefix('/')?.strip_suffix(RECEIPT_SUFFIX)?;
             Some(Listed {
                 name: WalName::parse(file)?,
-                receipt_modified: m.last_modified,
             })
         })
         .collect();
@@ -630,7 +628,6 @@ mod tests {
             .iter()
             .map(|n| Listed {
                 name: WalName::parse(n).unwrap(),
-                receipt_modified: Utc::now(),
             })
             .collect()
     }

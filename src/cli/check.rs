@@ -108,7 +108,12 @@ pub async fn run(config: &Path) -> anyhow::Result<ExitCode> {
             let spec = spec.clone();
             let probed = tokio::task::spawn_blocking(move || crate::source::probe(&spec)).await;
             match probed {
-                Ok(Ok(what)) => f.ok(format!("{label}: {what}")),
+                Ok(Ok(probed)) => {
+                    f.ok(format!("{label}: {}", probed.what));
+                    for w in probed.warnings {
+                        f.warn(format!("{label}: {w}"));
+                    }
+                }
                 Ok(Err(e)) => f.fail(format!("{label}: {e}")),
                 Err(e) => f.fail(format!("{label}: probe failed: {e}")),
             }

@@ -202,8 +202,10 @@ pub fn archiver(spec: &PostgresSpec) -> Result<Archiver, SourceError> {
 }
 
 /// `backupd check`: tools present, server reachable with replication rights, and WAL
-/// archiving on and running backupd (a base backup without it never becomes consistent).
-pub fn probe(spec: &PostgresSpec) -> Result<String, SourceError> {
+/// archiving on (a base backup without it never becomes consistent); an
+/// `archive_command` that does not name `backupd wal-push` is worth a look (a wrapper
+/// script calling it is fine).
+pub fn probe(spec: &PostgresSpec) -> Result<super::Probed, SourceError> {
     let tool = child::find_tool(&["pg_basebackup"], "postgresql-client")?;
     let tool_version = child::output(super::postgres::version_cmd(&tool), None)?;
     let password = child::password(spec.password_file.as_deref(), "PGPASSWORD")?;
@@ -217,28 +219,28 @@ pub fn probe(spec: &PostgresSpec) -> Result<String, SourceError> {
             &[],
         )
         .map_err(&err)?;
-    let label = PathBuf::from(crate::secret::redact(&spec.url));
+    let label = crate::secret::redact(&spec.url);
     if !row.get::<_, bool>(0) {
         return Err(SourceError::Invalid {
-            path: label,
+            path: PathBuf::from(label),
             what: "the role may not take base backups: `ALTER ROLE … REPLICATION` (and allow it a replication line in pg_hba.conf)".into(),
         });
     }
     let command: String = row.get(1);
+    let mut warnings = Vec::new();
     if !command.contains("wal-push") {
-        return Err(SourceError::Invalid {
-            path: label,
-            what: format!(
-                "archive_command is {command:?}, not `backupd wal-push --job JOB %p`: the WAL a base backup needs would not reach the job's targets"
-            ),
-        });
+        warnings.push(format!(
+            "{label}: archive_command is {command:?}, which does not name `backupd wal-push --job JOB %p`: unless it calls it, the WAL a base backup needs never reaches the job's targets"
+        ));
     }
-    Ok(format!(
-        "postgres {} answers (server {}, {}), archiving with backupd wal-push",
-        crate::secret::redact(&spec.url),
-        server.version,
-        tool_version.trim()
-    ))
+    Ok(super::Probed {
+        what: format!(
+            "postgres {label} answers (server {}, {}), archive_mode on, replication allowed",
+            server.version,
+            tool_version.trim()
+        ),
+        warnings,
+    })
 }
 
 /// Unpacks a base backup into `dest` by the directory restore rules (nothing outside

@@ -339,6 +339,21 @@ fn a_base_backup_and_archived_wal_restore_to_a_moment_and_to_the_end_and_verify_
     pgbench(&["-i", "-s", "2", "-q"]);
     c.archive_now();
 
+    // `check` sees replication rights and archiving on; the test's wrapper script does
+    // not name wal-push, which is worth a warning, not a failure.
+    let out = pw.world.backupd(&["check"]);
+    assert!(out.status.success(), "check: {}", text(&out));
+    assert!(
+        text(&out).contains("archive_mode on, replication allowed"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("archive.sh %p\", which does not name"),
+        "{}",
+        text(&out)
+    );
+
     // The base backup (pg_basebackup waits until its last segment is archived).
     let out = pw.world.backupd(&["run-now", "pitr"]);
     assert!(out.status.success(), "run-now: {}", text(&out));
@@ -764,6 +779,13 @@ fn the_daemon_reports_failing_archiving_in_status_and_metrics() {
         assert!(Instant::now() < deadline, "archive_command never failed");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // `check` points at the archive_command that is not backupd's.
+    let out = pw.world.backupd(&["check"]);
+    assert!(
+        text(&out).contains("archive_command is \"/bin/false\", which does not name"),
+        "{}",
+        text(&out)
+    );
     let mut daemon = super::daemon_support::Daemon::start(&pw.world, &[]);
     let status = daemon.wait_status(60, "the WAL watch", |s| {
         s["jobs"]["pitr"]["wal"]["db"]["failed_count"]
