@@ -175,14 +175,7 @@ pub async fn run(
         job,
         id: &id,
         recipients,
-        encoding: Encoding {
-            compression: job.compression,
-            level: job
-                .compression_level
-                .unwrap_or_else(|| job.compression.default_level()),
-            recipients: recipients.map(<[_]>::to_vec),
-            threads: job.compression_threads(),
-        },
+        encoding: job.encoding(recipients.map(<[_]>::to_vec)),
         ctx: DumpContext {
             staging_dir: policy.daemon.state_dir.join("tmp"),
             base: None,

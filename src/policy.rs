@@ -283,6 +283,21 @@ impl JobPolicy {
         }
     }
 
+    /// How the job's objects are encoded (its snapshots' and its WAL's alike).
+    pub fn encoding(
+        &self,
+        recipients: Option<Vec<age::x25519::Recipient>>,
+    ) -> crate::pipeline::Encoding {
+        crate::pipeline::Encoding {
+            compression: self.compression,
+            level: self
+                .compression_level
+                .unwrap_or_else(|| self.compression.default_level()),
+            recipients,
+            threads: self.compression_threads(),
+        }
+    }
+
     /// The job's parsed backup schedule (validated at load time), if it has one.
     pub fn backup_schedule(&self) -> Option<crate::schedule::Schedule> {
         let expr = self.schedule.as_deref()?;

@@ -137,14 +137,7 @@ pub async fn push(config: &Path, args: PushArgs) -> anyhow::Result<ExitCode> {
     let archive = archive(&policy, &args.job, args.source.as_ref(), None, true)?;
     let job = &policy.jobs[&args.job];
     let recipients = crate::crypto::backup_recipients(&policy.encryption)?;
-    let encoding = crate::pipeline::Encoding {
-        compression: job.compression,
-        level: job
-            .compression_level
-            .unwrap_or_else(|| job.compression.default_level()),
-        recipients,
-        threads: job.compression_threads(),
-    };
+    let encoding = job.encoding(recipients);
     let targets = targets(&policy, &args.job, None)?;
     let host = gethostname::gethostname().to_string_lossy().into_owned();
     let key = match wal_signing_key(&policy) {
