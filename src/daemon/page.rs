@@ -60,6 +60,7 @@ pub fn render(status: &Status, now: DateTime<Utc>) -> String {
             );
         }
     }
+    wal_archiving(&mut h, status, now);
     recent_snapshots(&mut h, status, now);
     spool_and_fleet(&mut h, status, now);
     h.push_str("</body></html>\n");
@@ -194,6 +195,42 @@ fn sparkline(j: &JobStatus) -> String {
         "<svg width=\"{w}\" height=\"{hgt}\" role=\"img\" aria-label=\"stored size trend\"><polyline fill=\"none\" stroke=\"#1565c0\" stroke-width=\"1.5\" points=\"{points}\"/></svg> {}",
         human_bytes(*sizes.last().unwrap_or(&0))
     )
+}
+
+/// Each base backup source's WAL archiving, as its server reports it: a failing
+/// `archive_command` fills the database's disk, so it is highlighted.
+fn wal_archiving(h: &mut String, status: &Status, now: DateTime<Utc>) {
+    if status.jobs.values().all(|j| j.wal.is_empty()) {
+        return;
+    }
+    h.push_str("<h2>WAL archiving</h2><table><tr><th>Job</th><th>Source</th><th>State</th><th>Last archived</th><th>Waiting</th><th>Failures</th></tr>");
+    for (name, j) in &status.jobs {
+        for (source, w) in &j.wal {
+            let a = &w.archiver;
+            let failing = a.last_failed_at.is_some() && a.last_failed_at > a.last_archived_at;
+            let (word, class, row) = match (&w.error, failing) {
+                (Some(_), _) => ("UNKNOWN", "stale", " class=\"warn\""),
+                (None, true) => ("FAILING", "failed", " class=\"bad\""),
+                (None, false) => ("OK", "ok", ""),
+            };
+            let last = match (&w.error, &a.last_archived_wal) {
+                (Some(e), _) => esc(e),
+                (None, Some(f)) => {
+                    format!("<code>{}</code> {}", esc(f), ago(a.last_archived_at, now))
+                }
+                (None, None) => "none yet".into(),
+            };
+            let _ = write!(
+                h,
+                "<tr{row}><td>{}</td><td>{}</td><td><span class=\"pill {class}\">{word}</span></td><td>{last}</td><td>{}</td><td>{}</td></tr>",
+                esc(name),
+                esc(source),
+                a.ready_files.map_or("?".into(), |n| n.to_string()),
+                a.failed_count
+            );
+        }
+    }
+    h.push_str("</table>");
 }
 
 fn recent_snapshots(h: &mut String, status: &Status, now: DateTime<Utc>) {

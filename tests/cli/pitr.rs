@@ -813,6 +813,11 @@ fn the_daemon_reports_failing_archiving_in_status_and_metrics() {
     assert_eq!(sample("backupd_wal_up"), 1.0);
     assert!(sample("backupd_wal_archive_failures_total") >= 1.0);
     assert!(sample("backupd_wal_ready_files") >= 1.0);
+    // The status page shows it, highlighted.
+    let (code, page) = daemon.get("/");
+    assert_eq!(code, 200);
+    assert!(page.contains("<h2>WAL archiving</h2>"), "{page}");
+    assert!(page.contains("FAILING"), "{page}");
     // `backupd status` asks the running daemon, and says so.
     let out = pw.world.backupd(&["status"]);
     assert!(out.status.success(), "{}", text(&out));
