@@ -273,15 +273,103 @@ fn replay_blocking(
     }
 }
 
+/// The replay scratch directories' prefix under the temporary directory, and the lock a
+/// live replay holds in each: a verification killed mid-replay (kill -9) leaves its server
+/// and copy behind, and the next replay finds them by the lock nobody holds.
+const SCRATCH_PREFIX: &str = "backupd-replay-";
+const SCRATCH_LOCK: &str = "replay.lock";
+
+/// A replay's scratch directory, removed on drop, locked while it lives.
+struct Scratch {
+    dir: tempfile::TempDir,
+    _lock: std::fs::File,
+}
+
+impl Scratch {
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
 /// Scratch space a server run by another user can use: a private directory under the
 /// system's temporary directory (the state directory's is closed to that user), given to
-/// that user by the replay.
-fn replay_scratch() -> std::io::Result<tempfile::TempDir> {
+/// that user by the replay. What killed replays left is cleaned up first.
+fn replay_scratch() -> std::io::Result<Scratch> {
     use std::os::unix::fs::PermissionsExt;
+    sweep_stale(&std::env::temp_dir());
     let dir = tempfile::Builder::new()
-        .prefix("backupd-replay-")
+        .prefix(SCRATCH_PREFIX)
         .permissions(std::fs::Permissions::from_mode(0o700))
         .tempdir()?;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
-    Ok(dir)
+    let lock = std::fs::File::create(dir.path().join(SCRATCH_LOCK))?;
+    lock.try_lock()
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    Ok(Scratch { dir, _lock: lock })
+}
+
+/// Stops the servers and removes the copies of replays whose verification died: scratch
+/// directories whose lock nobody holds. A server is stopped only when its command line
+/// names that directory's data (a pid file read from disk proves nothing by itself).
+fn sweep_stale(tmp: &std::path::Path) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let is_ours = e
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(SCRATCH_PREFIX));
+        if !is_ours || !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let dir = e.path();
+        let Ok(lock) = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(dir.join(SCRATCH_LOCK))
+        else {
+            continue;
+        };
+        if lock.try_lock().is_err() {
+            continue;
+        }
+        stop_server(&dir.join("data"));
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {
+                tracing::info!(dir = %dir.display(), "removed the copy a killed verification's replay left")
+            }
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), "cannot remove a killed replay's copy: {e}")
+            }
+        }
+    }
+}
+
+/// Immediate shutdown of the server running on `data`, if one still does.
+fn stop_server(data: &std::path::Path) {
+    let Some(pid) = std::fs::read_to_string(data.join("postmaster.pid"))
+        .ok()
+        .and_then(|t| t.lines().next()?.trim().parse::<i32>().ok())
+    else {
+        return;
+    };
+    let runs_here = |pid: i32| {
+        std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+            let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+            args.contains(&data.as_os_str().as_encoded_bytes())
+        })
+    };
+    if !runs_here(pid) {
+        return;
+    }
+    if let Some(p) = rustix::process::Pid::from_raw(pid) {
+        let _ = rustix::process::kill_process(p, rustix::process::Signal::QUIT);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while runs_here(pid) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    tracing::warn!(pid, data = %data.display(), "stopped the server a killed verification's replay left running");
 }

@@ -878,12 +878,72 @@ fn a_promoted_copy_archives_a_new_timeline_and_recovery_follows_it() {
     let followed = pw.restore_and_start("followed", &[], &["-c archive_mode=off"]);
     assert_eq!(markers(&followed), "m0,m1,after-promotion");
     drop(followed);
+    // A verification killed with SIGKILL mid-replay leaves its throwaway server and copy;
+    // the next one stops and removes them, and passes across timelines.
+    let mut verify = pw.world.spawn(&["verify", "pitr"], None);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let stale = loop {
+        // This verification's own server (tests running beside it may have theirs).
+        if let Some(dir) = replay_servers()
+            .into_iter()
+            .find_map(|(ppid, dir)| (ppid == verify.id()).then_some(dir))
+        {
+            break dir;
+        }
+        assert!(
+            verify.try_wait().unwrap().is_none(),
+            "verify ended before its replay started"
+        );
+        assert!(Instant::now() < deadline, "no replay server appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    verify.kill().unwrap();
+    verify.wait().unwrap();
+    let serving = |dir: &Path| replay_servers().iter().any(|(_, d)| d == dir);
+    assert!(
+        serving(&stale),
+        "the killed replay's server should outlive it"
+    );
     let out = pw.world.backupd(&["verify", "pitr"]);
     assert!(
         out.status.success(),
         "verify across timelines: {}",
         text(&out)
     );
+    assert!(!stale.exists(), "{} was left", stale.display());
+    assert!(!serving(&stale), "the killed replay's server still runs");
+}
+
+/// Every running replay server (`postgres -D …/backupd-replay-…/data`): its parent pid
+/// and its scratch directory.
+fn replay_servers() -> Vec<(u32, PathBuf)> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter_map(|e| {
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let args: Vec<String> = cmd
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let data = args.iter().skip_while(|a| *a != "-D").nth(1)?;
+            if !data.contains("/backupd-replay-") {
+                return None;
+            }
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // pid (comm) state ppid …: comm may hold spaces, so count from its last ')'.
+            let ppid = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            Some((ppid, Path::new(data).parent()?.to_path_buf()))
+        })
+        .collect()
 }
 
 #[test]
