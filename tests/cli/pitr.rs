@@ -969,3 +969,76 @@ fn basebackup_sources_refuse_keys_that_mean_a_dump() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("method"), "{}", text(&out));
 }
+
+#[test]
+fn wal_is_archived_to_s3_and_azure_and_fetched_back_from_each() {
+    use crate::cloud_support::{azure_target, env, s3_secret_file, s3_target, unique};
+    let world = World::new();
+    let secret = s3_secret_file(&world, &env("BACKUPD_TEST_S3_SECRET"));
+    let targets = [
+        s3_target(
+            "s3",
+            &env("BACKUPD_TEST_S3S"),
+            &format!("backupd-test/{}", unique("wal")),
+            &secret,
+            "",
+        ),
+        azure_target("azure", &format!("backupd-test/{}", unique("wal"))),
+    ]
+    .concat();
+    world.write_policy(&format!(
+        "[daemon]\nstate_dir = \"state\"\n[encryption]\nrecipients = [\"{}\"]\nidentity_file = \"identity.txt\"\n[signing]\nkey_file = \"signing.key\"\ntrusted_keys = [\"{}\"]\n{targets}\n[jobs.pitr]\ntargets = [\"s3\", \"azure\"]\ncompression = \"zstd\"\n[jobs.pitr.sources.db]\nkind = \"postgres\"\nmethod = \"basebackup\"\nurl = \"postgres://postgres@127.0.0.1:1/app\"\n",
+        world.recipient, world.signer
+    ));
+    let wal = world.path("pg_wal");
+    std::fs::create_dir_all(&wal).unwrap();
+    // A segment larger than one upload part, and a history file.
+    let seg = wal.join("000000010000000000000003");
+    std::fs::write(&seg, noise(12 << 20, 3)).unwrap();
+    let history = wal.join("00000002.history");
+    std::fs::write(&history, "1\t0/3000000\tno recovery target specified\n").unwrap();
+    for file in [&seg, &history] {
+        let out = world.backupd(&["wal-push", "--job", "pitr", file.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(
+            text(&out).contains("archived to s3, azure"),
+            "{}",
+            text(&out)
+        );
+    }
+    let out = world.backupd(&["wal-push", "--job", "pitr", seg.to_str().unwrap()]);
+    assert!(text(&out).contains("already archived"), "{}", text(&out));
+    for target in ["s3", "azure"] {
+        for file in [&seg, &history] {
+            let name = file.file_name().unwrap().to_str().unwrap();
+            let dest = world.path(&format!("{target}-{name}"));
+            let out = world.backupd(&[
+                "wal-fetch",
+                "--job",
+                "pitr",
+                "--target",
+                target,
+                name,
+                dest.to_str().unwrap(),
+            ]);
+            assert!(out.status.success(), "{target} {name}: {}", text(&out));
+            assert_eq!(std::fs::read(&dest).unwrap(), std::fs::read(file).unwrap());
+        }
+        let dest = world.path(&format!("{target}-missing"));
+        let out = world.backupd(&[
+            "wal-fetch",
+            "--job",
+            "pitr",
+            "--target",
+            target,
+            "000000010000000000000004",
+            dest.to_str().unwrap(),
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    }
+    // Other contents under an archived name: refused on the first target that has it.
+    std::fs::write(&seg, noise(1 << 20, 4)).unwrap();
+    let out = world.backupd(&["wal-push", "--job", "pitr", seg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("other contents"), "{}", text(&out));
+}
