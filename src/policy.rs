@@ -283,6 +283,23 @@ impl JobPolicy {
         }
     }
 
+    /// The job's PostgreSQL sources with `method = "basebackup"`: the ones with a WAL
+    /// archive beside their snapshots.
+    pub fn base_backup_sources(
+        &self,
+    ) -> impl Iterator<Item = (&String, &crate::source::PostgresSpec)> {
+        self.source_specs
+            .iter()
+            .filter_map(|(name, spec)| match spec {
+                crate::source::SourceSpec::Postgres(p)
+                    if p.method == crate::source::postgres::Method::Basebackup =>
+                {
+                    Some((name, p))
+                }
+                _ => None,
+            })
+    }
+
     /// How the job's objects are encoded (its snapshots' and its WAL's alike).
     pub fn encoding(
         &self,

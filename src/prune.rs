@@ -67,12 +67,7 @@ pub async fn prune(
     // Ids just listed with a manifest: the sweep need not ask the store about each again.
     let mut committed = std::collections::BTreeSet::new();
     let archived: Vec<&str> = job_policy
-        .source_specs
-        .iter()
-        .filter(|(_, s)| {
-            matches!(s, crate::source::SourceSpec::Postgres(p)
-                if p.method == crate::source::postgres::Method::Basebackup)
-        })
+        .base_backup_sources()
         .map(|(n, _)| n.as_str())
         .collect();
     let mut wal_kept: Vec<snapshot::Manifest> = Vec::new();

@@ -57,14 +57,7 @@ pub struct FetchArgs {
 /// The job's base backup sources.
 fn base_sources(policy: &Policy, job: &str) -> Vec<String> {
     policy.jobs.get(job).map_or_else(Vec::new, |j| {
-        j.source_specs
-            .iter()
-            .filter(|(_, s)| {
-                matches!(s, crate::source::SourceSpec::Postgres(p)
-                    if p.method == crate::source::postgres::Method::Basebackup)
-            })
-            .map(|(n, _)| n.clone())
-            .collect()
+        j.base_backup_sources().map(|(n, _)| n.clone()).collect()
     })
 }
 

@@ -12,8 +12,6 @@ use serde::{Deserialize, Serialize};
 
 use super::status::Shared;
 use crate::policy::Policy;
-use crate::source::SourceSpec;
-use crate::source::postgres::Method;
 
 /// How often each server is asked: one cheap query a minute.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(60);
@@ -34,13 +32,7 @@ pub async fn run(mut policy: tokio::sync::watch::Receiver<Arc<Policy>>, shared: 
     loop {
         let current = policy.borrow().clone();
         for (job, j) in &current.jobs {
-            for (name, spec) in &j.source_specs {
-                let SourceSpec::Postgres(p) = spec else {
-                    continue;
-                };
-                if p.method != Method::Basebackup {
-                    continue;
-                }
+            for (name, p) in j.base_backup_sources() {
                 let p = p.clone();
                 let asked =
                     tokio::task::spawn_blocking(move || crate::source::pgbase::archiver(&p))
