@@ -226,15 +226,9 @@ async fn fetch_checked(config: &Path, args: FetchArgs) -> anyhow::Result<ExitCod
             Err(e) => return Err(e.into()),
         };
     // trusted_keys, plus this host's own keys where this user can read them.
-    let mut trust = crate::snapshot::seal::Trust::listed(&policy.signing)?;
-    for path in [&policy.signing.key_file, &policy.signing.wal_key_file]
-        .into_iter()
-        .flatten()
-    {
-        if let Ok(key) = crate::snapshot::seal::load_signing_key(path) {
-            trust = trust.with_key(&key);
-        }
-    }
+    let mut trust = crate::snapshot::seal::Trust::listed(&policy.signing)?
+        .with_readable(policy.signing.key_file.as_deref())
+        .with_readable(policy.signing.wal_key_file.as_deref());
     trust.allow_unsigned = args.allow_unsigned;
     match crate::wal::fetch(
         &targets, &archive, &args.file, &args.dest, identities, &trust,

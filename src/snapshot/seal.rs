@@ -356,26 +356,15 @@ impl Judgment {
 impl Trust {
     /// From the policy: `trusted_keys` plus the public half of `key_file` when readable.
     pub fn new(policy: &SigningPolicy) -> Result<Self, SealError> {
-        let mut keys = BTreeSet::new();
-        for k in &policy.trusted_keys {
-            keys.insert(public_string(&parse_public(k)?));
-        }
+        let mut trust = Self::listed(policy)?;
         if let Some(path) = &policy.key_file
             && path.exists()
         {
-            let key = load_signing_key(path)?;
-            keys.insert(public_string(&key.verifying_key()));
+            trust = trust.with_key(&load_signing_key(path)?);
         }
         // The database user's key may be closed to this user: its public half belongs in
         // trusted_keys anyway, so reading it here is only a convenience.
-        if let Some(Ok(key)) = policy.wal_key_file.as_deref().map(load_signing_key) {
-            keys.insert(public_string(&key.verifying_key()));
-        }
-        Ok(Self {
-            keys,
-            accept_unsigned_before: policy.accept_unsigned_before,
-            allow_unsigned: false,
-        })
+        Ok(trust.with_readable(policy.wal_key_file.as_deref()))
     }
 
     /// From the policy's `trusted_keys` alone, without reading `key_file`: for commands
@@ -396,6 +385,14 @@ impl Trust {
     pub fn with_key(mut self, key: &ed25519_dalek::SigningKey) -> Self {
         self.keys.insert(public_string(&key.verifying_key()));
         self
+    }
+
+    /// Trusts the key at `path` too, when this user can read it.
+    pub fn with_readable(self, path: Option<&Path>) -> Self {
+        match path.map(load_signing_key) {
+            Some(Ok(key)) => self.with_key(&key),
+            _ => self,
+        }
     }
 
     /// Whether any key is trusted: without one, nothing can be told from a forgery.
