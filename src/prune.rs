@@ -238,12 +238,12 @@ async fn prune_wal(target: &Target, job: &str, scope: &WalScope<'_>, outcome: &m
                 continue;
             }
         };
-        let expired = wal::expired(&listed, keep_from, segment_bytes);
+        let expired = wal::expired(&listed.files, keep_from, segment_bytes);
         if expired.is_empty() {
             continue;
         }
         if !dry_run {
-            if let Err(e) = wal::delete(target, &archive, &expired).await {
+            if let Err(e) = wal::delete(target, &archive, &listed, &expired).await {
                 outcome
                     .errors
                     .push(format!("deleting WAL of {source}: {e}"));

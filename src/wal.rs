@@ -481,79 +481,70 @@ fn write_checked(
     Ok(())
 }
 
-/// One archived WAL file as a listing finds it (by its receipt).
-#[derive(Debug, Clone)]
-pub struct Listed {
-    pub name: WalName,
+/// An archive on one target, as one listing found it.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// The committed files (those with a receipt), by name.
+    pub files: Vec<WalName>,
+    /// Every key of the archive, by the WAL name it belongs to (receipt, objects); keys
+    /// that belong to no WAL name are not ours and never touched.
+    keys: BTreeMap<String, Vec<ObjectPath>>,
 }
 
-/// The archive's committed files on `target` (those with a receipt), by name. Keys that
-/// are not a WAL name plus `.json` are ignored.
-pub async fn list(target: &Target, archive: &Archive) -> Result<Vec<Listed>, WalError> {
-    let prefix = archive.prefix();
-    let (metas, _) = target
-        .list_wanted(Some(&prefix), |p| p.as_ref().ends_with(RECEIPT_SUFFIX))
-        .await
-        .map_err(|e| store_err(target, &prefix, e))?;
-    let mut out: Vec<Listed> = metas
-        .into_iter()
-        .filter_map(|m| {
-            let rest = m.location.as_ref().strip_prefix(prefix.as_ref())?;
-            let file = rest.strip_prefix('/')?.strip_suffix(RECEIPT_SUFFIX)?;
-            Some(Listed {
-                name: WalName::parse(file)?,
-            })
-        })
-        .collect();
-    out.sort_by(|a, b| a.name.name.cmp(&b.name.name));
-    Ok(out)
-}
-
-/// Deletes archived files on `target` by name: the receipt first (so a file is never
-/// listed without its object), then every object of that name.
-pub async fn delete(
-    target: &Target,
-    archive: &Archive,
-    names: &[String],
-) -> Result<usize, WalError> {
-    crate::snapshot::maintenance::refuse_write_only(target)
-        .map_err(|e| store_err(target, &archive.prefix(), e))?;
-    let mut objects: BTreeMap<String, Vec<ObjectPath>> = BTreeMap::new();
+/// Lists the archive on `target` once: what is committed, and every key of it.
+pub async fn list(target: &Target, archive: &Archive) -> Result<Listing, WalError> {
     let prefix = archive.prefix();
     let (metas, _) = target
         .list_wanted(Some(&prefix), |_| true)
         .await
         .map_err(|e| store_err(target, &prefix, e))?;
+    let mut listing = Listing::default();
     for m in metas {
-        let Some(rest) = m.location.as_ref().strip_prefix(prefix.as_ref()) else {
+        let Some(file) = m
+            .location
+            .as_ref()
+            .strip_prefix(prefix.as_ref())
+            .and_then(|rest| rest.strip_prefix('/'))
+        else {
             continue;
         };
-        let Some(file) = rest.strip_prefix('/') else {
+        let Some(name) = WalName::parse(stem(file)) else {
             continue;
         };
-        if names.iter().any(|n| n == stem(file)) {
-            objects
-                .entry(stem(file).to_string())
-                .or_default()
-                .push(m.location);
+        if file.strip_suffix(RECEIPT_SUFFIX) == Some(name.name.as_str()) {
+            listing.files.push(name.clone());
         }
+        listing.keys.entry(name.name).or_default().push(m.location);
     }
-    let mut deleted = 0;
+    listing.files.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(listing)
+}
+
+/// Deletes archived files on `target` by name, from what `listing` found: the receipt
+/// first (so a file is never listed without its object), then every object of that name.
+pub async fn delete(
+    target: &Target,
+    archive: &Archive,
+    listing: &Listing,
+    names: &[String],
+) -> Result<usize, WalError> {
+    crate::snapshot::maintenance::refuse_write_only(target)
+        .map_err(|e| store_err(target, &archive.prefix(), e))?;
+    let gone = |e: &object_store::Error| matches!(e, object_store::Error::NotFound { .. });
     for name in names {
         let receipt = archive.receipt_key(name);
         match target.store.delete(&receipt).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(store_err(target, &receipt, e)),
+            Err(e) if !gone(&e) => return Err(store_err(target, &receipt, e)),
+            _ => {}
         }
-        for key in objects.remove(name).unwrap_or_default() {
-            match target.store.delete(&key).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(store_err(target, &key, e)),
+        for key in listing.keys.get(name).into_iter().flatten() {
+            match target.store.delete(key).await {
+                Err(e) if !gone(&e) => return Err(store_err(target, key, e)),
+                _ => {}
             }
         }
-        deleted += 1;
     }
-    Ok(deleted)
+    Ok(names.len())
 }
 
 /// Removes what killed pushes left in a local target's archive directory: the store's
@@ -611,11 +602,11 @@ fn stem(file: &str) -> &str {
 /// What retention may delete from an archive: every segment, backup label and partial
 /// numbered below `keep_from` (the oldest kept base backup's first segment). History
 /// files are kept (a few bytes each, and every later timeline needs them).
-pub fn expired(listed: &[Listed], keep_from: u64, segment_bytes: u64) -> Vec<String> {
-    listed
+pub fn expired(files: &[WalName], keep_from: u64, segment_bytes: u64) -> Vec<String> {
+    files
         .iter()
-        .filter(|l| l.name.segno(segment_bytes).is_some_and(|n| n < keep_from))
-        .map(|l| l.name.name.clone())
+        .filter(|w| w.segno(segment_bytes).is_some_and(|n| n < keep_from))
+        .map(|w| w.name.clone())
         .collect()
 }
 
@@ -623,13 +614,8 @@ pub fn expired(listed: &[Listed], keep_from: u64, segment_bytes: u64) -> Vec<Str
 mod tests {
     use super::*;
 
-    fn listed(names: &[&str]) -> Vec<Listed> {
-        names
-            .iter()
-            .map(|n| Listed {
-                name: WalName::parse(n).unwrap(),
-            })
-            .collect()
+    fn listed(names: &[&str]) -> Vec<WalName> {
+        names.iter().map(|n| WalName::parse(n).unwrap()).collect()
     }
 
     #[test]

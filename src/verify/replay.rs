@@ -58,8 +58,8 @@ impl Verifier<'_> {
             Err(e) => return vec![Check::fail("wal", e.to_string())],
         };
         let needed: Vec<&WalName> = listed
+            .files
             .iter()
-            .map(|l| &l.name)
             .filter(|n| match n.kind {
                 Kind::History => true,
                 Kind::Segment => n.segno(seg).is_some_and(|s| s >= start),
