@@ -128,6 +128,8 @@ pub enum WalError {
     Pipeline(#[from] crate::pipeline::PipelineError),
     #[error("{0}")]
     Integrity(#[from] crate::pipeline::IntegrityError),
+    #[error("{file} is not archived on every target (PostgreSQL will try again): {failures}")]
+    NotEverywhere { file: String, failures: String },
     #[error("{file} is not in the archive on any target ({targets})")]
     NotFound { file: String, targets: String },
 }
@@ -341,10 +343,9 @@ pub async fn push(
         }
     }
     if !failed.is_empty() {
-        return Err(WalError::Store {
-            target: "(push)".into(),
-            key: key.to_string(),
-            message: failed.join("; "),
+        return Err(WalError::NotEverywhere {
+            file: name.name.clone(),
+            failures: failed.join("; "),
         });
     }
     Ok(pushed)
