@@ -152,6 +152,48 @@ pub fn restore_command(how: &Fetching<'_>, archive: &crate::wal::Archive) -> Str
 mod tests {
     use super::*;
 
+    /// A base backup read from a target: its WAL points are as forged as anything else.
+    fn with_stop(stop_lsn: &str) -> Manifest {
+        let mut m = crate::snapshot::tests::sample();
+        let e = m.sources.get_mut("db").unwrap();
+        e.stats = SourceStats::Basebackup {
+            server_version: "15.1".into(),
+            tool_version: String::new(),
+            system_identifier: String::new(),
+            database: "app".into(),
+            timeline: 1,
+            start_lsn: "0/2000028".into(),
+            stop_lsn: stop_lsn.into(),
+            start_wal: "000000010000000000000002".into(),
+            wal_segment_bytes: 16 << 20,
+        };
+        m
+    }
+
+    #[test]
+    fn a_base_backup_reaches_a_point_only_by_what_it_can_prove() {
+        let lsn = Point::Lsn("0/3000000".into());
+        assert!(reaches(&with_stop("0/2000100"), &lsn));
+        assert!(!reaches(&with_stop("0/3000001"), &lsn));
+        // A stop that is no LSN never qualifies; nor does a snapshot without a base backup.
+        for forged in ["", "0/", "../0/1", "ffffffffff/0", "0/2000100; x"] {
+            assert!(!reaches(&with_stop(forged), &lsn), "{forged:?}");
+        }
+        assert!(!reaches(
+            &crate::snapshot::tests::sample(),
+            &Point::Xid("7".into())
+        ));
+        // By time: only one that finished before it (sample finished 03:05:05).
+        assert!(reaches(
+            &with_stop("0/1"),
+            &Point::Time("2026-01-02 03:06:00+00".into())
+        ));
+        assert!(!reaches(
+            &with_stop("0/1"),
+            &Point::Time("2026-01-02 03:05:00+00".into())
+        ));
+    }
+
     #[test]
     fn a_target_time_needs_its_zone_and_one_point_is_given() {
         assert!(parse_time("2026-12-01 10:05:00+00").is_some());
@@ -187,6 +229,30 @@ mod tests {
         assert_eq!(
             c,
             r"'/usr/bin/backupd' --config '/etc/it'\''s.toml' --quiet wal-fetch --job 'db' --source 'main' --instance 'host-1' %f %p"
+        );
+        // Manifests' instance names are checked when read, and quoted here anyway: run
+        // through sh, a hostile one stays one argument.
+        let hostile = crate::wal::Archive {
+            instance: "h'; touch /tmp/pwned; echo '$(id)".into(),
+            ..a
+        };
+        let c = restore_command(
+            &Fetching {
+                exe: std::path::Path::new("/bin/echo"),
+                config: std::path::Path::new("/c"),
+                identity: None,
+                allow_unsigned: true,
+            },
+            &hostile,
+        );
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(c.replace("%f %p", "F P"))
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "--config /c --quiet wal-fetch --job db --source main --instance h'; touch /tmp/pwned; echo '$(id) --allow-unsigned F P\n"
         );
     }
 }

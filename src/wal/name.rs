@@ -208,6 +208,22 @@ mod tests {
         assert_eq!(parse_lsn("1/123456789"), None);
     }
 
+    /// A manifest read from a target may carry any segment size: only PostgreSQL's own
+    /// (a power of two from 1 MiB to 1 GiB) give segment numbers.
+    #[test]
+    fn forged_segment_sizes_give_no_segment_numbers() {
+        let s = WalName::parse("000000010000000000000003").unwrap();
+        for size in [0, 1, 3 << 20, 512 << 10, 2 << 30, u64::MAX, 1 << 63] {
+            assert_eq!(s.segno(size), None, "{size}");
+            assert_eq!(segment_name(1, 3, size), None, "{size}");
+        }
+        assert_eq!(s.segno(1 << 30), Some(3));
+        assert_eq!(
+            WalName::parse("00000002.history").unwrap().segno(16 << 20),
+            None
+        );
+    }
+
     #[test]
     fn gaps_are_the_missing_numbers_in_the_range() {
         let have: std::collections::BTreeSet<u64> = [3, 4, 6, 9].into_iter().collect();
