@@ -274,12 +274,7 @@ pub async fn run(config: &Path, args: Args, quiet: bool) -> anyhow::Result<ExitC
                         instance: manifest.instance().to_string(),
                         source: name.clone(),
                     };
-                    let fetched = Fetched {
-                        config,
-                        identity: args.identity.as_deref(),
-                        allow_unsigned: args.allow_unsigned,
-                    };
-                    match recovery(&fetched, &archive, &data, point.as_ref()) {
+                    match recovery(&args, config, &archive, &data, point.as_ref()) {
                         Ok(how) => println!("{how}"),
                         Err(e) => {
                             failed += 1;
@@ -312,34 +307,26 @@ pub async fn run(config: &Path, args: Args, quiet: bool) -> anyhow::Result<ExitC
     })
 }
 
-/// What the restore was run with that its `restore_command` needs again.
-struct Fetched<'a> {
-    config: &'a Path,
-    identity: Option<&'a Path>,
-    allow_unsigned: bool,
-}
-
-/// Writes a restored base backup's recovery settings and says how to start it.
+/// Writes a restored base backup's recovery settings (`restore::pitr`) and says how to
+/// start it.
 fn recovery(
-    fetched: &Fetched<'_>,
+    args: &Args,
+    config: &Path,
     archive: &crate::wal::Archive,
     data: &Path,
     point: Option<&source::pgbase::Point>,
 ) -> anyhow::Result<String> {
     let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     let exe = std::env::current_exe()?;
-    let identity = fetched.identity.map(absolute);
-    let config = absolute(fetched.config);
-    let command = pitr::restore_command(
-        &pitr::Fetching {
-            exe: &exe,
-            config: &config,
-            identity: identity.as_deref(),
-            allow_unsigned: fetched.allow_unsigned,
-        },
-        archive,
-    );
-    source::pgbase::write_recovery(data, &command, point)?;
+    let config = absolute(config);
+    let identity = args.identity.as_deref().map(absolute);
+    let fetching = pitr::Fetching {
+        exe: &exe,
+        config: &config,
+        identity: identity.as_deref(),
+        allow_unsigned: args.allow_unsigned,
+    };
+    pitr::write_settings(data, &fetching, archive, point)?;
     let until = match point {
         None => "the end of the WAL archive".to_string(),
         Some(source::pgbase::Point::Time(t)) => format!("{t} (recovery_target_time)"),

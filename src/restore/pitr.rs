@@ -148,6 +148,17 @@ pub fn restore_command(how: &Fetching<'_>, archive: &crate::wal::Archive) -> Str
     cmd
 }
 
+/// Makes a restored base backup in `data` recover from the WAL archive up to `point`
+/// (`source::pgbase::write_recovery`, with this archive's `restore_command`).
+pub fn write_settings(
+    data: &std::path::Path,
+    how: &Fetching<'_>,
+    archive: &crate::wal::Archive,
+    point: Option<&Point>,
+) -> Result<(), crate::source::SourceError> {
+    crate::source::pgbase::write_recovery(data, &restore_command(how, archive), point)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
