@@ -54,7 +54,10 @@ pub fn dump(spec: &PostgresSpec, out: &mut dyn Write) -> Result<Dumped, SourceEr
     let tool_version = child::output(super::postgres::version_cmd(&tool), None)?
         .trim()
         .to_string();
-    let server = server_facts(spec, password.as_deref())?;
+    let server = server_facts(
+        &mut super::postgres::connect(&spec.url, password.as_deref())?,
+        spec,
+    )?;
     let mut cmd = child::command(&tool, &["PG"]);
     cmd.arg(format!("--dbname={}", spec.url))
         .arg("--pgdata=-")
@@ -112,8 +115,10 @@ struct ServerFacts {
     segment_bytes: u64,
 }
 
-fn server_facts(spec: &PostgresSpec, password: Option<&str>) -> Result<ServerFacts, SourceError> {
-    let mut client = super::postgres::connect(&spec.url, password)?;
+fn server_facts(
+    client: &mut postgres::Client,
+    spec: &PostgresSpec,
+) -> Result<ServerFacts, SourceError> {
     let err = super::postgres::db_err(&spec.url);
     let show = |client: &mut postgres::Client, what: &str| -> Result<String, SourceError> {
         Ok(client
@@ -121,8 +126,8 @@ fn server_facts(spec: &PostgresSpec, password: Option<&str>) -> Result<ServerFac
             .map_err(&err)?
             .get(0))
     };
-    let version = show(&mut client, "server_version")?;
-    let archive_mode = show(&mut client, "archive_mode")?;
+    let version = show(client, "server_version")?;
+    let archive_mode = show(client, "archive_mode")?;
     if archive_mode == "off" {
         return Err(SourceError::Invalid {
             path: PathBuf::from(crate::secret::redact(&spec.url)),
@@ -209,8 +214,8 @@ pub fn probe(spec: &PostgresSpec) -> Result<super::Probed, SourceError> {
     let tool = child::find_tool(&["pg_basebackup"], "postgresql-client")?;
     let tool_version = child::output(super::postgres::version_cmd(&tool), None)?;
     let password = child::password(spec.password_file.as_deref(), "PGPASSWORD")?;
-    let server = server_facts(spec, password.as_deref())?;
     let mut client = super::postgres::connect(&spec.url, password.as_deref())?;
+    let server = server_facts(&mut client, spec)?;
     let err = super::postgres::db_err(&spec.url);
     let row = client
         .query_one(
