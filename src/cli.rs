@@ -164,6 +164,15 @@ fn trust(policy: &Policy) -> Result<crate::snapshot::seal::Trust, UsageError> {
 
 /// Opens the named targets; an unknown name is a usage error.
 fn open_targets(policy: &Policy, names: &[String]) -> anyhow::Result<Vec<Target>> {
+    open_targets_with(policy, names, |name| policy.open_target(name))
+}
+
+/// `open_targets` with another way of opening each (e.g. without the state directory).
+fn open_targets_with(
+    policy: &Policy,
+    names: &[String],
+    open: impl Fn(&str) -> Result<Target, crate::target::TargetError>,
+) -> anyhow::Result<Vec<Target>> {
     names
         .iter()
         .map(|name| {
@@ -180,7 +189,7 @@ fn open_targets(policy: &Policy, names: &[String]) -> anyhow::Result<Vec<Target>
                 ))
                 .into());
             }
-            Ok(policy.open_target(name)?)
+            Ok(open(name)?)
         })
         .collect()
 }

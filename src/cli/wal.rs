@@ -111,18 +111,9 @@ fn targets(policy: &Policy, job: &str, only: Option<&String>) -> anyhow::Result<
         Some(t) => vec![t.clone()],
         None => policy.jobs[job].targets.clone(),
     };
-    names
-        .iter()
-        .map(|name| {
-            let spec = policy.targets.get(name).ok_or_else(|| {
-                UsageError(format!(
-                    "no target named {name:?} in {}",
-                    policy.path.display()
-                ))
-            })?;
-            Ok(crate::target::open_spec(name, spec)?)
-        })
-        .collect()
+    super::open_targets_with(policy, &names, |name| {
+        crate::target::open_spec(name, &policy.targets[name])
+    })
 }
 
 pub async fn push(config: &Path, args: PushArgs) -> anyhow::Result<ExitCode> {
